@@ -1,0 +1,65 @@
+"""Audio and image features shared by every method.
+
+Log-mel features follow Wen et al. (NeurIPS 2019): 64 mel bins, 25 ms windows, 10 ms hops,
+each bin mean- and variance-normalised over the utterance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchaudio
+
+SAMPLE_RATE = 16_000
+WIN_LENGTH = 400  # 25 ms at 16 kHz
+HOP_LENGTH = 160  # 10 ms
+N_FFT = 512
+N_MELS = 64
+
+
+class AudioFeatures:
+    """Waveform -> normalised log-mel ``[n_mels, T]`` and, on request, the complex STFT."""
+
+    def __init__(self, n_mels: int = N_MELS, spectrogram: bool = False,
+                 sample_rate: int = SAMPLE_RATE):
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=N_FFT, win_length=WIN_LENGTH, hop_length=HOP_LENGTH,
+            n_mels=n_mels, center=False)
+        self.stft = (torchaudio.transforms.Spectrogram(
+            n_fft=N_FFT, win_length=WIN_LENGTH, hop_length=HOP_LENGTH, power=None, center=False)
+            if spectrogram else None)
+
+    @staticmethod
+    def num_frames(num_samples: int) -> int:
+        return max(0, 1 + (num_samples - WIN_LENGTH) // HOP_LENGTH)
+
+    def __call__(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        if wave.numel() < WIN_LENGTH:  # too short for one frame: pad with silence
+            wave = torch.nn.functional.pad(wave, (0, WIN_LENGTH - wave.numel()))
+        logmel = torch.log(self.mel(wave) + 1e-6)
+        mean = logmel.mean(dim=1, keepdim=True)
+        std = logmel.std(dim=1, keepdim=True, unbiased=False)
+        out = {"mel": (logmel - mean) / (std + 1e-5)}
+        if self.stft is not None:
+            out["spec"] = self.stft(wave)
+        return out
+
+
+def random_crop(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """A random window of ``length`` samples; shorter clips are tiled to the length."""
+    if len(wave) <= length:
+        reps = -(-length // max(len(wave), 1))
+        return np.tile(wave, reps)[:length]
+    start = int(rng.integers(0, len(wave) - length + 1))
+    return wave[start:start + length]
+
+
+def face_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 -> 3xHxW float in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def tensor_to_face(face: torch.Tensor) -> np.ndarray:
+    """3xHxW float in [-1, 1] -> HxWx3 uint8 (the inverse of face_to_tensor)."""
+    arr = face.detach().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0)
+    return arr.cpu().numpy()

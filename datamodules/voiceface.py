@@ -1,0 +1,397 @@
+"""The one DataModule every method trains from (format: docs/data.md).
+
+Training streams the sample shards with webdataset. Shards are split explicitly over
+(rank, worker) slots: webdataset's default node splitter raises under DDP, and a rank that
+runs out of batches before the others hangs them in the next collective. So every slot
+yields the same number of batches, ``ceil(largest slot / batch_size)``: a slot with fewer
+samples starts another shuffled pass over its own shards to fill its last batches. Ranks
+never share a shard, so their samples are disjoint, and each slot sees all of its own.
+
+Evaluation reads the same shards through an index of tar member offsets (map-style), so
+validation and test give the same samples in the same order whatever the number of workers;
+under DDP each rank takes every ``world``-th sample, without the padding duplicates of
+``DistributedSampler``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tarfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+
+from datamodules.features import AudioFeatures, face_to_tensor, random_crop
+from datamodules.shards import (DataFormatError, decode_audio, decode_image, read_manifest,
+                                shard_paths)
+
+log = logging.getLogger(__name__)
+GENDERS = {"f": 0, "m": 1}
+
+
+# --- decoding one sample -------------------------------------------------------------------
+
+class SampleDecoder:
+    """Raw shard members -> tensors. Errors name the shard and the key."""
+
+    def __init__(self, manifest: dict, features: AudioFeatures, crop_samples: int | None,
+                 flip: bool, label_of: dict[int, int]):
+        self.features, self.crop_samples, self.flip = features, crop_samples, flip
+        self.label_of = label_of
+        self.sample_rate = manifest["sample_rate"]
+
+    def __call__(self, raw: dict[str, Any], rng: np.random.Generator | None) -> dict[str, Any]:
+        where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
+        meta = self._meta(raw, where)
+        out = {"key": raw["__key__"], "identity": meta["identity"],
+               "label": self.label_of.get(meta["identity"], -1),
+               "gender": GENDERS[meta["gender"]]}
+        if "flac" in raw:
+            out.update(self._audio(raw["flac"], where, rng))
+        faces = sorted((k for k in raw if k.startswith("face") or k in ("png", "jpg")),
+                       key=lambda k: (len(k), k))  # face2.png before face10.png
+        if not faces:
+            raise DataFormatError(f"{where}: no face image member")
+        images = [self._image(raw[k], f"{where} member {k}") for k in faces]
+        if rng is not None and self.flip:
+            images = [im.flip(-1) if rng.random() < 0.5 else im for im in images]
+        out["faces"] = torch.stack(images)
+        out["face"] = out["faces"][0]
+        return out
+
+    @staticmethod
+    def _meta(raw, where):
+        if "json" not in raw:
+            raise DataFormatError(f"{where}: missing member 'json'")
+        try:
+            meta = json.loads(raw["json"])
+            meta["identity"] = int(meta["identity"])
+            meta["gender"] = str(meta["gender"]).lower()[:1]
+            if meta["gender"] not in GENDERS:
+                raise ValueError(f"gender {meta['gender']!r} is not 'm' or 'f'")
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataFormatError(f"{where}: bad json metadata ({e!r})") from e
+        return meta
+
+    def _audio(self, data, where, rng):
+        try:
+            wave, sr = decode_audio(data)
+        except Exception as e:  # soundfile raises several types for corrupt data
+            raise DataFormatError(f"{where}: cannot decode member 'flac' ({e})") from e
+        if sr != self.sample_rate:
+            raise DataFormatError(f"{where}: audio at {sr} Hz, manifest says {self.sample_rate}")
+        if wave.size == 0:
+            raise DataFormatError(f"{where}: empty audio")
+        if rng is not None and self.crop_samples:
+            wave = random_crop(wave, self.crop_samples, rng)
+        return self.features(torch.from_numpy(np.ascontiguousarray(wave)))
+
+    @staticmethod
+    def _image(data, where):
+        try:
+            return face_to_tensor(decode_image(data))
+        except Exception as e:
+            raise DataFormatError(f"{where}: cannot decode image ({e})") from e
+
+
+def _decode_or_skip(decode, raw, rng, skip: bool, skipped: Counter):
+    try:
+        return decode(raw, rng)
+    except DataFormatError as e:
+        if not skip:
+            raise
+        skipped[raw.get("__url__", "?")] += 1
+        warnings.warn(f"skipping corrupt sample: {e}")
+        return None
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples; utterances of different lengths are zero-padded, with lengths."""
+    batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
+    for name in ("identity", "label", "gender", "index"):
+        if name in samples[0]:
+            batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.long)
+    for name in ("face", "faces"):
+        batch[name] = torch.stack([s[name] for s in samples])
+    if "mel" in samples[0]:
+        lengths = [s["mel"].shape[-1] for s in samples]
+        batch["mel_lengths"] = torch.tensor(lengths, dtype=torch.long)
+        for name in ("mel", "spec"):
+            if name in samples[0]:
+                batch[name] = _pad_stack([s[name] for s in samples], max(lengths))
+    return batch
+
+
+def _pad_stack(xs: list[torch.Tensor], length: int) -> torch.Tensor:
+    out = xs[0].new_zeros((len(xs), *xs[0].shape[:-1], length))
+    for i, x in enumerate(xs):
+        out[i, ..., :x.shape[-1]] = x
+    return out
+
+
+# --- training stream -----------------------------------------------------------------------
+
+class TrainStream(IterableDataset):
+    """Batches of random utterance crops, the same number from every (rank, worker) slot."""
+
+    def __init__(self, shards: list[dict], urls: list[str], decode: SampleDecoder,
+                 batch_size: int, rank: int, world_size: int, num_workers: int,
+                 shuffle_buffer: int, skip_corrupt: bool):
+        self.urls, self.sizes = urls, [s["samples"] for s in shards]
+        self.decode, self.batch_size = decode, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.num_workers = max(1, num_workers)
+        self.shuffle_buffer, self.skip_corrupt = shuffle_buffer, skip_corrupt
+        n_slots = self.world_size * self.num_workers
+        if len(urls) < n_slots:
+            raise DataFormatError(
+                f"{len(urls)} training shards cannot feed {self.world_size} rank(s) x "
+                f"{self.num_workers} worker(s): use fewer data.num_workers or write more shards")
+        slot_sizes = [sum(self.sizes[j::n_slots]) for j in range(n_slots)]
+        self.batches_per_slot = math.ceil(max(slot_sizes) / batch_size)
+
+    def __len__(self) -> int:  # batches per rank and epoch
+        return self.batches_per_slot * self.num_workers
+
+    def slot_urls(self, worker: int) -> list[str]:
+        n_slots = self.world_size * self.num_workers
+        return self.urls[self.rank * self.num_workers + worker::n_slots]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        # The DataLoader draws a fresh base seed per epoch from the seeded global generator.
+        seed = info.seed if info is not None else int(torch.randint(0, 2**62, ()).item())
+        rng = np.random.default_rng(seed)
+        urls, skipped = self.slot_urls(worker), Counter()
+        needed, batch = self.batches_per_slot * self.batch_size, []
+        for raw in self._passes(urls, rng):
+            sample = _decode_or_skip(self.decode, raw, rng, self.skip_corrupt, skipped)
+            if sample is None:
+                continue
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                batch, needed = [], needed - self.batch_size
+                if needed <= 0:
+                    break
+        if skipped:
+            log.warning("skipped corrupt training samples: %s", dict(skipped))
+
+    def _passes(self, urls: list[str], rng: np.random.Generator) -> Iterator[dict]:
+        """Shuffled passes over this slot's shards, as many as the epoch needs."""
+        while True:
+            order = [urls[i] for i in rng.permutation(len(urls))]
+            pipeline = wds.DataPipeline(
+                wds.SimpleShardList(order),
+                wds.tarfile_to_samples(),
+                wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
+                            rng=_PyRandom(rng)) if self.shuffle_buffer > 1 else _identity,
+            )
+            yield from pipeline
+
+
+def _identity(src):
+    return src
+
+
+class _PyRandom:
+    """The ``random.Random`` interface webdataset's shuffle uses, backed by a numpy rng."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def randint(self, a: int, b: int) -> int:
+        return int(self.rng.integers(a, b + 1))
+
+    def random(self) -> float:
+        return float(self.rng.random())
+
+
+# --- evaluation: indexed shards --------------------------------------------------------------
+
+class IndexedShards(Dataset):
+    """Map-style access to the samples of a list of shards, in shard order.
+
+    The index holds tar member offsets, so a worker reads one sample with a seek, and the
+    sample order does not depend on how many workers read it.
+    """
+
+    def __init__(self, urls: list[str], decode: Callable):
+        self.urls, self.decode = urls, decode
+        self.items: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
+        for u, url in enumerate(urls):
+            members: dict[str, dict[str, tuple[int, int]]] = {}
+            try:
+                with tarfile.open(url) as tf:
+                    for m in tf:
+                        if m.isfile():
+                            key, _, ext = m.name.partition(".")
+                            members.setdefault(key, {})[ext] = (m.offset_data, m.size)
+            except tarfile.TarError as e:
+                raise DataFormatError(f"{url}: not a readable tar shard ({e})") from e
+            self.items.extend((u, key, mem) for key, mem in members.items())
+        self._files: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def raw(self, i: int) -> dict[str, Any]:
+        u, key, members = self.items[i]
+        if u not in self._files:  # opened lazily, so each worker has its own handles
+            self._files[u] = open(self.urls[u], "rb")
+        f = self._files[u]
+        raw = {"__key__": key, "__url__": self.urls[u]}
+        for ext, (offset, size) in members.items():
+            f.seek(offset)
+            raw[ext] = f.read(size)
+        return raw
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = self.decode(self.raw(i), None)
+        sample["index"] = i
+        return sample
+
+    def __getstate__(self):
+        return {**self.__dict__, "_files": {}}
+
+
+class RankSlice(Sampler[int]):
+    """Every ``world_size``-th index from ``rank``: ranks partition the set, nothing repeats."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.indices = range(rank, n, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class _SkippingDataset(Dataset):
+    """Wraps IndexedShards for data.skip_corrupt=true: a corrupt sample becomes None."""
+
+    def __init__(self, inner: IndexedShards):
+        self.inner, self.skipped = inner, Counter()
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        sample = _decode_or_skip(self.inner.decode, self.inner.raw(i), None, True, self.skipped)
+        if sample is not None:
+            sample["index"] = i
+        return sample
+
+
+def _collate_present(samples):
+    samples = [s for s in samples if s is not None]
+    return collate(samples) if samples else None
+
+
+# --- the DataModule ------------------------------------------------------------------------
+
+class VoiceFaceDataModule(L.LightningDataModule):
+    """VoxCeleb ∩ VGGFace-style voice–face data, from the shards of one dataset folder.
+
+    Args:
+        root: dataset folder with ``manifest.json`` (docs/data.md).
+        batch_size: training batch size per rank; ``eval_batch_size`` for evaluation.
+        num_workers: DataLoader worker processes.
+        crop_seconds: length of the random utterance crops of training batches.
+        spectrogram: also return the complex STFT (``spec``), for Speech2Face-style encoders.
+        skip_corrupt: skip (and count) undecodable samples instead of raising.
+        shuffle_buffer: webdataset sample shuffle buffer of the training stream.
+        val_gallery: ``val_dataloader`` returns ``[samples, gallery]`` instead of samples only.
+        flip: random horizontal flips of training faces.
+    """
+
+    def __init__(self, root: str | Path, batch_size: int = 64, eval_batch_size: int | None = None,
+                 num_workers: int = 0, crop_seconds: float = 2.0, spectrogram: bool = False,
+                 skip_corrupt: bool = False, shuffle_buffer: int = 500, val_gallery: bool = False,
+                 flip: bool = True):
+        super().__init__()
+        self.root = Path(root)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.crop_seconds = num_workers, crop_seconds
+        self.spectrogram, self.skip_corrupt = spectrogram, skip_corrupt
+        self.shuffle_buffer, self.val_gallery, self.flip = shuffle_buffer, val_gallery, flip
+        self.manifest = read_manifest(self.root)
+        self.identities = self.manifest["identities"]
+        self.train_identities = [i["index"] for i in self.identities if i["split"] == "train"]
+        self.label_of = {ident: c for c, ident in enumerate(self.train_identities)}
+        self.features = AudioFeatures(spectrogram=spectrogram,
+                                      sample_rate=self.manifest["sample_rate"])
+
+    # facts the methods size their nets by
+    @property
+    def num_train_identities(self) -> int:
+        return len(self.train_identities)
+
+    @property
+    def face_size(self) -> int:
+        return int(self.manifest["face_size"])
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _decoder(self, train: bool) -> SampleDecoder:
+        crop = int(self.crop_seconds * self.manifest["sample_rate"]) if train else None
+        return SampleDecoder(self.manifest, self.features, crop, self.flip and train,
+                             self.label_of)
+
+    def _split(self, section: str, split: str) -> tuple[list[dict], list[str]]:
+        entry = self.manifest[section].get(split)
+        if entry is None:
+            raise DataFormatError(f"{self.root}/manifest.json has no {section} split {split!r}; "
+                                  f"it has {sorted(self.manifest[section])}")
+        shards = entry["shards"]
+        return shards, shard_paths(self.root, [s["name"] for s in shards])
+
+    def train_dataset(self, rank: int = 0, world_size: int = 1) -> TrainStream:
+        shards, urls = self._split("splits", "train")
+        return TrainStream(shards, urls, self._decoder(train=True), self.batch_size, rank,
+                           world_size, self.num_workers, self.shuffle_buffer, self.skip_corrupt)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        return DataLoader(self.train_dataset(rank, world), batch_size=None,
+                          num_workers=self.num_workers,
+                          persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+    def eval_dataset(self, split: str, gallery: bool = False) -> Dataset:
+        _, urls = self._split("gallery" if gallery else "splits", split)
+        ds = IndexedShards(urls, self._decoder(train=False))
+        return _SkippingDataset(ds) if self.skip_corrupt else ds
+
+    def eval_dataloader(self, split: str, gallery: bool = False, rank: int | None = None,
+                        world_size: int | None = None) -> DataLoader:
+        """Samples (or gallery faces) of a split, in a fixed order; sliced by rank under DDP."""
+        if rank is None:
+            rank, world_size = self._rank_world()
+        ds = self.eval_dataset(split, gallery)
+        return DataLoader(ds, batch_size=self.eval_batch_size,
+                          sampler=RankSlice(len(ds), rank, world_size),
+                          num_workers=self.num_workers,
+                          collate_fn=_collate_present if self.skip_corrupt else collate)
+
+    def gallery_dataloader(self, split: str, **kw) -> DataLoader:
+        return self.eval_dataloader(split, gallery=True, **kw)
+
+    def val_dataloader(self):
+        samples = self.eval_dataloader("val")
+        return [samples, self.gallery_dataloader("val")] if self.val_gallery else samples
+
+    def test_dataloader(self):
+        return self.eval_dataloader("test")

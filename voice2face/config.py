@@ -1,0 +1,97 @@
+"""Configs: ``experiments/base.yaml`` <- ``experiments/<method>.yaml`` <- profile <- CLI.
+
+A method file may hold ``profiles: {cpu: {...}, paper: {...}}``; ``profile=auto`` picks
+``paper`` when a GPU is present and ``cpu`` otherwise. Command-line overrides are
+``key=value`` (the form W&B sweeps emit with ``${args_no_hyphens}``). The merged config is
+in struct mode, so a key that no layer defines is an error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+EXPERIMENTS = Path(os.environ.get("VOICE2FACE_EXPERIMENTS",
+                                  Path(__file__).resolve().parent.parent / "experiments"))
+
+
+class ConfigError(ValueError):
+    """A config file or override is not valid."""
+
+
+def experiments_dir() -> Path:
+    if not EXPERIMENTS.is_dir():
+        raise ConfigError(f"config folder {EXPERIMENTS} not found: run from a clone of the "
+                          f"repository or set VOICE2FACE_EXPERIMENTS")
+    return EXPERIMENTS
+
+
+def _load(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except (OmegaConfBaseException, OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return cfg
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"overrides must be key=value, got {bad}")
+    try:
+        return OmegaConf.from_dotlist([o.lstrip("-") for o in overrides])
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse overrides {overrides}: {e}") from e
+
+
+def _merge_strict(cfg: DictConfig, layer: DictConfig, what: str) -> DictConfig:
+    OmegaConf.set_struct(cfg, True)
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except ConfigKeyError as e:
+        key = e.full_key or e.key
+        raise ConfigError(f"unknown config key {key!r} in {what}; "
+                          f"see `voice2face train <method> --print-config` for valid keys") from e
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid value in {what}: {e}") from e
+
+
+def resolve_profile(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+    return "paper" if torch.cuda.is_available() else "cpu"
+
+
+def load_config(method: str, overrides: list[str] | None = None,
+                root: Path | None = None) -> DictConfig:
+    """The merged, struct-mode config of ``method`` with ``key=value`` overrides applied."""
+    root = root or experiments_dir()
+    method_file = root / f"{method}.yaml"
+    if not method_file.is_file():
+        raise ConfigError(f"no config {method_file} for method {method!r}")
+    cli = _parse_overrides(list(overrides or []))
+    cfg = _merge_strict(_load(root / "base.yaml"), _load(method_file), str(method_file))
+    profiles = cfg.pop("profiles", None) or {}
+    profile = resolve_profile(str(cli.get("profile", cfg.get("profile", "auto"))))
+    if profile not in profiles and profiles:
+        raise ConfigError(f"{method_file}: no profile {profile!r}; it has {sorted(profiles)}")
+    if profile in profiles:
+        cfg = _merge_strict(cfg, profiles[profile], f"{method_file} profile {profile!r}")
+    cfg = _merge_strict(cfg, cli, "command-line overrides")
+    cfg.profile = profile
+    cfg.method = method
+    OmegaConf.resolve(cfg)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg))
+    os.replace(tmp, path)
