@@ -31,11 +31,12 @@ class AudioFeatures:
 
     @staticmethod
     def num_frames(num_samples: int) -> int:
-        return max(0, 1 + (num_samples - WIN_LENGTH) // HOP_LENGTH)
+        # center=False: a frame needs a whole n_fft window (the 25 ms window sits inside it)
+        return max(0, 1 + (num_samples - N_FFT) // HOP_LENGTH)
 
     def __call__(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
-        if wave.numel() < WIN_LENGTH:  # too short for one frame: pad with silence
-            wave = torch.nn.functional.pad(wave, (0, WIN_LENGTH - wave.numel()))
+        if wave.numel() < N_FFT:  # too short for one frame: pad with silence
+            wave = torch.nn.functional.pad(wave, (0, N_FFT - wave.numel()))
         logmel = torch.log(self.mel(wave) + 1e-6)
         mean = logmel.mean(dim=1, keepdim=True)
         std = logmel.std(dim=1, keepdim=True, unbiased=False)
@@ -56,7 +57,7 @@ def random_crop(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.n
 
 def face_to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> 3xHxW float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def tensor_to_face(face: torch.Tensor) -> np.ndarray:

@@ -76,7 +76,8 @@ def load_config(method: str, overrides: list[str] | None = None,
     if not method_file.is_file():
         raise ConfigError(f"no config {method_file} for method {method!r}")
     cli = _parse_overrides(list(overrides or []))
-    cfg = _merge_strict(_load(root / "base.yaml"), _load(method_file), str(method_file))
+    # a method file adds its own keys (model, optim, ...); later layers may only set them
+    cfg = OmegaConf.merge(_load(root / "base.yaml"), _load(method_file))
     profiles = cfg.pop("profiles", None) or {}
     profile = resolve_profile(str(cli.get("profile", cfg.get("profile", "auto"))))
     if profile not in profiles and profiles:

@@ -1,0 +1,23 @@
+"""Shared fixtures: tiny datasets written into temporary folders (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from fake_data import write_fake_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fake_root(tmp_path_factory) -> Path:
+    """A dataset in the shard format with sine-tone voices and flat-colour faces."""
+    root = tmp_path_factory.mktemp("fake")
+    write_fake_dataset(root)
+    return root
