@@ -35,6 +35,8 @@ from datamodules.shards import (DataFormatError, decode_audio, decode_image, rea
                                 shard_paths)
 
 log = logging.getLogger(__name__)
+# TrainStream.__len__ is exact for any number of workers (each worker yields a fixed count).
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 GENDERS = {"f": 0, "m": 1}
 
 

@@ -4,7 +4,9 @@ The run folder ``runs/<method>-<data>-<time>/`` receives the resolved ``config.y
 checkpoints (``checkpoints/last.ckpt`` every ``run.checkpoint_every`` batches, and
 ``checkpoints/final.ckpt``), ``metrics.csv`` and the offline W&B run. ``run.resume=<folder>``
 (or a ``.ckpt``) continues a run from its last checkpoint; ``run.resume=auto`` does so when
-the folder named by ``run.name`` already holds one, and starts afresh otherwise.
+the folder named by ``run.name`` already holds one, and starts afresh otherwise. A resumed
+run restarts the interrupted epoch of the training stream (shards are not seekable), so a
+few samples of that epoch are seen twice; optimizer state and step counts carry on exactly.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def run_folder(cfg: DictConfig) -> tuple[Path, str | None]:
 
 
 def make_loggers(cfg: DictConfig, folder: Path, name: str) -> list:
-    loggers = [CSVLogger(folder, name="", version="csv")]
+    # a new csv/version_N per (re)start: CSVLogger would overwrite an existing metrics.csv
+    loggers = [CSVLogger(folder, name="csv")]
     if cfg.logger.wandb:
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(WandbLogger(
