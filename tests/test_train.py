@@ -95,3 +95,9 @@ def test_checkpoint_identity_and_errors(toy, tmp_path):
         load_method(garbage)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_method(tmp_path / "missing.ckpt")
+
+
+def test_wandb_logs_offline_into_the_run_folder(toy):
+    final = train(toy("trainer.max_steps=2", "run.name=r3", "logger.wandb=true"))
+    runs = list((final.parent.parent / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
