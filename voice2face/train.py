@@ -95,9 +95,14 @@ def train(cfg: DictConfig) -> Path:
     checkpoints = ModelCheckpoint(dirpath=folder / "checkpoints", filename="step{step}",
                                   every_n_train_steps=cfg.run.checkpoint_every * k,
                                   save_last=True, save_top_k=1)
+    # A method whose backward passes each leave some nets without gradients (the GAN's two
+    # optimizer steps) declares it; plain DDP would reject it.
+    strategy = t.strategy
+    if strategy == "ddp" and getattr(method_cls, "ddp_find_unused_parameters", False):
+        strategy = "ddp_find_unused_parameters_true"
     trainer = L.Trainer(
         max_steps=t.max_steps * k, max_epochs=t.max_epochs, accelerator=t.accelerator,
-        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+        devices=t.devices, num_nodes=t.num_nodes, strategy=strategy, precision=t.precision,
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         logger=make_loggers(cfg, folder, folder.name), callbacks=[checkpoints],

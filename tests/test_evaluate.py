@@ -1,0 +1,137 @@
+"""``voice2face evaluate``: its three outputs, reference rows, determinism and errors; the grid
+that validation logs to W&B; ``voice2face generate``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from test_methods import pretrained_nets, train_quick
+from voice2face import cli
+from voice2face.evaluate import evaluate
+
+KEYS = ["match_1to2", "match_1to2_gender", "recall@1", "recall@5", "recall@10", "gender_acc",
+        "cosine", "identity_top1", "identity_top5"]
+
+
+@pytest.fixture(scope="module")
+def world(fake_root) -> Path:
+    """The tiny dataset evaluated here (one line to swap for another world)."""
+    pretrained_nets(fake_root)
+    return fake_root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def cgan(world, runs) -> Path:
+    """A conditional GAN trained with W&B logging on, so validation logs its grid there."""
+    return train_quick("cgan", world, runs, "trainer.max_steps=4", "run.name=cgan",
+                       "logger.wandb=true")
+
+
+def test_evaluate_writes_table_json_and_grid(world, cgan, tmp_path):
+    r = evaluate(cgan, tmp_path / "eval", grid_identities=3, grid_utterances=2)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["rows"] == r["rows"] and saved["method"] == "gan" and saved["variant"] == "conditional"
+    assert set(saved["rows"]) == {"method", "real_faces", "chance"}  # no ceiling: not synthetic
+    for name, row in saved["rows"].items():
+        assert set(KEYS) <= set(row), name
+        for key, value in row.items():
+            low = -1.0 if key == "cosine" else 0.0
+            assert low <= value <= 1.0, (name, key, value)
+    assert saved["rows"]["chance"]["match_1to2"] == 0.5
+    assert saved["counts"]["test_utterances"] == 16 and saved["counts"]["known_utterances"] == 6
+    table = (tmp_path / "eval" / "metrics.md").read_text()
+    for label in ("| gan (conditional) |", "| real faces", "| chance |", "1:2 match", "R@10"):
+        assert label in table
+    grid = Image.open(tmp_path / "eval" / "grid.png")
+    assert grid.size[1] >= 3 * 16 and grid.mode == "RGB"
+
+
+def test_same_seed_same_numbers(world, cgan, tmp_path):
+    a = evaluate(cgan, tmp_path / "a", seed=3)
+    b = evaluate(cgan, tmp_path / "b", seed=3)
+    assert a["rows"] == b["rows"]
+    assert (tmp_path / "a" / "grid.png").read_bytes() == (tmp_path / "b" / "grid.png").read_bytes()
+
+
+def test_ceiling_row_of_a_synthetic_world(world, cgan, tmp_path):
+    synthetic = tmp_path / "world"
+    shutil.copytree(world, synthetic, ignore=shutil.ignore_patterns("pretrained"))
+    manifest = json.loads((synthetic / "manifest.json").read_text())
+    manifest.update(kind="synthetic", ceilings={"match_1to2": 0.8, "match_1to2_gender": 0.7,
+                                                "trials": 1000})
+    (synthetic / "manifest.json").write_text(json.dumps(manifest))
+    r = evaluate(cgan, tmp_path / "eval", data=synthetic, judge=world / "pretrained" / "face.ckpt")
+    assert r["rows"]["ceiling"] == {"match_1to2": 0.8, "match_1to2_gender": 0.7}
+    assert "| ceiling (synthetic world) | 0.800 | 0.700 |" in (tmp_path / "eval" / "metrics.md").read_text()
+
+
+def test_dimnet_is_evaluated_in_its_own_space(world, runs, tmp_path):
+    final = train_quick("dimnet", world, runs, "trainer.max_steps=2", "run.name=dimnet",
+                        "trainer.val_check_interval=100")
+    r = evaluate(final, tmp_path / "eval")
+    assert set(KEYS) <= set(r["rows"]["method"]) and r["files"]["grid"] is None
+
+
+def test_cli_and_its_errors(world, cgan, tmp_path, capsys):
+    assert cli.main(["evaluate", "--ckpt", str(cgan), "--out", str(tmp_path / "ok")]) == 0
+    out = capsys.readouterr().out
+    assert "| chance |" in out and "metrics.json" in out
+
+    def error(*args) -> str:
+        assert cli.main(["evaluate", *args, "--out", str(tmp_path / "err")]) == 2
+        return capsys.readouterr().err
+
+    voice = world / "pretrained" / "voice.ckpt"
+    assert "a checkpoint of method 'voice', expected" in error("--ckpt", str(voice))
+    assert "expected a face judge" in error("--ckpt", str(cgan), "--judge", str(voice))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "has no manifest.json" in error("--ckpt", str(cgan), "--data", str(empty))
+    # the same shards under another identity table: a judge of other data
+    other = tmp_path / "other"
+    shutil.copytree(world, other, ignore=shutil.ignore_patterns("pretrained"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["identities"][0]["name"] = "Fredrika Other"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    msg = error("--ckpt", str(cgan), "--data", str(other), "--judge",
+                str(world / "pretrained" / "face.ckpt"))
+    assert "judge was trained on other data" in msg and "voice2face train face" in msg
+    assert "no judge at" in error("--ckpt", str(cgan), "--data", str(other))
+
+
+def test_validation_logs_the_grid_to_wandb_and_the_run_folder(cgan):
+    run = cgan.parent.parent
+    assert sorted(p.name for p in (run / "grids").glob("*.png")) == ["val-step000002.png",
+                                                                   "val-step000004.png"]
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    assert list(offline.glob("files/media/images/val/grid_*.png"))
+
+
+def test_generate_a_face_from_an_audio_file(cgan, world, tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+    t = np.arange(int(0.7 * 44_100)) / 44_100
+    stereo = 0.3 * np.stack([np.sin(2 * np.pi * 140 * t), np.sin(2 * np.pi * 210 * t)], 1)
+    sf.write(tmp_path / "voice.wav", stereo, 44_100)  # stereo, 44.1 kHz: mixed and resampled
+    out = tmp_path / "face.png"
+    assert cli.main(["generate", "--ckpt", str(cgan), str(tmp_path / "voice.wav"),
+                     "--out", str(out), "--size", "48"]) == 0
+    assert Image.open(out).size == (48, 48)
+    assert "face.png" in capsys.readouterr().out
+
+    (tmp_path / "broken.flac").write_bytes(b"fLaC but not really")
+    assert cli.main(["generate", "--ckpt", str(cgan), str(tmp_path / "broken.flac")]) == 2
+    assert "cannot decode audio file" in capsys.readouterr().err
+    assert cli.main(["generate", "--ckpt", str(world / "pretrained" / "face.ckpt"),
+                     str(tmp_path / "voice.wav")]) == 2
+    assert "a checkpoint of method 'face', expected" in capsys.readouterr().err

@@ -1,0 +1,167 @@
+"""Every registered method trains a few steps on a tiny world; the GAN's wiring; pretrained
+nets and the errors of loading the wrong one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, IterableDataset
+
+from datamodules import VoiceFaceDataModule
+from voice2face.config import load_config
+from voice2face.losses import identity_loss
+from voice2face.methods import METHODS, load_method
+from voice2face.methods.base import CheckpointError, data_info, read_checkpoint_meta
+from voice2face.methods.pretrained import load_judge, load_voice_embedder
+from voice2face.train import export, train
+
+# Settings that make any method's run take seconds on a tiny world.
+QUICK = ["data.batch_size=4", "data.num_workers=0", "data.crop_seconds=0.3",
+         "logger.wandb=false", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+         "run.checkpoint_every=100", "run.evaluate=false", "profile=cpu", "seed=0"]
+
+
+@pytest.fixture(scope="session")
+def world(fake_root) -> Path:
+    """The tiny dataset these tests train on (one line to swap for another world)."""
+    return fake_root
+
+
+def quick_config(method: str, root: Path, runs: Path, *overrides: str):
+    return load_config(method, [f"data.root={root}", f"run.root={runs}", *QUICK, *overrides])
+
+
+def train_quick(method: str, root: Path, runs: Path, *overrides: str) -> Path:
+    """Final checkpoint of a short run of ``method`` on ``root``."""
+    return train(quick_config(method, root, runs, *overrides))
+
+
+def pretrained_nets(root: Path) -> Path:
+    """``root/pretrained/{voice,face}.ckpt``, as the Makefile makes them; trained once per world."""
+    folder = root / "pretrained"
+    for method in ("voice", "face"):
+        if not (folder / f"{method}.ckpt").is_file():
+            final = train_quick(method, root, root.parent / f"{root.name}-pretrain-runs",
+                                "trainer.max_steps=6", f"run.name={method}")
+            export(final, folder / f"{method}.ckpt")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pretrained(world) -> Path:
+    return pretrained_nets(world)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_a_few_steps(method, world, pretrained, tmp_path):
+    final = train_quick(method, world, tmp_path, "trainer.max_steps=4", "run.name=r")
+    ckpt = torch.load(final, weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 4 * METHODS[method].steps_per_batch
+    module = load_method(final)
+    assert isinstance(module, METHODS[method]) and not module.training
+    for name, p in module.state_dict().items():
+        assert torch.isfinite(p.float()).all(), name
+    (log,) = (tmp_path / "r").glob("csv/version_*/metrics.csv")
+    header = log.read_text().splitlines()[0]
+    assert "train/" in header and "val/" in header
+
+
+def test_cgan_config_is_gan_with_the_switch():
+    gan, cgan = (OmegaConf.to_container(load_config(m, ["profile=cpu"])) for m in ("gan", "cgan"))
+    assert (gan["model"].pop("conditional"), cgan["model"].pop("conditional")) == (False, True)
+    gan.pop("method"), cgan.pop("method")
+    assert gan == cgan
+    for profile in ("cpu", "paper"):
+        a, b = (load_config(m, [f"profile={profile}"]) for m in ("gan", "cgan"))
+        assert OmegaConf.to_container(a.trainer) == OmegaConf.to_container(b.trainer)
+
+
+def test_paper_profile_settings():
+    cfg = load_config("gan", ["profile=paper"])
+    assert (cfg.optim.lr, list(cfg.optim.betas), cfg.data.batch_size) == (2e-4, [0.5, 0.999], 128)
+    assert (cfg.model.width, cfg.model.embedding_noise) == (1.0, 0.05)
+    assert cfg.model.voice.endswith("/pretrained/voice.ckpt")
+    assert cfg.eval.judge.endswith("/pretrained/face.ckpt")
+
+
+class Repeat(IterableDataset):
+    def __init__(self, batch, n):
+        self.batch, self.n = batch, n
+
+    def __iter__(self):
+        return iter([self.batch] * self.n)
+
+
+def fixed_batch(root: Path, n: int = 6) -> dict:
+    dm = VoiceFaceDataModule(root, batch_size=n, num_workers=0, crop_seconds=0.3)
+    return next(iter(dm.train_dataloader()))
+
+
+def test_gan_steps_reduce_the_classifier_loss_and_keep_the_voice_frozen(world, pretrained,
+                                                                        tmp_path):
+    import lightning as L
+    cfg = quick_config("gan", world, tmp_path, "model.width=0.25", "eval.judge=null",
+                       "optim.lr=1e-3")
+    dm = VoiceFaceDataModule(world, batch_size=6, num_workers=0, crop_seconds=0.3)
+    gan = METHODS["gan"](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+    batch = fixed_batch(world)
+    voice_before = {k: v.clone() for k, v in gan.voice.state_dict().items()}
+
+    def classifier_loss():
+        with torch.no_grad():
+            return float(identity_loss(gan.critic(batch["face"])[1], batch["label"]))
+
+    before = classifier_loss()
+    trainer = L.Trainer(max_steps=2 * 15, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(gan, DataLoader(Repeat(batch, 15), batch_size=None))
+    assert trainer.global_step == 30  # two optimizer steps per batch
+    assert classifier_loss() < 0.7 * before
+    for k, v in gan.voice.state_dict().items():  # weights and BatchNorm statistics
+        assert torch.equal(v, voice_before[k]), k
+    assert not gan.voice.training and not any(p.requires_grad for p in gan.voice.parameters())
+
+
+def test_gan_checkpoint_needs_no_voice_checkpoint(world, pretrained, tmp_path):
+    voice = tmp_path / "voice-copy.ckpt"
+    shutil.copy(pretrained / "voice.ckpt", voice)
+    final = train_quick("cgan", world, tmp_path, "trainer.max_steps=2", f"model.voice={voice}",
+                        "trainer.val_check_interval=100")
+    voice.unlink()
+    gan = load_method(final, expect="gan")
+    assert gan.conditional and gan.critic.projection is not None
+    faces = gan.generate_faces(torch.randn(2, 64, 50), torch.tensor([50, 30]))
+    assert faces.shape == (2, 3, 16, 16) and faces.abs().max() <= 1
+
+
+def test_gan_without_voice_checkpoint_says_how_to_make_one(world, tmp_path):
+    with pytest.raises(CheckpointError, match="voice2face train voice --export"):
+        train_quick("gan", world, tmp_path, f"model.voice={tmp_path / 'none.ckpt'}")
+
+
+def test_pretrained_loaders_check_what_they_load(world, pretrained, tmp_path, fake_root):
+    voice = load_voice_embedder(pretrained / "voice.ckpt")
+    assert not voice.training and not any(p.requires_grad for p in voice.parameters())
+    info = data_info(VoiceFaceDataModule(world))
+    judge = load_judge(pretrained / "face.ckpt", info)
+    assert judge(torch.zeros(1, 3, 16, 16))["identity"].shape == (1, info["num_train_identities"])
+    with pytest.raises(CheckpointError, match="method 'face', expected 'voice' or 'dimnet'"):
+        load_voice_embedder(pretrained / "face.ckpt")
+    with pytest.raises(CheckpointError, match="method 'voice', expected a face judge"):
+        load_judge(pretrained / "voice.ckpt", info)
+    other = dict(info, fingerprint="0123456789abcdef", root="/elsewhere")
+    with pytest.raises(CheckpointError, match="judge was trained on other data"):
+        load_judge(pretrained / "face.ckpt", other)
+    assert read_checkpoint_meta(pretrained / "face.ckpt")["data"]["fingerprint"] == info["fingerprint"]
+
+
+def test_dimnet_checkpoint_is_a_voice_embedder(world, tmp_path):
+    final = train_quick("dimnet", world, tmp_path, "trainer.max_steps=2",
+                        "trainer.val_check_interval=100")
+    voice = load_voice_embedder(final)
+    assert voice(torch.randn(2, 64, 30)).shape == (2, 64)

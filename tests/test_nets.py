@@ -1,0 +1,142 @@
+"""Every net: forward shape, no NaN, backward, every parameter gets a gradient (timm-style);
+and the losses they train with."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from voice2face import losses
+from voice2face.nets import (CosineClassifier, CovariateHeads, FaceCritic, FaceEncoder,
+                             FaceGenerator, FaceTrunk, VoiceEmbedder, perturb_embedding)
+
+B = 3
+
+
+def mel():
+    return (torch.randn(B, 64, 40), torch.tensor([40, 31, 9]))
+
+
+def face(size):
+    return (torch.rand(B, 3, size, size) * 2 - 1,)
+
+
+# name -> (net factory, inputs factory, expected output shapes)
+NETS = {
+    "voice_embedder": (lambda: VoiceEmbedder(width=0.1), mel, [(B, 64)]),
+    "voice_embedder_paper": (lambda: VoiceEmbedder(), mel, [(B, 64)]),
+    "face_trunk_64": (lambda: FaceTrunk(64, width=0.25), lambda: face(64), [(B, 64)]),
+    "face_trunk_16_batchnorm": (lambda: FaceTrunk(16, norm="batch"), lambda: face(16), [(B, 64)]),
+    "face_encoder": (lambda: FaceEncoder(32, 7, width=0.25), lambda: face(32),
+                     [(B, 64), (B, 7), (B,)]),
+    "face_generator_64": (lambda: FaceGenerator(64, 64, width=0.125),
+                          lambda: (torch.randn(B, 64),), [(B, 3, 64, 64)]),
+    "face_generator_16_no_norm": (lambda: FaceGenerator(64, 16, width=0.25, norm="none"),
+                                  lambda: (torch.randn(B, 64),), [(B, 3, 16, 16)]),
+    "face_generator_conditional": (lambda: FaceGenerator(64, 32, width=0.125, noise_dim=16),
+                                   lambda: (torch.randn(B, 64),), [(B, 3, 32, 32)]),
+    "face_critic": (lambda: FaceCritic(64, 11, width=0.125), lambda: face(64), [(B,), (B, 11)]),
+    "face_critic_projection": (lambda: FaceCritic(32, 11, width=0.25, cond_dim=64),
+                               lambda: (*face(32), torch.randn(B, 64)), [(B,), (B, 11)]),
+    "cosine_classifier": (lambda: CosineClassifier(64, 9), lambda: (torch.randn(B, 64),), [(B, 9)]),
+    "covariate_heads": (lambda: CovariateHeads(64, 9), lambda: (torch.randn(B, 64),),
+                        [(B, 9), (B,)]),
+}
+
+
+def flat(out):
+    if isinstance(out, dict):
+        return list(out.values())
+    if isinstance(out, (tuple, list)):
+        return list(out)
+    return [out]
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_forward_backward_every_parameter(name):
+    make, inputs, shapes = NETS[name]
+    torch.manual_seed(0)
+    net = make().train()
+    outs = flat(net(*inputs()))
+    assert [tuple(o.shape) for o in outs] == shapes
+    assert all(torch.isfinite(o).all() for o in outs)
+    sum(o.float().square().mean() for o in outs).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not missing, f"{name}: no gradient for {missing}"
+    bad = [n for n, p in net.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not bad, f"{name}: non-finite gradient for {bad}"
+
+
+def test_voice_embedding_ignores_padding_and_is_unit():
+    torch.manual_seed(0)
+    net = VoiceEmbedder(width=0.1).eval()
+    x = torch.randn(1, 64, 57)
+    alone = net(x, torch.tensor([57]))
+    padded = net(torch.cat([x, torch.randn(1, 64, 30) * 5], -1), torch.tensor([57]))
+    torch.testing.assert_close(alone, padded, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(alone.norm(dim=-1), torch.ones(1))
+
+
+def test_generator_range_and_noise():
+    torch.manual_seed(0)
+    gen = FaceGenerator(64, 16, width=0.25, noise_dim=8).eval()
+    e = torch.randn(2, 64)
+    a, b = gen(e), gen(e)
+    assert a.min() >= -1 and a.max() <= 1
+    assert not torch.equal(a, b)  # z is drawn anew
+    z = torch.randn(2, 8)
+    assert torch.equal(gen(e, z), gen(e, z))
+
+
+def test_paper_sizes():
+    """Table 2 of Wen et al.: the channel progressions at width 1."""
+    voice = VoiceEmbedder()
+    assert [b[0].out_channels for b in voice.blocks] + [voice.out.out_channels] == [256, 384, 576, 864, 64]
+    gen = FaceGenerator(64, 64)
+    convs = [m for m in gen.net if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Conv2d))]
+    assert [c.out_channels for c in convs] == [1024, 512, 256, 128, 64, 3]
+    trunk = FaceTrunk(64)
+    assert [m.out_channels for m in trunk.net if isinstance(m, torch.nn.Conv2d)] == [32, 64, 128, 256, 512, 64]
+    with pytest.raises(ValueError, match="power of two"):
+        FaceTrunk(48)
+
+
+def test_perturb_embedding():
+    e = torch.nn.functional.normalize(torch.randn(1000, 64), dim=-1)
+    p = perturb_embedding(e, 0.05)
+    assert torch.allclose(p.norm(dim=-1), torch.ones(1000))
+    assert 0.9 < float((p * e).sum(-1).mean()) < 0.999
+    assert perturb_embedding(e, 0.0) is e
+
+
+# --- losses -------------------------------------------------------------------------------------
+
+def test_adversarial_losses():
+    zero = torch.zeros(4)
+    assert math.isclose(float(losses.discriminator_loss(zero, zero)), 2 * math.log(2), rel_tol=1e-6)
+    assert math.isclose(float(losses.generator_loss(zero)), math.log(2), rel_tol=1e-6)
+    # a discriminator that is right pays little; a fooled one pays much
+    assert losses.discriminator_loss(torch.full((4,), 5.0), torch.full((4,), -5.0)) < 0.02
+    assert losses.discriminator_loss(torch.full((4,), -5.0), torch.full((4,), 5.0)) > 9
+    assert losses.generator_loss(torch.full((4,), 5.0)) < losses.generator_loss(zero)
+
+
+def test_identity_loss_ignores_unlabelled():
+    logits = torch.randn(4, 5, requires_grad=True)
+    labels = torch.tensor([1, -1, 3, -1])
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], labels[[0, 2]])
+    torch.testing.assert_close(losses.identity_loss(logits, labels), expected)
+    none = losses.identity_loss(logits, torch.full((4,), -1))
+    assert float(none.detach()) == 0.0 and none.requires_grad
+    none.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_covariate_loss_and_accuracy():
+    out = {"identity": torch.tensor([[9.0, 0.0], [0.0, 9.0]]), "gender": torch.tensor([9.0, -9.0])}
+    good = losses.covariate_loss(out, torch.tensor([0, 1]), torch.tensor([1, 0]))
+    bad = losses.covariate_loss(out, torch.tensor([1, 0]), torch.tensor([0, 1]))
+    assert good < 0.01 < 10 < bad
+    assert float(losses.top1_accuracy(out["identity"], torch.tensor([0, -1]))) == 1.0

@@ -1,0 +1,518 @@
+"""``voice2face evaluate --ckpt CKPT [--data DIR] [--judge CKPT] --out DIR``
+
+Runs the test split through a trained method and writes, into ``--out``:
+
+* ``metrics.json``: every number, per row;
+* ``metrics.md``: the table, with its reference rows;
+* ``grid.png``: for a seeded sample of test identities, real faces beside faces generated
+  from several of their utterances (methods that generate faces).
+
+Protocol (``voice2face.metrics`` states each metric's):
+
+* one face per test utterance, from the whole utterance; its judge embedding is the probe
+  of 1:2 matching (exhaustive, unstratified and with same-gender imposters, Wen et al. 2019
+  Table 3) and recall@K over the test identities (gallery: the judge embeddings of the
+  test gallery images); gender accuracy of the judge's gender head on the generated faces;
+  cosine similarity of the generated face's embedding to the speaker's mean real-face
+  embedding;
+* on the ``known`` split (held-out utterances of training identities): the judge's identity
+  top-1/top-5 on the generated faces, as Wen et al. report for known subjects;
+* a method that embeds voices and faces itself (``dimnet``) is measured in its own space: its
+  voice embedding is the probe, its face embedding makes the gallery, its shared heads give
+  gender and identity.
+
+Reference rows, measured in the same run: **chance**; **real faces**: each test identity's
+gallery images split in two halves by index, one half as probes against the other as gallery
+(a held-out real photo of the speaker: what a perfect generator would score with this judge;
+on ``known`` the sample's real face); the world's **ceiling** from the manifest (synthetic
+data only). The same seed gives the same numbers: the data order is fixed, matching is
+exhaustive, and the conditional GAN's z comes from the seeded generator.
+
+The judge is a ``face`` checkpoint trained on the same data (checked by the data
+fingerprint); it defaults to ``DATA/pretrained/face.ckpt``, and ``--data`` to the data the
+checkpoint was trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from datamodules.features import tensor_to_face
+from voice2face.metrics import make_metrics
+
+TOP_K = (1, 5, 10, 20, 50)
+BLOCK = 100  # SF2F's recall blocks of 100 identities, when the split has that many
+TABLE_COLUMNS = [  # (key, header)
+    ("match_1to2", "1:2 match"), ("match_1to2_gender", "1:2 match, same gender"),
+    ("recall@1", "R@1"), ("recall@5", "R@5"), ("recall@10", "R@10"),
+    ("gender_acc", "gender acc"), ("cosine", "cosine to speaker"),
+    ("identity_top1", "known top-1"), ("identity_top5", "known top-5"),
+]
+
+
+# --- the grid of generated and real faces ---------------------------------------------------
+
+class GridCollector:
+    """Collects, per identity, a few real faces and faces generated from its utterances.
+
+    ``identities``: the identities to collect (in this order); None takes the first
+    ``n_identities`` that come by.
+    """
+
+    def __init__(self, n_identities: int = 8, n_utterances: int = 4, n_real: int = 2,
+                 identities: list[int] | None = None, names: dict[int, str] | None = None):
+        self.n_identities, self.n_utterances, self.n_real = n_identities, n_utterances, n_real
+        self.order: list[int] = list(identities) if identities is not None else []
+        self.fixed = identities is not None
+        self.names = names or {}
+        self.real: dict[int, list[torch.Tensor]] = {}
+        self.fake: dict[int, list[torch.Tensor]] = {}
+
+    def _wanted(self, identity: int) -> bool:
+        if identity in self.order:
+            return True
+        if not self.fixed and len(self.order) < self.n_identities:
+            self.order.append(identity)
+            return True
+        return False
+
+    def add_real(self, identity: int, faces) -> None:
+        if self._wanted(identity):
+            have = self.real.setdefault(identity, [])
+            have.extend(f.detach().cpu() for f in faces[:self.n_real - len(have)])
+
+    def add_fake(self, identity: int, face: torch.Tensor) -> None:
+        if self._wanted(identity):
+            have = self.fake.setdefault(identity, [])
+            if len(have) < self.n_utterances:
+                have.append(face.detach().cpu())
+
+    def add(self, batch: dict, fake: torch.Tensor | None) -> None:
+        """A batch of utterances and the faces generated from them (real faces: ``faces``)."""
+        for i, identity in enumerate(batch["identity"].tolist()):
+            if fake is not None:
+                self.add_fake(identity, fake[i])
+            if "faces" in batch:
+                self.add_real(identity, batch["faces"][i])
+
+    def image(self) -> Image.Image | None:
+        rows = [(self.names.get(i, str(i)), self.real.get(i, []), self.fake.get(i, []))
+                for i in self.order if self.fake.get(i)]
+        return face_grid(rows, self.n_real, self.n_utterances) if rows else None
+
+
+def face_grid(rows: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]], n_real: int,
+              n_fake: int, pad: int = 2) -> Image.Image:
+    """One row per identity: its name, ``n_real`` real faces, a gap, ``n_fake`` generated."""
+    size = rows[0][2][0].shape[-1]
+    label_w, gap, head = 96, max(8, size // 4), 14
+    width = label_w + (n_real + n_fake) * (size + pad) + gap
+    height = head + len(rows) * (size + pad)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x_fake = label_w + n_real * (size + pad) + gap
+    draw.text((label_w, 1), "real", fill="black")
+    draw.text((x_fake, 1), "generated from different utterances", fill="black")
+    for r, (name, real, fake) in enumerate(rows):
+        y = head + r * (size + pad)
+        draw.text((2, y + size // 2 - 6), name[:15], fill="black")
+        for c, face in enumerate(real[:n_real]):
+            canvas.paste(Image.fromarray(tensor_to_face(face)), (label_w + c * (size + pad), y))
+        for c, face in enumerate(fake[:n_fake]):
+            canvas.paste(Image.fromarray(tensor_to_face(face)), (x_fake + c * (size + pad), y))
+    return canvas
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def log_grid(image: Image.Image | None, loggers, key: str, step: int, path: Path | None) -> None:
+    """Save the grid as PNG and log it to every W&B logger (offline runs keep it locally)."""
+    if image is None:
+        return
+    if path is not None:
+        save_png(image, path)
+    from lightning.pytorch.loggers import WandbLogger
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[image], step=step)
+
+
+# --- the method under test: faces (judge embeds them) or its own embeddings -------------------
+
+def evaluable_methods() -> tuple[str, ...]:
+    from voice2face.methods import METHODS
+    return tuple(sorted(n for n, c in METHODS.items()
+                        if hasattr(c, "generate_faces") or hasattr(c, "voice_outputs")))
+
+
+class Subject:
+    """What evaluation needs of a method, in the space its probes live in."""
+
+    def __init__(self, method, judge):
+        self.method, self.judge = method, judge
+        self.generates = hasattr(method, "generate_faces")
+
+    @torch.no_grad()
+    def voices(self, mel, lengths) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """(generated faces or None, {embedding, identity, gender} of the probes)."""
+        if self.generates:
+            faces = self.method.generate_faces(mel, lengths)
+            return faces, self.judge(faces)
+        return None, self.method.voice_outputs(mel, lengths)
+
+    @torch.no_grad()
+    def faces(self, face) -> torch.Tensor:
+        """Gallery embeddings in the probes' space."""
+        return self.judge.embed(face) if self.generates else self.method.face_outputs(face)["embedding"]
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+def _stack(chunks: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def _centroids(emb: torch.Tensor, identity: torch.Tensor) -> dict[int, torch.Tensor]:
+    return {int(i): F.normalize(emb[identity == i].mean(0), dim=0)
+            for i in torch.unique(identity).tolist()}
+
+
+def _halves(identity: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Mask of the probe half: per identity, its 2nd, 4th, ... gallery image by index."""
+    probe = torch.zeros(len(identity), dtype=torch.bool)
+    for i in torch.unique(identity).tolist():
+        rows = torch.nonzero(identity == i).flatten()
+        rows = rows[torch.argsort(index[rows])]
+        probe[rows[1::2]] = True
+    return probe
+
+
+def _local(metrics):
+    """Metrics that never sync: evaluation is one process, even when it runs after a DDP fit
+    on rank 0 while the process group still exists."""
+    from torchmetrics import Metric
+    for m in metrics.modules():
+        if isinstance(m, Metric):  # the constructor's `distributed_available_fn`, set afterwards
+            m.distributed_available_fn = _single_process
+    return metrics
+
+
+def _single_process() -> bool:
+    return False
+
+
+def compute_each(group, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Compute every metric of a ``MetricCollection`` on its own: a protocol the split
+    cannot support (e.g. no same-gender imposter in a tiny world) is reported in the second
+    dict ({name: why}) instead of taking the others down with it."""
+    values: dict[str, torch.Tensor] = {}
+    errors: dict[str, str] = {}
+    for name, metric in group.items(keep_base=True):
+        if not metric.update_count:
+            continue
+        try:
+            value = metric.compute()
+        except ValueError as e:
+            errors[prefix + name] = str(e)
+            _unsync(metric)
+            continue
+        if isinstance(value, dict):
+            values.update({prefix + k: v for k, v in value.items()})
+        else:
+            values[prefix + name] = value
+    return values, errors
+
+
+def _unsync(metric) -> None:
+    """Restore a metric's own states after a ``compute`` that raised under DDP: torchmetrics
+    restores them only when compute returns, and ``reset`` fails on gathered states."""
+    from torchmetrics.utilities.exceptions import TorchMetricsUserError
+    try:
+        metric.unsync()
+    except TorchMetricsUserError:  # never synced: single process
+        pass
+
+
+def _compute(metrics, errors: dict[str, str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for group in metrics.values():
+        values, failed = compute_each(group)
+        out.update({k: float(v) for k, v in values.items()})
+        errors.update(failed)
+    return out
+
+
+def _chance(keys: list[str], n_ids: int, image_counts: list[int], gallery_size: int,
+            gender: torch.Tensor, num_classes: int, cosine: float) -> dict[str, float]:
+    """What guessing scores on each metric of this split."""
+    out: dict[str, float] = {}
+    for key in keys:
+        if key.startswith("match_1to"):
+            out[key] = 1.0 / int(key.split("_")[1][3:])
+        elif key.startswith("recall@"):
+            k = int(key[len("recall@"):].split("_")[0])
+            if "_block" in key:
+                out[key] = min(1.0, k / int(key.rsplit("_block", 1)[1]))
+            elif "_image" in key:  # P(one of the speaker's n images among k of G drawn)
+                out[key] = 1.0 if k >= gallery_size else float(np.mean(
+                    [1 - math.comb(gallery_size - n, k) / math.comb(gallery_size, k)
+                     for n in image_counts]))
+            else:
+                out[key] = min(1.0, k / n_ids)
+        elif key == "gender_acc":  # a constant guess of the more frequent gender
+            p = float(gender.float().mean()) if len(gender) else 0.5
+            out[key] = max(p, 1 - p)
+        elif key.startswith("identity_top"):
+            out[key] = min(1.0, int(key[len("identity_top"):]) / num_classes)
+        elif key == "cosine":
+            out[key] = cosine
+    return out
+
+
+def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
+             judge: str | Path | None = None, *, batch_size: int = 64, num_workers: int = 0,
+             seed: int = 0, device: str = "cpu", grid_identities: int = 8,
+             grid_utterances: int = 4, log=print) -> dict[str, Any]:
+    """Evaluate a checkpoint on the test split; writes metrics.json, metrics.md, grid.png."""
+    import lightning as L
+
+    from datamodules import VoiceFaceDataModule
+    from voice2face.methods.base import data_info, load_method, read_checkpoint_meta
+    from voice2face.methods.pretrained import load_judge
+
+    started = time.time()
+    out = Path(out)
+    meta = read_checkpoint_meta(ckpt)
+    method = load_method(ckpt, expect=evaluable_methods())
+    data = Path(data or meta["data"]["root"])
+    dm = VoiceFaceDataModule(data, batch_size=batch_size, eval_batch_size=batch_size,
+                             num_workers=num_workers)
+    info = data_info(dm)
+    judge_path = Path(judge) if judge else data / "pretrained" / "face.ckpt"
+    if not judge_path.is_file():
+        from voice2face.methods.base import CheckpointError
+        raise CheckpointError(f"no judge at {judge_path}: evaluation embeds faces with a `face` "
+                              f"checkpoint trained on {data}; make one with `voice2face train "
+                              f"face data.root={data} --export {judge_path}` or pass --judge")
+    judge_net = load_judge(judge_path, info)
+    method.to(device)
+    judge_net.to(device)
+    subject = Subject(method, judge_net)
+    L.seed_everything(seed, workers=True, verbose=False)
+
+    names = {i["index"]: i["name"] for i in dm.identities}
+    test_ids = sorted(i["index"] for i in dm.identities if i["split"] == "test")
+    chosen = sorted(random.Random(seed).sample(test_ids, min(grid_identities, len(test_ids))))
+    grid = GridCollector(len(chosen), grid_utterances, n_real=2, identities=chosen, names=names)
+    loader = dict(rank=0, world_size=1)
+
+    # test gallery: judge embeddings (reference rows) and the method's own (if it has a space)
+    g: dict[str, list] = {k: [] for k in ("judge", "own", "gender_logit", "identity", "gender", "index")}
+    for batch in dm.gallery_dataloader("test", **loader):
+        face = batch["face"].to(device)
+        j = judge_net(face)
+        g["judge"].append(j["embedding"].cpu())
+        g["gender_logit"].append(j["gender"].cpu())
+        g["own"].append(subject.faces(face).cpu() if not subject.generates else j["embedding"].cpu())
+        for k in ("identity", "gender", "index"):
+            g[k].append(batch[k])
+        for i, identity in enumerate(batch["identity"].tolist()):
+            grid.add_real(identity, batch["face"][i:i + 1])
+    g = {k: _stack(v) for k, v in g.items()}
+    n_ids = len(torch.unique(g["identity"]))
+    num_classes = info["num_train_identities"]
+    options = dict(num_classes=num_classes, top_k=TOP_K, seed=seed,
+                   recall_block_size=BLOCK if n_ids >= BLOCK else None)
+    rows = {"method": _local(make_metrics("test", **options)),
+            "real_faces": _local(make_metrics("test", **options))}
+    own_centroids, judge_centroids = _centroids(g["own"], g["identity"]), _centroids(g["judge"], g["identity"])
+
+    # method row: its gallery is every test image
+    rows["method"]["embedding"].update(g["own"], g["identity"], g["gender"], g["index"], role="gallery")
+    # real-faces row: half of each identity's images as probes, the other half as gallery
+    probe = _halves(g["identity"], g["index"])
+    real = rows["real_faces"]
+    real["embedding"].update(g["judge"][~probe], g["identity"][~probe], g["gender"][~probe],
+                             g["index"][~probe], role="gallery")
+    real["embedding"].update(g["judge"][probe], g["identity"][probe], g["gender"][probe],
+                             g["index"][probe], role="probe")
+    real["gender"].update(g["gender_logit"][probe].sigmoid(), g["gender"][probe])
+    half = _centroids(g["judge"][~probe], g["identity"][~probe])
+    real["cosine"].update(g["judge"][probe], torch.stack([half[int(i)] for i in g["identity"][probe]]))
+
+    # test utterances -> probes
+    n_test = 0
+    for batch in dm.eval_dataloader("test", **loader):
+        faces, o = subject.voices(batch["mel"].to(device), batch["mel_lengths"].to(device))
+        emb = o["embedding"].cpu()
+        rows["method"]["embedding"].update(emb, batch["identity"], batch["gender"], batch["index"],
+                                           role="probe")
+        rows["method"]["gender"].update(o["gender"].cpu().sigmoid(), batch["gender"])
+        rows["method"]["cosine"].update(emb, torch.stack([own_centroids[int(i)]
+                                                          for i in batch["identity"]]))
+        for i, identity in enumerate(batch["identity"].tolist()):
+            if faces is not None:
+                grid.add_fake(identity, faces[i])
+        n_test += len(emb)
+
+    # known speakers: identity top-k of the method's faces (and of the real face)
+    n_known = 0
+    if "known" in dm.manifest["splits"]:
+        for batch in dm.eval_dataloader("known", **loader):
+            _, o = subject.voices(batch["mel"].to(device), batch["mel_lengths"].to(device))
+            labels = batch["label"]
+            keep = labels >= 0
+            rows["method"]["identity"].update(o["identity"].cpu()[keep], labels[keep])
+            real_logits = judge_net(batch["face"].to(device))["identity"].cpu()
+            real["identity"].update(real_logits[keep], labels[keep])
+            n_known += int(keep.sum())
+
+    errors: dict[str, str] = {}
+    results: dict[str, Any] = {"rows": {name: _compute(m, errors) for name, m in rows.items()}}
+    for name, why in errors.items():
+        log(f"voice2face evaluate: no {name}: {why}")
+    keys = list(results["rows"]["method"])
+    chance_cos = _chance_cosine(g["judge"][probe], g["identity"][probe], judge_centroids)
+    counts = torch.bincount(g["identity"]).tolist()
+    image_counts = [counts[int(i)] for i in torch.unique(g["identity"])]
+    results["rows"]["chance"] = _chance(keys, n_ids, image_counts, len(g["identity"]), g["gender"],
+                                        num_classes, chance_cos)
+    ceilings = dm.manifest.get("ceilings") or {}
+    if ceilings:
+        results["rows"]["ceiling"] = {k: float(v) for k, v in ceilings.items()
+                                      if k.startswith("match_")}
+    cfg = method.cfg
+    results.update({
+        "checkpoint": str(ckpt), "method": meta["method"],
+        "variant": "conditional" if cfg.get("model", {}).get("conditional") else None,
+        "data": str(data), "judge": str(judge_path), "seed": seed,
+        "counts": {"test_utterances": n_test, "test_identities": n_ids,
+                   "test_gallery_images": len(g["identity"]), "known_utterances": n_known,
+                   "real_face_probes": int(probe.sum())},
+        "not_computed": errors, "seconds": round(time.time() - started, 1),
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "metrics.json", results)
+    _write_text(out / "metrics.md", markdown_table(results))
+    image = grid.image()
+    if image is not None:
+        save_png(image, out / "grid.png")
+    results["files"] = {"json": str(out / "metrics.json"), "table": str(out / "metrics.md"),
+                        "grid": str(out / "grid.png") if image is not None else None}
+    return results
+
+
+def _chance_cosine(emb: torch.Tensor, identity: torch.Tensor,
+                   centroids: dict[int, torch.Tensor]) -> float:
+    """Mean cosine of a real face to the mean face of another identity: an unrelated face."""
+    ids = sorted(centroids)
+    c = torch.stack([centroids[i] for i in ids])
+    sims = emb @ c.T  # [n, J]
+    own = torch.tensor([ids.index(int(i)) for i in identity])
+    sims[torch.arange(len(own)), own] = float("nan")
+    return float(torch.nanmean(sims))
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The results as a Markdown table, method row first, then the reference rows."""
+    labels = {"method": results["method"] + (f" ({results['variant']})" if results.get("variant") else ""),
+              "real_faces": "real faces (judge, held-out photo)", "chance": "chance",
+              "ceiling": "ceiling (synthetic world)"}
+    cols = [(k, h) for k, h in TABLE_COLUMNS if any(k in r for r in results["rows"].values())]
+    lines = [f"Test split of `{results['data']}`: {results['counts']['test_utterances']} utterances "
+             f"of {results['counts']['test_identities']} identities, "
+             f"{results['counts']['test_gallery_images']} gallery images; known speakers: "
+             f"{results['counts']['known_utterances']} utterances. Judge `{results['judge']}`, "
+             f"seed {results['seed']}, checkpoint `{results['checkpoint']}`.", "",
+             "| | " + " | ".join(h for _, h in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for name, row in results["rows"].items():
+        cells = [f"{row[k]:.3f}" if k in row else "—" for k, _ in cols]
+        lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
+    lines += ["", "Matching is exhaustive (every probe against every other identity); recall@K "
+              "ranks one entry per test identity (mean embedding). Chance for gender accuracy is "
+              "a constant guess of the more frequent gender; for cosine, the similarity of a "
+              "real face to another identity's mean face. `metrics.json` holds every variant "
+              "(L1/L2, image gallery, blocks of 100 identities).", ""]
+    return "\n".join(lines)
+
+
+def post_fit_evaluation(module, run_dir: Path, checkpoint: Path, datamodule) -> str:
+    """``MethodModule.post_fit`` of evaluable methods: evaluate into ``run_dir/eval``."""
+    cfg = module.cfg
+    judge = cfg.get("eval", {}).get("judge")
+    if not judge or not Path(judge).is_file():
+        return (f"voice2face: no evaluation (no judge at eval.judge={judge}); train one with "
+                f"`voice2face train face --export {judge}` and run `voice2face evaluate --ckpt "
+                f"{checkpoint} --out {Path(run_dir) / 'eval'}`")
+    device = "cuda" if torch.cuda.is_available() and cfg["trainer"]["accelerator"] != "cpu" else "cpu"
+    r = evaluate(checkpoint, Path(run_dir) / "eval", datamodule.root, judge,
+                 batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"],
+                 seed=cfg["seed"], device=device, grid_identities=cfg["eval"]["grid_identities"],
+                 grid_utterances=cfg["eval"]["grid_utterances"])
+    row = r["rows"]["method"]
+    grid = f", grid {r['files']['grid']}" if r["files"]["grid"] else ""
+    return (f"voice2face: evaluated on the test split: 1:2 match {row['match_1to2']:.3f} "
+            f"(chance 0.5); table {r['files']['table']}{grid}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voice2face evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="checkpoint of a trained method")
+    parser.add_argument("--out", required=True, help="folder for metrics.json, metrics.md, grid.png")
+    parser.add_argument("--data", help="dataset folder (default: the checkpoint's training data)")
+    parser.add_argument("--judge", help="face checkpoint (default: DATA/pretrained/face.ckpt)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--grid-identities", type=int, default=8)
+    parser.add_argument("--grid-utterances", type=int, default=4)
+    args = parser.parse_args(argv)
+    from datamodules import DataFormatError
+    from voice2face.methods.base import CheckpointError
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        r = evaluate(args.ckpt, args.out, args.data, args.judge, batch_size=args.batch_size,
+                     num_workers=args.workers, seed=args.seed, device=device,
+                     grid_identities=args.grid_identities, grid_utterances=args.grid_utterances)
+    except (CheckpointError, DataFormatError) as e:
+        print(f"voice2face evaluate: {e}", file=sys.stderr)
+        return 2
+    print(markdown_table(r))
+    print(f"voice2face: wrote {r['files']['json']}, {r['files']['table']}"
+          + (f", {r['files']['grid']}" if r["files"]["grid"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

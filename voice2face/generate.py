@@ -1,0 +1,91 @@
+"""``voice2face generate --ckpt CKPT AUDIO --out face.png``: a face from a recording.
+
+The audio file is decoded with soundfile (WAV, FLAC, OGG, ...), mixed down to mono,
+resampled to the 16 kHz the methods are trained at, and turned into the same normalised
+log-mel features as the training data (``datamodules.features``); the whole recording is
+one utterance. Any method that generates faces (``gan``, ``cgan``, ...) can be used; the
+conditional GAN draws its noise from ``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16_000
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used."""
+
+
+def load_audio(path: str | Path) -> torch.Tensor:
+    """Mono float waveform at 16 kHz of an audio file; ``AudioError`` names the file."""
+    import soundfile as sf
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file {path} does not exist")
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for corrupt or unknown data
+        raise AudioError(f"cannot decode audio file {path}: {e} (expected WAV, FLAC, OGG or "
+                         f"another format libsndfile reads)") from e
+    if audio.size == 0:
+        raise AudioError(f"audio file {path} holds no samples")
+    wave = torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1)))
+    if not torch.isfinite(wave).all():
+        raise AudioError(f"audio file {path} holds NaN or infinite samples")
+    if sr != SAMPLE_RATE:
+        import torchaudio.functional as AF
+        wave = AF.resample(wave, sr, SAMPLE_RATE)
+    return wave
+
+
+def generate_face(method, wave: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """One face ``[3, S, S]`` in [-1, 1] from a 16 kHz waveform."""
+    from datamodules.features import AudioFeatures
+    mel = AudioFeatures()(wave)["mel"][None]
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return method.generate_faces(mel, torch.tensor([mel.shape[-1]]))[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voice2face generate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("audio", help="audio file (WAV, FLAC, ...), any sample rate")
+    parser.add_argument("--ckpt", required=True, help="checkpoint of a face-generating method")
+    parser.add_argument("--out", default="face.png", help="PNG to write (default face.png)")
+    parser.add_argument("--size", type=int, help="resize the face to SIZE pixels")
+    parser.add_argument("--seed", type=int, default=0, help="noise of conditional methods")
+    args = parser.parse_args(argv)
+
+    from PIL import Image
+
+    from datamodules.features import tensor_to_face
+    from voice2face.methods import METHODS
+    from voice2face.methods.base import CheckpointError, load_method
+    generators = tuple(sorted(n for n, c in METHODS.items() if hasattr(c, "generate_faces")))
+    try:
+        wave = load_audio(args.audio)
+        method = load_method(args.ckpt, expect=generators)
+    except (AudioError, CheckpointError) as e:
+        print(f"voice2face generate: {e}", file=sys.stderr)
+        return 2
+    image = Image.fromarray(tensor_to_face(generate_face(method, wave, args.seed)))
+    if args.size:
+        image = image.resize((args.size, args.size), Image.BICUBIC)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out, format="PNG")
+    print(f"voice2face: wrote {out} ({image.size[0]}x{image.size[1]}) from {args.audio} "
+          f"({len(wave) / SAMPLE_RATE:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Small pieces the methods share: optimizers from config, and validation of embeddings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from voice2face.metrics import RecallAtK
+
+
+def adam(params, optim: dict[str, Any]) -> torch.optim.Adam:
+    """Adam with ``optim.lr``, ``optim.betas`` and ``optim.weight_decay`` (if given)."""
+    return torch.optim.Adam(params, lr=float(optim["lr"]), betas=tuple(optim.get("betas", (0.9, 0.999))),
+                            weight_decay=float(optim.get("weight_decay", 0.0)))
+
+
+class SplitHalfRecall(nn.Module):
+    """Identification of held-out identities by their own embeddings: samples with an odd
+    ``index`` are probes, samples with an even one the gallery (one entry per identity, the
+    mean). Distinct samples on both sides, so an embedding never finds itself.
+
+    A thin wrapper of ``RecallAtK`` (correct under DDP); ``compute`` gives ``{stage/recall@K}``.
+    """
+
+    def __init__(self, stage: str, top_k=(1, 5)):
+        super().__init__()
+        self.stage = stage
+        self.recall = RecallAtK(top_k)
+
+    def update(self, embedding: torch.Tensor, identity: torch.Tensor, index: torch.Tensor) -> None:
+        odd = index % 2 == 1
+        for role, rows in (("probe", odd), ("gallery", ~odd)):
+            self.recall.update(embedding[rows], identity[rows], index=index[rows], role=role)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        try:
+            return {f"{self.stage}/{k}": v for k, v in self.recall.compute().items()}
+        finally:
+            self.recall.reset()
+
+    def reset(self) -> None:
+        self.recall.reset()

@@ -1,0 +1,85 @@
+"""``dimnet``: Disjoint Mapping Network (Wen, Ismail, Singh & Raj, ICLR 2019).
+
+A voice embedder and a face embedder are trained without paired comparisons: both feed
+the same covariate classifiers (identity and gender), so each modality learns to predict
+the covariates from one shared space, and voices and faces of one person land close to each
+other. Its voice embedder can replace the ``voice`` pretraining (the CAE paper pretrained
+its voice encoder this way; ``load_voice_embedder`` takes either checkpoint), and its two
+embedders give a direct voice–face matching baseline: ``voice2face evaluate`` measures it in
+its own space (voice embedding as probe, face embeddings as gallery).
+
+Validation: 1:2 voice–face matching of the validation identities in that space.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from voice2face.evaluate import post_fit_evaluation
+from voice2face.losses import covariate_loss, top1_accuracy
+from voice2face.methods.base import MethodModule
+from voice2face.methods.common import adam
+from voice2face.metrics import CrossModalMatching
+from voice2face.nets import CovariateHeads, FaceTrunk, VoiceEmbedder
+
+
+class DimnetModule(MethodModule):
+    """``voice``: VoiceEmbedder, ``face``: FaceTrunk, ``heads``: CovariateHeads (shared)."""
+
+    name = "dimnet"
+    val_gallery = True
+
+    def __init__(self, cfg, data):
+        super().__init__(cfg, data)
+        m = cfg["model"]
+        self.voice = VoiceEmbedder(dim=m["dim"], width=m["voice_width"])
+        self.face = FaceTrunk(data["face_size"], m["dim"], m["face_width"], norm="batch")
+        self.heads = CovariateHeads(m["dim"], data["num_train_identities"], m["scale"])
+        self.val_match = CrossModalMatching(n_way=2, exhaustive=True)
+
+    # what evaluation uses: outputs of either modality in the shared space
+    def voice_outputs(self, mel: torch.Tensor, lengths: torch.Tensor | None = None):
+        emb = self.voice(mel, lengths)
+        return {"embedding": emb, **self.heads(emb)}
+
+    def face_outputs(self, face: torch.Tensor):
+        emb = torch.nn.functional.normalize(self.face(face), dim=-1)
+        return {"embedding": emb, **self.heads(emb)}
+
+    def training_step(self, batch, batch_idx):
+        w = self.cfg["model"]["gender_weight"]
+        k = batch["faces"].shape[1]
+        voice = self.voice_outputs(batch["mel"], batch["mel_lengths"])
+        face = self.face_outputs(batch["faces"].flatten(0, 1))
+        loss_v = covariate_loss(voice, batch["label"], batch["gender"], w)
+        loss_f = covariate_loss(face, batch["label"].repeat_interleave(k),
+                                batch["gender"].repeat_interleave(k), w)
+        self.log_dict({"train/loss_voice": loss_v, "train/loss_face": loss_f,
+                       "train/acc_voice": top1_accuracy(voice["identity"], batch["label"])},
+                      prog_bar=True, batch_size=len(batch["label"]))
+        return loss_v + loss_f
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        if dataloader_idx == 0:
+            emb, role = self.voice(batch["mel"], batch["mel_lengths"]), "probe"
+        else:
+            emb, role = self.face_outputs(batch["face"])["embedding"], "gallery"
+        self.val_match.update(emb, batch["identity"], batch["gender"], batch["index"], role=role)
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            self.val_match.reset()
+            return
+        try:
+            self.log("val/match_1to2", self.val_match.compute())
+        except ValueError as e:
+            warnings.warn(f"dimnet: no validation matching ({e})")
+        self.val_match.reset()
+
+    def configure_optimizers(self):
+        return adam(self.parameters(), self.cfg["optim"])
+
+    def post_fit(self, run_dir, checkpoint, datamodule):
+        return post_fit_evaluation(self, run_dir, checkpoint, datamodule)

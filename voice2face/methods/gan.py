@@ -1,0 +1,224 @@
+"""``gan``: voice-to-face GAN of Wen, Singh & Raj (NeurIPS 2019), and its conditional variant.
+
+A frozen, pretrained voice embedder (``model.voice``: a ``voice`` or ``dimnet`` checkpoint)
+gives a unit 64-d embedding; Gaussian noise (std ``model.embedding_noise``, 0.05 in the
+paper) is added and the result renormalised; ``FaceGenerator`` maps it to a face.
+``FaceCritic`` holds the discriminator and the identity classifier on one shared trunk.
+Algorithm 1, per batch: the critic step (discriminator: real faces vs generated ones;
+classifier: identity of real faces), then the generator step on the sum of its adversarial
+loss and the classifier's identity loss on generated faces (weight ``model.identity_weight``).
+
+``model.conditional: true`` is the conditional GAN (Mirza & Osindero 2014, as in "Deep Face
+Gen"): noise z (``model.noise_dim``) is concatenated to the embedding and the discriminator
+is a projection discriminator on the embedding. ``experiments/cgan.yaml`` sets it.
+
+The judge (``eval.judge``, a ``face`` checkpoint) only measures: validation embeds generated
+and real faces with it for ``val/match_1to2`` and friends. It is kept out of the module's
+submodules, so it is in no optimizer, no DDP bucket and no checkpoint of this method.
+
+Traps of manual optimization, and what this module does about them:
+
+* ``global_step`` counts every optimizer step, two per batch here (critic, generator):
+  ``steps_per_batch = 2``, and ``voice2face train`` multiplies ``trainer.max_steps`` by it, so
+  the config's ``max_steps`` counts generator steps. ``val_check_interval`` and
+  ``run.checkpoint_every`` count batches.
+* Trainer-level gradient clipping or accumulation raises under manual optimization: keep
+  ``trainer.gradient_clip_val`` null and use ``optim.clip_grad`` (``self.clip_gradients``).
+* DDP: the critic step backpropagates from ``fake.detach()`` (no generator gradients) and
+  ``toggled_optimizer`` turns off the critic's ``requires_grad`` during the generator step,
+  so each backward leaves the other net without gradients, which plain DDP rejects ("It looks
+  like your LightningModule has parameters that were not used"). The class declares
+  ``ddp_find_unused_parameters = True``; ``voice2face train`` then runs
+  ``trainer.strategy=ddp`` as ``ddp_find_unused_parameters_true``. With a Trainer of your
+  own, pass that strategy.
+* The frozen voice embedder stays in eval mode (its BatchNorm statistics are pretrained),
+  whatever ``train()`` the loops call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+from voice2face.evaluate import GridCollector, compute_each, log_grid, post_fit_evaluation
+from voice2face.losses import discriminator_loss, generator_loss, identity_loss, top1_accuracy
+from voice2face.methods.base import CheckpointError, MethodModule
+from voice2face.methods.common import adam
+from voice2face.methods.pretrained import freeze, load_judge, load_voice_embedder
+from voice2face.metrics import make_metrics
+from voice2face.nets import FaceCritic, FaceGenerator, VoiceEmbedder, perturb_embedding
+
+
+class GanModule(MethodModule):
+    """Voice embedder (frozen) -> ``FaceGenerator``; ``FaceCritic`` = discriminator + classifier.
+
+    ``voice_net`` is filled in from the voice checkpoint on the first construction and saved
+    with the hyperparameters, so a GAN checkpoint rebuilds without the voice checkpoint.
+    """
+
+    name = "gan"
+    steps_per_batch = 2
+    val_gallery = True
+    ddp_find_unused_parameters = True
+
+    def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
+                 voice_net: dict[str, Any] | None = None):
+        super().__init__(cfg, data)
+        self.automatic_optimization = False
+        m = cfg["model"]
+        if voice_net is None:
+            path = m["voice"]
+            try:
+                self.voice = load_voice_embedder(path)
+            except CheckpointError as e:
+                raise CheckpointError(
+                    f"{e}; the GAN needs a pretrained voice embedder at model.voice ({path}): "
+                    f"make one with `voice2face train voice --export {path}` (the Makefile "
+                    f"does this), or point model.voice at a voice or dimnet checkpoint") from e
+            voice_net = self.voice.config
+        else:
+            self.voice = freeze(VoiceEmbedder(**voice_net))
+        self.hparams["voice_net"] = voice_net
+        self.conditional = bool(m["conditional"])
+        dim = voice_net["dim"]
+        self.generator = FaceGenerator(dim, data["face_size"], m["width"],
+                                       noise_dim=m["noise_dim"] if self.conditional else 0,
+                                       norm=m["generator_norm"])
+        self.critic = FaceCritic(data["face_size"], data["num_train_identities"],
+                                 width=m["width"], cond_dim=dim if self.conditional else 0)
+        self.val_metrics = make_metrics("val", top_k=(1, 5, 10), recall_similarities=("cosine",),
+                                        recall_image_gallery=False, recall_block_size=None)
+        self._judge = None  # loaded in setup(); a plain attribute, not a submodule
+        self._grid: GridCollector | None = None
+
+    # --- the nets' use -------------------------------------------------------------------
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.voice.eval()  # pretrained BatchNorm statistics stay as they are
+        return self
+
+    @torch.no_grad()
+    def generate_faces(self, mel: torch.Tensor, lengths: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """Faces ``[B, 3, S, S]`` in [-1, 1] for utterances (no embedding noise; the
+        conditional variant draws z from the global RNG, so seed it for the same faces)."""
+        return self.generator(self.voice(mel, lengths))
+
+    # --- training ------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        opt_g, opt_d = self.optimizers()
+        m, optim = self.cfg["model"], self.cfg["optim"]
+        real, labels = batch["face"], batch["label"]
+        with torch.no_grad():
+            emb = perturb_embedding(self.voice(batch["mel"], batch["mel_lengths"]),
+                                    m["embedding_noise"])
+        cond = emb if self.conditional else None
+        fake = self.generator(emb)  # generated once, used by both steps
+        n = len(real)
+
+        # critic step: discriminator on real vs generated, classifier on real (Algorithm 1)
+        with self.toggled_optimizer(opt_d):
+            adv, logits = self.critic(torch.cat([real, fake.detach()]),
+                                      None if cond is None else torch.cat([cond, cond]))
+            loss_d = discriminator_loss(adv[:n], adv[n:])
+            loss_c = identity_loss(logits[:n], labels)
+            opt_d.zero_grad()
+            self.manual_backward(loss_d + loss_c)
+            if optim["clip_grad"]:
+                self.clip_gradients(opt_d, gradient_clip_val=optim["clip_grad"])
+            opt_d.step()
+
+        # generator step: fool the discriminator, be recognised as the speaker by the classifier
+        with self.toggled_optimizer(opt_g):
+            adv_fake, logits_fake = self.critic(fake, cond)
+            loss_adv = generator_loss(adv_fake)
+            loss_id = identity_loss(logits_fake, labels)
+            opt_g.zero_grad()
+            self.manual_backward(loss_adv + m["identity_weight"] * loss_id)
+            if optim["clip_grad"]:
+                self.clip_gradients(opt_g, gradient_clip_val=optim["clip_grad"])
+            opt_g.step()
+
+        self.log_dict({"train/loss_d": loss_d, "train/loss_c": loss_c,
+                       "train/loss_g": loss_adv, "train/loss_id": loss_id,
+                       "train/acc_real": top1_accuracy(logits[:n].detach(), labels),
+                       "train/acc_fake": top1_accuracy(logits_fake.detach(), labels)},
+                      prog_bar=True, batch_size=n)
+
+    def configure_optimizers(self):
+        o = self.cfg["optim"]
+        return [adam(self.generator.parameters(), o), adam(self.critic.parameters(), o)]
+
+    # --- validation: judge metrics and a grid of generated faces ---------------------------
+
+    def setup(self, stage: str) -> None:
+        path = self.cfg["eval"]["judge"]
+        if stage == "fit" and path and self._judge is None:
+            if Path(path).is_file():
+                # object.__setattr__: nn.Module would register it as a submodule
+                object.__setattr__(self, "_judge", load_judge(path, self.data_info))
+            else:
+                rank_zero_warn(f"gan: no judge at eval.judge={path}; validation logs the grid "
+                               f"only (train one with `voice2face train face --export {path}`)")
+
+    def _judge_on(self, device: torch.device):
+        if self._judge is not None and next(self._judge.parameters()).device != device:
+            self._judge.to(device)
+        return self._judge
+
+    def on_validation_epoch_start(self) -> None:
+        e = self.cfg["eval"]
+        dm = getattr(self.trainer, "datamodule", None)
+        names = {i["index"]: i["name"] for i in dm.identities} if dm is not None else None
+        self._grid = GridCollector(e["grid_identities"], e["grid_utterances"], names=names)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        judge = self._judge_on(self.device)
+        metrics = self.val_metrics
+        if dataloader_idx == 0:  # utterances -> generated faces (probes)
+            fake = self.generate_faces(batch["mel"], batch["mel_lengths"])
+            self._grid.add(batch, fake)
+            if judge is None:
+                return
+            out = judge(fake)
+            metrics["embedding"].update(out["embedding"], batch["identity"], batch["gender"],
+                                        batch["index"], role="probe")
+            metrics["gender"].update(out["gender"].sigmoid(), batch["gender"])
+            k = batch["faces"].shape[1]
+            real = judge.embed(batch["faces"].flatten(0, 1)).unflatten(0, (-1, k))
+            metrics["cosine"].update(out["embedding"], torch.nn.functional.normalize(
+                real.mean(1), dim=-1))
+        elif judge is not None:  # gallery faces
+            metrics["embedding"].update(judge.embed(batch["face"]), batch["identity"],
+                                        batch["gender"], batch["index"], role="gallery")
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_metrics
+        if self.trainer.sanity_checking or self._judge is None:
+            for group in metrics.values():
+                group.reset()
+        else:
+            values, errors = compute_each(metrics["embedding"], "val/")
+            self.log_dict(values)
+            for name, why in errors.items():
+                rank_zero_warn(f"gan: no {name} ({why})")
+            metrics["embedding"].reset()
+            self.log_dict(metrics["gender"])
+            self.log_dict(metrics["cosine"])
+        if not self.trainer.sanity_checking:
+            self._log_grid()
+
+    @rank_zero_only
+    def _log_grid(self) -> None:
+        step = self.global_step // self.steps_per_batch
+        folder = Path(self.trainer.default_root_dir) / "grids"
+        log_grid(self._grid.image(), self.loggers, "val/grid", step,
+                 folder / f"val-step{step:06d}.png")
+
+    def post_fit(self, run_dir: Path, checkpoint: Path, datamodule) -> str | None:
+        return post_fit_evaluation(self, run_dir, checkpoint, datamodule)

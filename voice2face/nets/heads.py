@@ -1,0 +1,40 @@
+"""Classifier heads on unit embeddings, shared by the pretraining methods.
+
+Cosine classifiers (NormFace, Wang et al. 2017) train the embedding on the sphere, which is
+where every consumer uses it: cosine matching and retrieval, and the GAN's normalised input.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CosineClassifier(nn.Module):
+    """Logits ``scale * cos(embedding, class weight)`` for ``[B, dim]`` -> ``[B, classes]``."""
+
+    def __init__(self, dim: int, classes: int, scale: float = 16.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(classes, dim) / dim ** 0.5)
+        self.scale = scale
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(embedding, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
+class CovariateHeads(nn.Module):
+    """Identity (cosine) and gender (logit of male) heads on an embedding.
+
+    DIMNet (Wen et al., ICLR 2019) shares such heads between the voice and the face
+    embedders, which is what maps both modalities into one space.
+    """
+
+    def __init__(self, dim: int, classes: int, scale: float = 16.0):
+        super().__init__()
+        self.identity = CosineClassifier(dim, classes, scale)
+        self.gender = nn.Linear(dim, 1)
+
+    def forward(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        unit = F.normalize(embedding, dim=-1)
+        return {"identity": self.identity(unit), "gender": self.gender(unit).squeeze(-1)}

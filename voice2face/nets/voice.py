@@ -1,0 +1,75 @@
+"""Voice embedding network of Wen, Singh & Raj (NeurIPS 2019), Table 2.
+
+Five 1-D convolutions over log-mel frames (64 -> 256 -> 384 -> 576 -> 864 -> 64, kernel 3,
+stride 2), batch norm and ReLU after the first four, average pooling over time, and an L2
+normalised 64-d embedding. Pooling is masked with the utterance lengths, and padded frames are
+zeroed after every layer, so an utterance gets the same embedding alone or in a padded batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAPER_CHANNELS = (256, 384, 576, 864)
+
+
+def scaled(channels: tuple[int, ...], width: float) -> tuple[int, ...]:
+    """Channel counts times a width multiplier (at least 8 each): narrow nets for CPU runs."""
+    return tuple(max(8, int(round(c * width))) for c in channels)
+
+
+def conv_lengths(lengths: torch.Tensor, stride: int = 2) -> torch.Tensor:
+    """Frames after a kernel-3, padding-1 convolution with ``stride``: ceil(L / stride)."""
+    return torch.div(lengths + stride - 1, stride, rounding_mode="floor")
+
+
+def time_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
+    """``[B, 1, steps]`` float mask, 1 on valid frames."""
+    frames = torch.arange(steps, device=lengths.device)
+    return (frames[None, :] < lengths[:, None]).unsqueeze(1).float()
+
+
+class VoiceEmbedder(nn.Module):
+    """Log-mel ``[B, n_mels, T]`` (+ lengths ``[B]``) -> embedding ``[B, dim]``.
+
+    ``forward`` returns the L2-normalised embedding; ``features`` the pooled, unnormalised one
+    (what a classifier head is trained on during pretraining).
+    """
+
+    def __init__(self, n_mels: int = 64, dim: int = 64, width: float = 1.0,
+                 channels: tuple[int, ...] = PAPER_CHANNELS):
+        super().__init__()
+        self.dim = dim
+        # the constructor's arguments: what a checkpoint needs to rebuild the net
+        self.config = {"n_mels": n_mels, "dim": dim, "width": width, "channels": list(channels)}
+        widths = (n_mels, *scaled(tuple(channels), width))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                          nn.BatchNorm1d(c_out), nn.ReLU(inplace=True))
+            for c_in, c_out in zip(widths[:-1], widths[1:]))
+        self.out = nn.Conv1d(widths[-1], dim, 3, stride=2, padding=1)
+
+    def features(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            lengths = torch.full((mel.shape[0],), mel.shape[-1], dtype=torch.long,
+                                 device=mel.device)
+        lengths = lengths.clamp(min=1)
+        x = mel * time_mask(lengths, mel.shape[-1])
+        for layer in (*self.blocks, self.out):
+            x = layer(x)
+            lengths = conv_lengths(lengths)
+            # zero the padding: batch norm shifts it away from 0, and the next kernel sees it
+            x = x * time_mask(lengths, x.shape[-1])
+        return x.sum(-1) / lengths[:, None].to(x.dtype)
+
+    def forward(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(self.features(mel, lengths), dim=-1)
+
+
+def perturb_embedding(embedding: torch.Tensor, std: float) -> torch.Tensor:
+    """Wen et al.'s augmentation: Gaussian noise on the unit embedding, renormalised."""
+    if std <= 0:
+        return embedding
+    return F.normalize(embedding + std * torch.randn_like(embedding), dim=-1)
