@@ -116,6 +116,9 @@ def train(cfg: DictConfig) -> Path:
             message = module.post_fit(folder, final, dm)
             if message:
                 print(message)
+    if cfg.logger.wandb:  # close the run, or the next WandbLogger in this process reuses it
+        import wandb
+        wandb.finish()
     return final
 
 
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the merged config and exit")
     parser.add_argument("--export", metavar="PATH",
                         help="also copy the final checkpoint to PATH (e.g. a pretrained net)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         get_method(args.method)
         cfg = load_config(args.method, args.overrides)
