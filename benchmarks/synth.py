@@ -37,7 +37,8 @@ def main() -> None:
     config = preset("default")
     identities = sample_identities(config)[: args.items]
     render_utterance(identities[0], 0, config)                      # warm caches
-    seconds = np.mean([len(render_utterance(i, 0, config)) / config.sample_rate for i in identities])
+    lengths = [len(render_utterance(i, 0, config)) for i in identities]
+    seconds = np.mean(lengths) / config.sample_rate
     utt = cpu_ms(lambda i: render_utterance(i, 0, config), identities)
     clean = cpu_ms(lambda i: render_utterance(i, 0, config, clean=True), identities)
     face = cpu_ms(lambda i: render_face(i, 0, config), identities)

@@ -22,9 +22,9 @@ from voice2face.synth.audio import render_utterance
 from voice2face.synth.ceiling import match_ceilings, world_ceilings
 from voice2face.synth.faces import render_face
 from voice2face.synth.generate import generate_world, shard_sizes
-from voice2face.synth.names import fold, initial
+from voice2face.synth.names import NAMES, fold, initial
 from voice2face.synth.world import (PRESETS, SPLIT_LETTERS, preset, sample_identities,
-                                    split_of_name)
+                                    split_of_name, split_sizes)
 
 TINY = PRESETS["tiny"]
 # small enough to write twice in a couple of seconds
@@ -38,12 +38,12 @@ def tiny(tmp_path_factory) -> tuple[Path, dict]:
     return root, generate_world(root, TINY, workers=2, progress=False)
 
 
-def members(root: Path) -> dict[str, dict[str, bytes]]:
-    """Every shard's members, by shard name."""
+def members(root: Path) -> dict[str, list[tuple[str, bytes]]]:
+    """Every shard's members in order, by shard name (the tar headers hold write times)."""
     out = {}
     for path in sorted((root / "shards").glob("*.tar")):
-        out[path.name] = {f"{s['__key__']}.{k}": v for s in iter_tar(path)
-                          for k, v in s.items() if not k.startswith("__")}
+        out[path.name] = [(f"{s['__key__']}.{k}", v) for s in iter_tar(path)
+                          for k, v in sorted(s.items()) if not k.startswith("__")]
     return out
 
 
@@ -70,12 +70,24 @@ def test_same_seed_same_world_whatever_the_workers(tmp_path, capsys):
         assert shards_a[name] == shards_b[name], name
 
 
+def test_cli_voxceleb_layout(tmp_path, capsys):
+    out = tmp_path / "vox"
+    assert cli.main(["--preset", "tiny", "--out", str(out), "--identities", "10", "--utterances",
+                     "1", "--known", "1", "--faces", "2", "--workers", "1", "--quiet",
+                     "--layout", "voxceleb"]) == 0
+    assert "voice2face prepare" in capsys.readouterr().out
+    assert (out / "vox1_meta.csv").is_file()
+    assert len(list(out.glob("wav/*/*/*.wav"))) == 10 + split_sizes(10)["train"]   # + known
+    assert cli.main(["--preset", "tiny", "--out", str(out), "--identities", "5"]) == 2
+
+
 def test_different_seeds_differ():
     w0, w1 = sample_identities(SMALL), sample_identities(replace(SMALL, seed=1))
     assert [i.name for i in w0] != [i.name for i in w1]
     assert not np.array_equal(render_utterance(w0[0], 0, SMALL),
                               render_utterance(w0[0], 0, replace(SMALL, seed=1)))
-    assert not np.array_equal(render_face(w0[0], 0, SMALL), render_face(w0[0], 0, replace(SMALL, seed=1)))
+    assert not np.array_equal(render_face(w0[0], 0, SMALL),
+                              render_face(w0[0], 0, replace(SMALL, seed=1)))
     # and within a world every item is its own draw
     assert not np.array_equal(render_face(w0[0], 0, SMALL), render_face(w0[0], 1, SMALL))
 
@@ -98,6 +110,10 @@ def test_split_rule_and_proportions():
         members_ = [i for i in world if i.split == split]
         share = sum(i.gender == "m" for i in members_) / len(members_)
         assert abs(share - 0.55) < 0.01
+    for culture, lists in NAMES.items():            # every culture can fill every split
+        for gender in "mf":
+            for split, letters in SPLIT_LETTERS.items():
+                assert any(initial(n) in letters for n in lists[gender]), (culture, gender, split)
     assert initial("Øystein Berg") == "O" and split_of_name("Åsa Dahl") == "val"
     assert split_of_name("Émile Roux") == "test"
 
@@ -224,7 +240,8 @@ def band_spectrum(x: np.ndarray) -> np.ndarray:
     power = np.abs(np.fft.rfft(x)) ** 2
     freqs = np.fft.rfftfreq(len(x), 1 / 16_000)
     edges = np.geomspace(100, 7000, 33)
-    bands = np.array([power[(freqs >= lo) & (freqs < hi)].mean() for lo, hi in zip(edges, edges[1:])])
+    bands = np.array([power[(freqs >= lo) & (freqs < hi)].mean()
+                      for lo, hi in zip(edges, edges[1:])])
     logs = np.log(bands)
     return logs - logs.mean()
 

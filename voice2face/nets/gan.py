@@ -60,9 +60,9 @@ class FaceCritic(nn.Module):
     """
 
     def __init__(self, face_size: int = 64, num_classes: int = 924, dim: int = 64,
-                 width: float = 1.0, cond_dim: int = 0):
+                 width: float = 1.0, cond_dim: int = 0, norm: str = "none"):
         super().__init__()
-        self.trunk = FaceTrunk(face_size, dim, width, norm="none")
+        self.trunk = FaceTrunk(face_size, dim, width, norm=norm)
         self.adversarial = nn.Linear(dim, 1)
         self.classifier = nn.Linear(dim, num_classes)
         self.cond_dim = cond_dim

@@ -14,8 +14,8 @@ formant synthesizer"), vectorised with numpy:
   band-passed noise whose centre also scales with the tract, stops as closure + burst
   (+ aspiration for voiceless ones). Syllables (C)(C)V(C), words of 1–3 syllables, so the
   content differs between utterances.
-* Recording: a random room (exponentially decaying noise reverberation), channel tilt and
-  coloured background noise (sometimes mains hum) at a random SNR.
+* Recording: a random room (late reverberation as exponentially decaying noise), channel
+  tilt and coloured background noise (sometimes mains hum) at a random SNR.
 
 The filters are time-varying (new formants and frication bands every 20 ms). Running IIR
 filters block by block from Python costs more than the rest of the synthesis together, so
@@ -78,8 +78,9 @@ CONSONANTS = {
     "h": Phone(None, aspiration=0.5, ms=(50, 80)),
 }
 # stops: (burst band levels, voiced)
-STOPS = {"p": ((0.5, 0.1, 0.0), False), "t": ((0.1, 0.2, 0.6), False), "k": ((0.2, 0.6, 0.1), False),
-         "b": ((0.3, 0.05, 0.0), True), "d": ((0.05, 0.1, 0.35), True), "g": ((0.1, 0.35, 0.05), True)}
+STOPS = {"p": ((0.5, 0.1, 0.0), False), "t": ((0.1, 0.2, 0.6), False),
+         "k": ((0.2, 0.6, 0.1), False), "b": ((0.3, 0.05, 0.0), True),
+         "d": ((0.05, 0.1, 0.35), True), "g": ((0.1, 0.35, 0.05), True)}
 ONSETS = list(CONSONANTS) + list(STOPS)
 CODAS = ["m", "n", "l", "r", "s", "z", "f", "t", "k", "p", "d"]
 CLUSTERS = [("s", "t"), ("s", "p"), ("s", "k"), ("p", "r"), ("t", "r"), ("k", "l"), ("b", "l"),
@@ -165,14 +166,15 @@ def _smooth(x: np.ndarray, width: int) -> np.ndarray:
 
 # --- signal pieces -------------------------------------------------------------------------
 
-def _frames(x: np.ndarray, n_blocks: int, hop: int) -> np.ndarray:
-    """``[n_blocks, hop + CROSSFADE]`` float32 frames of ``x``, frame ``b`` centred on block
-    ``b`` under a trapezoid window; the windows' linear ramps overlap and sum to one."""
+def _frames(x: np.ndarray, n_blocks: int, hop: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """``[n_blocks, hop + CROSSFADE]`` float32 frames of ``x`` (only ``rows`` if given),
+    frame ``b`` centred on block ``b`` under a trapezoid window; the windows' linear ramps
+    overlap and sum to one."""
     half = CROSSFADE // 2
     padded = np.zeros(n_blocks * hop + CROSSFADE, np.float32)
     padded[half:half + len(x)] = x
     frames = np.lib.stride_tricks.sliding_window_view(padded, hop + CROSSFADE)[::hop][:n_blocks]
-    return frames * _trapezoid(hop)
+    return (frames if rows is None else frames[rows]) * _trapezoid(hop)
 
 
 @functools.lru_cache(maxsize=4)
@@ -185,10 +187,10 @@ def _overlap_add(out: np.ndarray, hop: int, n: int) -> np.ndarray:
     """Sum filtered frames ``[n_blocks, nfft]`` back into a signal of ``n`` samples."""
     n_blocks, nfft = out.shape
     strips = -(-nfft // hop)            # strip k of frame b lands on block b + k
-    out = np.pad(out, [(0, 0), (0, strips * hop - nfft)]).reshape(n_blocks, strips, hop)
     y = np.zeros((n_blocks + strips, hop), np.float32)
     for k in range(strips):
-        y[k:k + n_blocks] += out[:, k]
+        width = min(hop, nfft - k * hop)
+        y[k:k + n_blocks, :width] += out[:, k * hop:k * hop + width]
     half = CROSSFADE // 2
     return y.reshape(-1)[half:half + n]
 
@@ -199,7 +201,7 @@ def _fft_size(hop: int) -> int:
 
 def _cascade_response(freqs: np.ndarray, widths: np.ndarray, nfft: int, sr: int) -> np.ndarray:
     """``[n_blocks, nfft // 2 + 1]`` response of each block's cascade of unity-DC-gain
-    resonators (Klatt 1980, eq. 1): ``prod (1 - c + r^2) / A(z)``, ``A`` the product of the
+    resonators (Klatt 1980): ``prod (1 - c + r^2) / A(z)``, ``A`` the product of the
     resonators' ``1 - c z^-1 + r^2 z^-2``, evaluated as one batched FFT of ``A``'s eleven
     coefficients. Single precision puts resonance peaks within ~1%."""
     r2 = np.exp(-2 * math.pi * widths / sr)
@@ -210,7 +212,10 @@ def _cascade_response(freqs: np.ndarray, widths: np.ndarray, nfft: int, sr: int)
         shifted = poly.copy()
         poly[:, 1:] -= c[:, f, None].astype(np.float32) * shifted[:, :-1]
         poly[:, 2:] += r2[:, f, None].astype(np.float32) * shifted[:, :-2]
-    return np.prod(1 - c + r2, axis=1)[:, None].astype(np.float32) / sfft.rfft(poly, nfft)
+    a = sfft.rfft(poly, nfft)
+    # gain / A as gain conj(A) / |A|^2: cheaper than numpy's careful complex division
+    inverse = np.prod(1 - c + r2, axis=1)[:, None].astype(np.float32) / (a.real ** 2 + a.imag ** 2)
+    return a.conj() * inverse
 
 
 @functools.lru_cache(maxsize=4096)
@@ -243,8 +248,9 @@ def _pulse_slope(open_q: float, speed: float) -> np.ndarray:
     ``speed = tp / tn``. The abrupt end of the closing phase is the main excitation."""
     tp, tn = open_q * speed / (1 + speed), open_q / (1 + speed)
     grid = (np.arange(_PULSE_TABLE) + 0.5) / _PULSE_TABLE
-    slope = np.where(grid < tp, 0.5 * np.pi / tp * np.sin(np.pi * grid / tp),
-                     np.where(grid < tp + tn, -0.5 * np.pi / tn * np.sin(0.5 * np.pi * (grid - tp) / tn), 0.0))
+    opening = 0.5 * np.pi / tp * np.sin(np.pi * grid / tp)
+    closing = -0.5 * np.pi / tn * np.sin(0.5 * np.pi * (grid - tp) / tn)
+    slope = np.where(grid < tp, opening, np.where(grid < tp + tn, closing, 0.0))
     return slope.astype(np.float32)
 
 
@@ -264,12 +270,34 @@ def _glottal_source(f0: np.ndarray, voice, rng: np.random.Generator, sr: int):
     return pulse, index < int(open_q * _PULSE_TABLE)
 
 
+def _late_reverb(spectra: np.ndarray, rng: np.random.Generator, hop: int, sr: int) -> np.ndarray:
+    """Statistical late reverberation of framed spectra ``[n_blocks, bins]`` (Polack 1988:
+    a reverberant tail is Gaussian noise whose power decays exponentially): in every bin the
+    tail's power is the past frames' power decaying at RT60 0.15–0.6 s, and its phases are
+    random. Adding it in the frame domain costs a recursion over blocks instead of a
+    convolution with a long room response. The tail carries 15–50% of the direct sound's
+    amplitude (reverberant to dry ratio -16 to -6 dB)."""
+    rt60 = rng.uniform(0.15, 0.6)
+    decay = 10 ** (-6 * hop / sr / rt60)                    # power, per block
+    power = spectra.real ** 2 + spectra.imag ** 2
+    tail = lfilter([0.0, 1.0 - decay], [1.0, -decay], power, axis=0)   # past blocks only
+    phases = _phases(spectra.shape[1])
+    start = int(rng.integers(len(phases) - len(spectra)))
+    wet = np.float32(rng.uniform(0.15, 0.5))
+    return (wet * np.sqrt(tail)).astype(np.float32) * phases[start:start + len(spectra)]
+
+
+@functools.lru_cache(maxsize=2)
+def _phases(bins: int) -> np.ndarray:
+    """A fixed table of random unit phasors; utterances read it from random rows."""
+    angle = np.random.default_rng(12345).uniform(0, 2 * np.pi, (4096, bins))
+    return np.exp(1j * angle).astype(np.complex64)
+
+
 def _recording(speech: np.ndarray, white: np.ndarray, snr_db: tuple[float, float],
                rng: np.random.Generator, sr: int) -> np.ndarray:
-    """Room, channel and background noise.
+    """Channel and background noise (the room is added in the frame domain, ``_late_reverb``).
 
-    * room (60% of clips): the direct sound plus an exponentially decaying noise tail
-      (a statistical room response, Schroeder 1962), RT60 0.15–0.6 s, cut at -30 dB;
     * channel: a first-order tilt ``1 - g z^-1`` (bright to muffled microphones);
     * noise between white and brown (white mixed with a random one-pole low-pass of
       itself; ``white`` is unit white noise) at an SNR drawn from ``snr_db``, sometimes
@@ -279,14 +307,6 @@ def _recording(speech: np.ndarray, white: np.ndarray, snr_db: tuple[float, float
     """
     n = len(speech)
     out = speech.astype(np.float32)
-    if rng.random() < 0.6:
-        tail = int(0.5 * rng.uniform(0.15, 0.6) * sr)
-        decay = np.exp(np.float32(-3.45 / tail) * np.arange(tail, dtype=np.float32))
-        rir = rng.standard_normal(tail, dtype=np.float32) * decay
-        rir *= np.float32(rng.uniform(0.15, 0.5) / np.sqrt(_sumsq(rir)))
-        rir[0] = 1.0
-        size = sfft.next_fast_len(n + tail, real=True)
-        out = sfft.irfft(sfft.rfft(out, size) * sfft.rfft(rir, size), size)[:n]
     out[1:] -= np.float32(rng.uniform(-0.4, 0.7)) * out[:-1].copy()
     low = lfilter([1.0], [1.0, -rng.uniform(0.9, 0.995)], white).astype(np.float32)
     mix = np.float32(rng.uniform(0.0, 1.0))
@@ -321,7 +341,8 @@ def render_utterance(identity: Identity, number: int, config: WorldConfig,
     n = total_ms * spm
 
     rate = voice.rate * math.exp(rng.normal(0, 0.05))
-    ms, formants, voicing, asp, fric, bw, stressed = _segments(rng, total_ms, rate, voice.articulation)
+    ms, formants, voicing, asp, fric, bw, stressed = _segments(rng, total_ms, rate,
+                                                                voice.articulation)
     starts = np.concatenate([[0], np.cumsum(ms)[:-1]])
 
     # Millisecond tracks of the envelopes, smoothed over a few ms; formants and bandwidths
@@ -336,7 +357,8 @@ def render_utterance(identity: Identity, number: int, config: WorldConfig,
     counts = np.minimum(BLOCK_MS, total_ms - block_starts)
     block_mean = lambda x: (np.add.reduceat(x, block_starts, axis=0).T / counts).T
     neighbours = np.array([0.25, 0.5, 0.25])
-    f_blk = np.exp(convolve1d(block_mean(np.log(rep(formants))), neighbours, axis=0, mode="nearest"))
+    f_blk = np.exp(convolve1d(block_mean(rep(np.log(formants))), neighbours, axis=0,
+                              mode="nearest"))
     bw_blk = convolve1d(block_mean(rep(bw)), neighbours, mode="nearest")
 
     # Intonation in log f0: declination, accents on some stressed vowels, a final movement,
@@ -355,7 +377,8 @@ def render_utterance(identity: Identity, number: int, config: WorldConfig,
         end = (starts[spoken[-1]] + ms[spoken[-1]]) / 1000
         ramp = np.clip((t - (end - 0.3)) / 0.3, 0, 1)
         movement += (0.12 if rng.random() < 0.2 else -0.08) * ramp
-    walk = convolve1d(np.cumsum(rng.standard_normal(n_blocks + 1)) * 0.009, neighbours, mode="nearest")
+    walk = convolve1d(np.cumsum(rng.standard_normal(n_blocks + 1)) * 0.009, neighbours,
+                      mode="nearest")
     wander = np.interp(t, np.arange(n_blocks + 1) * BLOCK_MS / 1000, walk)
     logf += voice.pitch_range * movement + wander - wander.mean()
     logf += voice.tremor * np.sin(2 * np.pi * rng.uniform(4, 7) * t + rng.uniform(0, 2 * np.pi))
@@ -392,15 +415,20 @@ def render_utterance(identity: Identity, number: int, config: WorldConfig,
     voiced = block_mean(env_voice) > 0.3
     energy = _frame_energy(voice_spec[voiced] if voiced.any() else voice_spec, nfft)
     voice_spec *= np.float32(1 / math.sqrt(energy.mean() / hop + 1e-18))
+    # Frication only where a frame touches a consonant (with its cross-fades: dilated).
     fric_env = env_fric.sum(1)
-    if fric_env.max() > 0:
-        weights = block_mean(env_fric)
+    active = np.maximum.reduceat(fric_env, block_starts) > 0
+    active[1:] |= active[:-1].copy()
+    active[:-1] |= active[1:].copy()
+    if active.any():
+        weights = block_mean(env_fric)[active]
         weights /= weights.sum(1, keepdims=True) + 1e-9
-        bands = np.stack([_band_response(round(c * math.sqrt(k)), w, nfft, sr)
-                          for c, w in FRICATION_BANDS])
-        fric = by_ms(white) * fric_env[:, None].astype(np.float32)
-        blend = sum(weights[:, b, None].astype(np.float32) * bands[b] for b in range(len(bands)))
-        voice_spec += sfft.rfft(_frames(fric.reshape(-1), n_blocks, hop), nfft) * blend
+        bands = [_band_response(round(c * math.sqrt(k)), w, nfft, sr) for c, w in FRICATION_BANDS]
+        blend = sum(weights[:, b, None].astype(np.float32) * h for b, h in enumerate(bands))
+        fric = (by_ms(white) * fric_env[:, None].astype(np.float32)).reshape(-1)
+        voice_spec[active] += sfft.rfft(_frames(fric, n_blocks, hop, active), nfft) * blend
+    if not clean and rng.random() < 0.6:                    # a reverberant room
+        voice_spec += _late_reverb(voice_spec, rng, hop, sr)
     speech = _overlap_add(sfft.irfft(voice_spec, nfft), hop, n)
 
     if not clean:

@@ -2,6 +2,10 @@
 
     voice2face synth --preset tiny|default --out DIR [--identities N] [--utterances N]
                      [--faces N] [--known N] [--face-size 64|128] [--seed S] [--workers W]
+                     [--layout shards|voxceleb]
+
+``--layout voxceleb`` writes the same world as VoxCeleb1 + VGGFace folder trees instead of
+shards (``voice2face.prepare.synth_layout``), to try ``voice2face prepare`` end to end.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from .world import PRESETS, preset
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="voice2face synth", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="voice2face synth",
+                                description="generate a synthetic voice-face world")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="tiny: seconds, for tests; default: 1,225 identities, a few minutes")
     p.add_argument("--out", required=True, help="dataset folder to write (manifest.json, shards/)")
@@ -25,6 +30,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--face-size", type=int, choices=(64, 128), help="face image side, pixels")
     p.add_argument("--seed", type=int, help="the world's seed (same seed, same world)")
     p.add_argument("--workers", type=int, help="processes (default: the usable CPU cores)")
+    p.add_argument("--layout", choices=("shards", "voxceleb"), default="shards",
+                   help="shards (the dataset format) or VoxCeleb1 + VGGFace folder trees")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -38,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"voice2face synth: {e}", file=sys.stderr)
         return 2
+    if args.layout == "voxceleb":
+        from voice2face.prepare.synth_layout import main_layout
+        return main_layout(args.out, config, workers=args.workers, progress=not args.quiet)
     from .generate import generate_world    # imports the shard writer (and its deps)
 
     started = time.perf_counter()

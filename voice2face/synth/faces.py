@@ -156,14 +156,16 @@ def _draw_head(f: FaceTraits, gender: str, size: int, rng: np.random.Generator) 
     lift = 0.035 * unit * smile
     lip = f.lips * unit
     gap = mouth_open * 0.06 * unit
-    upper = [(mx - mw, my - lift)] + [(mx + mw * s, my - lip * (1 - s * s) - 0.4 * lift * (1 - s * s))
-                                      for s in np.linspace(-0.8, 0.8, 7)] + [(mx + mw, my - lift)]
+    upper = ([(mx - mw, my - lift)]
+             + [(mx + mw * s, my - (lip + 0.4 * lift) * (1 - s * s))
+                for s in np.linspace(-0.8, 0.8, 7)]
+             + [(mx + mw, my - lift)])
     lower = [(mx + mw * s, my + gap + lip * 1.2 * (1 - s * s) + 0.5 * lift * (s * s - 1))
              for s in np.linspace(0.8, -0.8, 7)]
     if gap > 0:
-        d.polygon([(mx - mw, my - lift)] + [(mx + mw * s, my + gap * (1 - s * s) - 0.3 * lift * (1 - s * s))
-                                            for s in np.linspace(-1, 1, 9)] + [(mx + mw, my - lift)],
-                  fill=(60, 20, 25))
+        inside = [(mx + mw * s, my + (gap - 0.3 * lift) * (1 - s * s))
+                  for s in np.linspace(-1, 1, 9)]
+        d.polygon([(mx - mw, my - lift)] + inside + [(mx + mw, my - lift)], fill=(60, 20, 25))
         d.rectangle([mx - 0.5 * mw, my - 0.2 * lip, mx + 0.5 * mw, my + 0.35 * gap],
                     fill=(235, 232, 225))
     d.polygon(upper + lower if gap == 0 else upper + [(mx + mw, my - lift), (mx - mw, my - lift)],
@@ -192,8 +194,8 @@ def _draw_head(f: FaceTraits, gender: str, size: int, rng: np.random.Generator) 
                    (cx - 0.5 * half_w, hairline_y + 0.08 * unit)], fill=cap_col)
     elif f.hair_style == "curly":
         for a in np.linspace(0.1, math.pi - 0.1, 9):
-            _ellipse(d, cx + 1.02 * half_w * math.cos(a), cy - 0.02 * unit - 0.52 * unit * math.sin(a),
-                     0.07 * unit, 0.07 * unit, fill=cap_col)
+            x, y = cx + 1.02 * half_w * math.cos(a), cy - (0.02 + 0.52 * math.sin(a)) * unit
+            _ellipse(d, x, y, 0.07 * unit, 0.07 * unit, fill=cap_col)
     elif f.hair_style == "bun":
         _ellipse(d, cx, top_y - 0.02 * unit, 0.12 * unit, 0.09 * unit, fill=cap_col)
 
@@ -201,8 +203,8 @@ def _draw_head(f: FaceTraits, gender: str, size: int, rng: np.random.Generator) 
         for side in (-1, 1):
             ex = fx + side * f.eye_spacing * unit
             _ellipse(d, ex, fy, 1.5 * ew, 1.3 * ew, outline=(30, 30, 30), width=max(2, width))
-        d.line([(fx - f.eye_spacing * unit + 1.5 * ew, fy), (fx + f.eye_spacing * unit - 1.5 * ew, fy)],
-               fill=(30, 30, 30), width=max(2, width))
+        inner = f.eye_spacing * unit - 1.5 * ew
+        d.line([(fx - inner, fy), (fx + inner, fy)], fill=(30, 30, 30), width=max(2, width))
     return layer
 
 
@@ -228,7 +230,8 @@ def render_face(identity: Identity, number: int, config: WorldConfig) -> np.ndar
     c = canvas_size / 2
     ox, oy = c + shift
     matrix = (cos, sin, c - cos * ox - sin * oy, -sin, cos, c + sin * ox - cos * oy)
-    head = head.transform(head.size, Image.AFFINE, matrix, resample=Image.BILINEAR)
+    head = head.transform(head.size, Image.Transform.AFFINE, matrix,
+                          resample=Image.Resampling.BILINEAR)
 
     # background: a vertical gradient between two muted colours
     top, bottom = (_muted(rng) for _ in range(2))
@@ -237,7 +240,8 @@ def render_face(identity: Identity, number: int, config: WorldConfig) -> np.ndar
     canvas = Image.fromarray(bg.astype(np.uint8), "RGB").convert("RGBA")
     canvas.alpha_composite(head)
     size = config.face_size
-    img = np.asarray(canvas.convert("RGB").resize((size, size), Image.BOX), dtype=np.float32)
+    img = canvas.convert("RGB").resize((size, size), Image.Resampling.BOX)
+    img = np.asarray(img, dtype=np.float32)
 
     # lighting: directional gradient, brightness, colour cast, sensor noise
     angle = rng.uniform(0, 2 * math.pi)

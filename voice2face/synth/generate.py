@@ -142,7 +142,8 @@ def generate_world(out: str | Path, config: WorldConfig, workers: int | None = N
                    for s in GALLERY_SPLITS}
         writers += gallery.values()
         images: dict[int, list[bytes]] = {}
-        for ident, pngs in zip(identities, _run(_faces_job, [i.index for i in identities], pool, 4)):
+        rendered = _run(_faces_job, [i.index for i in identities], pool, 4)
+        for ident, pngs in zip(identities, rendered):
             images[ident.index] = pngs
             for f, png in enumerate(pngs):
                 meta = {"identity": ident.index, "name": ident.name, "gender": ident.gender,
@@ -173,7 +174,8 @@ def generate_world(out: str | Path, config: WorldConfig, workers: int | None = N
 
     split_entries = {s: w.close() for s, w in samples.items()}
     gallery_entries = {s: w.close() for s, w in gallery.items()}
-    keep = {e["name"] for v in (*split_entries.values(), *gallery_entries.values()) for e in v["shards"]}
+    keep = {e["name"] for v in (*split_entries.values(), *gallery_entries.values())
+            for e in v["shards"]}
     for path in shard_dir.iterdir():
         if _OUR_SHARDS.match(path.name) and path.name not in keep:
             path.unlink()

@@ -115,7 +115,7 @@ _FOLD = str.maketrans({"Ø": "O", "ø": "o", "Æ": "AE", "æ": "ae", "Ð": "D", 
 
 
 def fold(name: str) -> str:
-    """ASCII form of a name for sorting and the split rule: "Øystein" -> "Oystein", "Åsa" -> "Asa"."""
+    """ASCII form of a name, for sorting and the split rule: "Øystein" -> "Oystein"."""
     decomposed = unicodedata.normalize("NFKD", name.translate(_FOLD))
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 

@@ -223,7 +223,8 @@ _HAIR_P = {"anglo": (0.15, 0.3, 0.25, 0.12, 0.13, 0.05), "indian": (0.85, 0.15, 
            "italian": (0.35, 0.45, 0.15, 0.05, 0, 0), "spanish": (0.45, 0.4, 0.12, 0.03, 0, 0),
            "nordic": (0.03, 0.12, 0.2, 0.25, 0.38, 0.02)}
 _EYES = [(60, 40, 25), (95, 65, 35), (70, 110, 60), (70, 110, 160), (110, 130, 140)]
-HAIR_STYLES = {"m": ("crop", "side", "buzz", "curly", "long"), "f": ("long", "bob", "bun", "curly", "side")}
+HAIR_STYLES = {"m": ("crop", "side", "buzz", "curly", "long"),
+               "f": ("long", "bob", "bun", "curly", "side")}
 _STYLE_P = {"m": (0.35, 0.3, 0.15, 0.12, 0.08), "f": (0.45, 0.2, 0.12, 0.13, 0.1)}
 
 
@@ -296,7 +297,8 @@ def _draw_name(rng, gender: str, split: str, taken: set[str]) -> tuple[str, str]
         nat = nats[int(rng.choice(len(nats), p=weights / weights.sum()))]
         lists = NAMES[NATIONALITIES[nat][0]]
         firsts = [f for f in lists[gender] if initial(f) in SPLIT_LETTERS[split]]
-        name = f"{firsts[int(rng.integers(len(firsts)))]} {lists['last'][int(rng.integers(len(lists['last'])))]}"
+        first = firsts[int(rng.integers(len(firsts)))]
+        name = f"{first} {lists['last'][int(rng.integers(len(lists['last'])))]}"
         if name not in taken:
             return name, nat
     # A crowded letter range: a middle initial keeps names unique (VoxCeleb has such names).
