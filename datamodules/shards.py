@@ -99,7 +99,8 @@ class ShardWriter:
         check_key(sample["__key__"])
         if self._tar is None:
             self._tmp = self.directory / (self.shard_name(self.index) + ".tmp")
-            self._tar = wds.TarWriter(str(self._tmp))
+            # a fixed mtime: the same samples give byte-identical shards
+            self._tar = wds.TarWriter(str(self._tmp), mtime=0.0)
         self._tar.write(sample)
         self.count += 1
         if self.count >= self.maxcount:
