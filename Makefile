@@ -11,6 +11,7 @@ DATA   ?= data/synth-default
 PRESET ?= default
 PRETRAINED := $(DATA)/pretrained
 PYTEST_ARGS ?=
+PRETRAIN_ARGS ?=   # overrides for the pretraining runs, e.g. trainer.max_steps=50
 
 # Pretrained nets each method needs before it trains (built when missing).
 NEEDS_gan    := $(PRETRAINED)/voice.ckpt $(PRETRAINED)/face.ckpt
@@ -40,7 +41,7 @@ data: $(DATA)/manifest.json ## generate the default synthetic world (data/synth-
 # Pretrained nets: resumable runs with fixed names, exported to $(PRETRAINED).
 $(PRETRAINED)/%.ckpt: $(DATA)/manifest.json
 	$(BIN)/voice2face train $* data.root=$(DATA) run.name=pretrain-$*-$(notdir $(DATA)) \
-		run.resume=auto --export $@
+		run.resume=auto $(PRETRAIN_ARGS) --export $@
 
 train: $(STAMP) $(DATA)/manifest.json $(NEEDS_$(METHOD)) ## train METHOD (default gan) on DATA; ARGS='key=value ...'
 	$(BIN)/voice2face train $(METHOD) data.root=$(DATA) $(ARGS)
