@@ -359,8 +359,9 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     real["cosine"].update(g["judge"][probe], torch.stack([half[int(i)] for i in g["identity"][probe]]))
 
     # test utterances -> probes
-    n_test = 0
+    n_test, probe_gender = 0, []
     for batch in dm.eval_dataloader("test", **loader):
+        probe_gender.append(batch["gender"])
         faces, o = subject.voices(batch["mel"].to(device), batch["mel_lengths"].to(device))
         emb = o["embedding"].cpu()
         rows["method"]["embedding"].update(emb, batch["identity"], batch["gender"], batch["index"],
@@ -393,8 +394,8 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     chance_cos = _chance_cosine(g["judge"][probe], g["identity"][probe], judge_centroids)
     counts = torch.bincount(g["identity"]).tolist()
     image_counts = [counts[int(i)] for i in torch.unique(g["identity"])]
-    results["rows"]["chance"] = _chance(keys, n_ids, image_counts, len(g["identity"]), g["gender"],
-                                        num_classes, chance_cos)
+    results["rows"]["chance"] = _chance(keys, n_ids, image_counts, len(g["identity"]),
+                                        _stack(probe_gender), num_classes, chance_cos)
     ceilings = dm.manifest.get("ceilings") or {}
     if ceilings:
         results["rows"]["ceiling"] = {k: float(v) for k, v in ceilings.items()
