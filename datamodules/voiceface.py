@@ -45,8 +45,9 @@ GENDERS = {"f": 0, "m": 1}
 class SampleDecoder:
     """Raw shard members -> tensors. Errors name the shard and the key."""
 
-    def __init__(self, manifest: dict, features: AudioFeatures, crop_samples: int | None,
+    def __init__(self, manifest: dict, features: AudioFeatures | None, crop_samples: int | None,
                  flip: bool, label_of: dict[int, int]):
+        # features=None: faces only, the audio member is not decoded
         self.features, self.crop_samples, self.flip = features, crop_samples, flip
         self.label_of = label_of
         self.sample_rate = manifest["sample_rate"]
@@ -57,7 +58,7 @@ class SampleDecoder:
         out = {"key": raw["__key__"], "identity": meta["identity"],
                "label": self.label_of.get(meta["identity"], -1),
                "gender": GENDERS[meta["gender"]]}
-        if "flac" in raw:
+        if "flac" in raw and self.features is not None:
             out.update(self._audio(raw["flac"], where, rng))
         faces = sorted((k for k in raw if k.startswith("face") or k in ("png", "jpg")),
                        key=lambda k: (len(k), k))  # face2.png before face10.png
@@ -316,18 +317,21 @@ class VoiceFaceDataModule(L.LightningDataModule):
         shuffle_buffer: webdataset sample shuffle buffer of the training stream.
         val_gallery: ``val_dataloader`` returns ``[samples, gallery]`` instead of samples only.
         flip: random horizontal flips of training faces.
+        audio: decode the utterances (``mel``); false for face-only methods, whose batches
+            then hold faces and labels only.
     """
 
     def __init__(self, root: str | Path, batch_size: int = 64, eval_batch_size: int | None = None,
                  num_workers: int = 0, crop_seconds: float = 2.0, spectrogram: bool = False,
                  skip_corrupt: bool = False, shuffle_buffer: int = 500, val_gallery: bool = False,
-                 flip: bool = True):
+                 flip: bool = True, audio: bool = True):
         super().__init__()
         self.root = Path(root)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.crop_seconds = num_workers, crop_seconds
         self.spectrogram, self.skip_corrupt = spectrogram, skip_corrupt
         self.shuffle_buffer, self.val_gallery, self.flip = shuffle_buffer, val_gallery, flip
+        self.audio = audio
         self.manifest = read_manifest(self.root)
         self.identities = self.manifest["identities"]
         self.train_identities = [i["index"] for i in self.identities if i["split"] == "train"]
@@ -350,8 +354,8 @@ class VoiceFaceDataModule(L.LightningDataModule):
 
     def _decoder(self, train: bool) -> SampleDecoder:
         crop = int(self.crop_seconds * self.manifest["sample_rate"]) if train else None
-        return SampleDecoder(self.manifest, self.features, crop, self.flip and train,
-                             self.label_of)
+        return SampleDecoder(self.manifest, self.features if self.audio else None, crop,
+                             self.flip and train, self.label_of)
 
     def _split(self, section: str, split: str) -> tuple[list[dict], list[str]]:
         entry = self.manifest[section].get(split)

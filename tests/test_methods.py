@@ -113,7 +113,7 @@ def test_gan_steps_reduce_the_classifier_loss_and_keep_the_voice_frozen(world, p
 
     def classifier_loss():
         with torch.no_grad():
-            return float(identity_loss(gan.critic(batch["face"])[1], batch["label"]))
+            return float(identity_loss(gan.critic(batch["face"])["identity"], batch["label"]))
 
     before = classifier_loss()
     trainer = L.Trainer(max_steps=2 * 15, accelerator="cpu", logger=False,

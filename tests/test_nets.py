@@ -40,6 +40,8 @@ NETS = {
     "face_critic": (lambda: FaceCritic(64, 11, width=0.125), lambda: face(64), [(B,), (B, 11)]),
     "face_critic_projection": (lambda: FaceCritic(32, 11, width=0.25, cond_dim=64),
                                lambda: (*face(32), torch.randn(B, 64)), [(B,), (B, 11)]),
+    "face_critic_gender": (lambda: FaceCritic(32, 11, width=0.25, gender=True),
+                           lambda: face(32), [(B,), (B, 11), (B,)]),
     "cosine_classifier": (lambda: CosineClassifier(64, 9), lambda: (torch.randn(B, 64),), [(B, 9)]),
     "covariate_heads": (lambda: CovariateHeads(64, 9), lambda: (torch.randn(B, 64),),
                         [(B, 9), (B,)]),

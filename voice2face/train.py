@@ -73,7 +73,7 @@ def make_datamodule(cfg: DictConfig, method_cls=None) -> VoiceFaceDataModule:
     return VoiceFaceDataModule(
         d.root, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers, crop_seconds=d.crop_seconds, spectrogram=d.spectrogram,
-        skip_corrupt=d.skip_corrupt, shuffle_buffer=d.shuffle_buffer,
+        skip_corrupt=d.skip_corrupt, shuffle_buffer=d.shuffle_buffer, audio=d.audio,
         val_gallery=bool(method_cls and method_cls.val_gallery))
 
 

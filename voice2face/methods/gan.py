@@ -8,6 +8,12 @@ Algorithm 1, per batch: the critic step (discriminator: real faces vs generated 
 classifier: identity of real faces), then the generator step on the sum of its adversarial
 loss and the classifier's identity loss on generated faces (weight ``model.identity_weight``).
 
+``model.gender_weight > 0`` adds an auxiliary gender head to the critic (AC-GAN, Odena et
+al. 2017; not in the paper): it learns the gender of real faces in the critic step, and the
+generator is also trained to make faces of the speaker's gender. A voice reveals gender long
+before the 924-way identity classifier has learnt anything, so this is what lets the short
+``cpu`` profile make speaker-dependent faces; the ``paper`` profile keeps it at 0.
+
 ``model.conditional: true`` is the conditional GAN (Mirza & Osindero 2014, as in "Deep Face
 Gen"): noise z (``model.noise_dim``) is concatenated to the embedding and the discriminator
 is a projection discriminator on the embedding. ``experiments/cgan.yaml`` sets it.
@@ -44,7 +50,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from voice2face.evaluate import GridCollector, compute_each, log_grid, post_fit_evaluation
-from voice2face.losses import discriminator_loss, generator_loss, identity_loss, top1_accuracy
+from voice2face.losses import (discriminator_loss, gender_loss, generator_loss, identity_loss,
+                               top1_accuracy)
 from voice2face.methods.base import CheckpointError, MethodModule
 from voice2face.methods.common import adam
 from voice2face.methods.pretrained import freeze, load_judge, load_voice_embedder
@@ -87,8 +94,10 @@ class GanModule(MethodModule):
         self.generator = FaceGenerator(dim, data["face_size"], m["width"],
                                        noise_dim=m["noise_dim"] if self.conditional else 0,
                                        norm=m["generator_norm"])
+        self.gender_weight = float(m["gender_weight"])
         self.critic = FaceCritic(data["face_size"], data["num_train_identities"],
-                                 width=m["width"], cond_dim=dim if self.conditional else 0)
+                                 width=m["width"], cond_dim=dim if self.conditional else 0,
+                                 gender=self.gender_weight > 0)
         self.val_metrics = make_metrics("val", top_k=(1, 5, 10), recall_similarities=("cosine",),
                                         recall_image_gallery=False, recall_block_size=None)
         self._judge = None  # loaded in setup(); a plain attribute, not a submodule
@@ -113,41 +122,50 @@ class GanModule(MethodModule):
     def training_step(self, batch, batch_idx):
         opt_g, opt_d = self.optimizers()
         m, optim = self.cfg["model"], self.cfg["optim"]
-        real, labels = batch["face"], batch["label"]
+        real, labels, gender = batch["face"], batch["label"], batch["gender"]
         with torch.no_grad():
             emb = perturb_embedding(self.voice(batch["mel"], batch["mel_lengths"]),
                                     m["embedding_noise"])
         cond = emb if self.conditional else None
         fake = self.generator(emb)  # generated once, used by both steps
         n = len(real)
+        logs = {}
 
         # critic step: discriminator on real vs generated, classifier on real (Algorithm 1)
         with self.toggled_optimizer(opt_d):
-            adv, logits = self.critic(torch.cat([real, fake.detach()]),
-                                      None if cond is None else torch.cat([cond, cond]))
-            loss_d = discriminator_loss(adv[:n], adv[n:])
-            loss_c = identity_loss(logits[:n], labels)
+            out = self.critic(torch.cat([real, fake.detach()]),
+                              None if cond is None else torch.cat([cond, cond]))
+            loss_d = discriminator_loss(out["adversarial"][:n], out["adversarial"][n:])
+            loss_c = identity_loss(out["identity"][:n], labels)
+            loss = loss_d + loss_c
+            if self.gender_weight:
+                logs["train/loss_gender_real"] = gender_loss(out["gender"][:n], gender)
+                loss = loss + self.gender_weight * logs["train/loss_gender_real"]
             opt_d.zero_grad()
-            self.manual_backward(loss_d + loss_c)
+            self.manual_backward(loss)
             if optim["clip_grad"]:
                 self.clip_gradients(opt_d, gradient_clip_val=optim["clip_grad"])
             opt_d.step()
 
         # generator step: fool the discriminator, be recognised as the speaker by the classifier
         with self.toggled_optimizer(opt_g):
-            adv_fake, logits_fake = self.critic(fake, cond)
-            loss_adv = generator_loss(adv_fake)
-            loss_id = identity_loss(logits_fake, labels)
+            out_fake = self.critic(fake, cond)
+            loss_adv = generator_loss(out_fake["adversarial"])
+            loss_id = identity_loss(out_fake["identity"], labels)
+            loss = loss_adv + m["identity_weight"] * loss_id
+            if self.gender_weight:
+                logs["train/loss_gender_fake"] = gender_loss(out_fake["gender"], gender)
+                loss = loss + self.gender_weight * logs["train/loss_gender_fake"]
             opt_g.zero_grad()
-            self.manual_backward(loss_adv + m["identity_weight"] * loss_id)
+            self.manual_backward(loss)
             if optim["clip_grad"]:
                 self.clip_gradients(opt_g, gradient_clip_val=optim["clip_grad"])
             opt_g.step()
 
         self.log_dict({"train/loss_d": loss_d, "train/loss_c": loss_c,
-                       "train/loss_g": loss_adv, "train/loss_id": loss_id,
-                       "train/acc_real": top1_accuracy(logits[:n].detach(), labels),
-                       "train/acc_fake": top1_accuracy(logits_fake.detach(), labels)},
+                       "train/loss_g": loss_adv, "train/loss_id": loss_id, **logs,
+                       "train/acc_real": top1_accuracy(out["identity"][:n].detach(), labels),
+                       "train/acc_fake": top1_accuracy(out_fake["identity"].detach(), labels)},
                       prog_bar=True, batch_size=n)
 
     def configure_optimizers(self):

@@ -9,7 +9,9 @@ Mirza & Osindero 2014, as in "Deep Face Gen").
 ``FaceCritic``: the discriminator and the identity classifier of the paper, two linear heads
 on one shared convolutional trunk (``FaceTrunk``). With ``cond_dim > 0`` the discriminator is
 a projection discriminator (Miyato & Koyama 2018): ``D(x, e) = w.h + <P e, h>`` for the trunk
-feature ``h`` and the voice embedding ``e``.
+feature ``h`` and the voice embedding ``e``. With ``gender=True`` a third linear head gives
+the logit of male: an auxiliary classifier (AC-GAN, Odena et al. 2017) that the paper does
+not have, used by the short CPU profile (see ``voice2face/methods/gan.py``).
 """
 
 from __future__ import annotations
@@ -56,24 +58,31 @@ class FaceGenerator(nn.Module):
 class FaceCritic(nn.Module):
     """Discriminator and identity classifier on a shared trunk (Wen et al., Table 2).
 
-    ``forward(face, cond)`` returns ``(real/fake logit [B], identity logits [B, classes])``.
+    ``forward(face, cond)`` returns ``{"adversarial": real/fake logit [B], "identity":
+    logits [B, classes]}``, and ``"gender"`` (logit of male, [B]) when built with
+    ``gender=True``.
     """
 
     def __init__(self, face_size: int = 64, num_classes: int = 924, dim: int = 64,
-                 width: float = 1.0, cond_dim: int = 0, norm: str = "none"):
+                 width: float = 1.0, cond_dim: int = 0, norm: str = "none",
+                 gender: bool = False):
         super().__init__()
         self.trunk = FaceTrunk(face_size, dim, width, norm=norm)
         self.adversarial = nn.Linear(dim, 1)
         self.classifier = nn.Linear(dim, num_classes)
+        self.gender = nn.Linear(dim, 1) if gender else None
         self.cond_dim = cond_dim
         self.projection = nn.Linear(cond_dim, dim, bias=False) if cond_dim else None
 
     def forward(self, face: torch.Tensor, cond: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                ) -> dict[str, torch.Tensor]:
         h = F.leaky_relu(self.trunk(face), 0.2)
         adv = self.adversarial(h).squeeze(-1)
         if self.projection is not None:
             if cond is None:
                 raise ValueError("a conditional critic needs the voice embedding (cond)")
             adv = adv + (self.projection(cond) * h).sum(-1)
-        return adv, self.classifier(h)
+        out = {"adversarial": adv, "identity": self.classifier(h)}
+        if self.gender is not None:
+            out["gender"] = self.gender(h).squeeze(-1)
+        return out
