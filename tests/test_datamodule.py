@@ -122,6 +122,17 @@ def test_eval_whole_utterances_padded_and_ordered(fake_root):
     assert len(gallery) == read_manifest(fake_root)["gallery"]["test"]["samples"]
 
 
+def test_faces_only_batches_skip_the_audio(fake_root, monkeypatch):
+    both = next(iter(VoiceFaceDataModule(fake_root, eval_batch_size=4).eval_dataloader("test")))
+    dm = VoiceFaceDataModule(fake_root, eval_batch_size=4, audio=False)
+    monkeypatch.setattr("datamodules.voiceface.decode_audio", None)  # calling it would fail
+    faces = next(iter(dm.eval_dataloader("test")))
+    assert "mel" not in faces and "mel_lengths" not in faces
+    assert faces["key"] == both["key"] and torch.equal(faces["faces"], both["faces"])
+    train = next(iter(dm.train_dataloader()))
+    assert "mel" not in train and train["faces"].shape[0] == dm.batch_size
+
+
 def test_eval_ranks_partition_the_split(fake_root):
     dm = VoiceFaceDataModule(fake_root, eval_batch_size=3)
     parts = [[i for b in dm.eval_dataloader("val", rank=r, world_size=3) for i in b["index"].tolist()]

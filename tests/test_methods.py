@@ -127,6 +127,36 @@ def test_gan_steps_reduce_the_classifier_loss_and_keep_the_voice_frozen(world, p
     assert not gan.voice.training and not any(p.requires_grad for p in gan.voice.parameters())
 
 
+def test_gan_gender_head_learns_gender_and_trains_the_generator(world, pretrained, tmp_path):
+    import lightning as L
+    from voice2face.losses import gender_loss
+    base = quick_config("gan", world, tmp_path, "model.width=0.25", "eval.judge=null",
+                        "model.gender_weight=0")
+    dm = VoiceFaceDataModule(world, batch_size=6, num_workers=0, crop_seconds=0.3)
+    assert METHODS["gan"](OmegaConf.to_container(base, resolve=True),
+                          data_info(dm)).critic.gender is None  # the paper's critic
+    cfg = quick_config("gan", world, tmp_path, "model.width=0.25", "eval.judge=null",
+                       "optim.lr=1e-3", "model.gender_weight=1", "model.identity_weight=0")
+    gan = METHODS["gan"](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+    batch = fixed_batch(world)
+
+    def losses():
+        with torch.no_grad():
+            fake = gan.generator(gan.voice(batch["mel"], batch["mel_lengths"]))
+            return [float(gender_loss(gan.critic(x)["gender"], batch["gender"]))
+                    for x in (batch["face"], fake)]
+
+    real_before, _ = losses()
+    trainer = L.Trainer(max_steps=2 * 30, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(gan, DataLoader(Repeat(batch, 30), batch_size=None))
+    real_after, fake_after = losses()
+    assert real_after < 0.5 * real_before  # the critic learns the gender of real faces
+    assert fake_after < 0.3  # and the generator makes faces of the speaker's gender
+    assert {"train/loss_gender_real", "train/loss_gender_fake"} <= set(trainer.logged_metrics)
+
+
 def test_gan_checkpoint_needs_no_voice_checkpoint(world, pretrained, tmp_path):
     voice = tmp_path / "voice-copy.ckpt"
     shutil.copy(pretrained / "voice.ckpt", voice)
