@@ -121,7 +121,7 @@ class GanModule(MethodModule):
 
     def training_step(self, batch, batch_idx):
         opt_g, opt_d = self.optimizers()
-        m, optim = self.cfg["model"], self.cfg["optim"]
+        m = self.cfg["model"]
         real, labels, gender = batch["face"], batch["label"], batch["gender"]
         with torch.no_grad():
             emb = perturb_embedding(self.voice(batch["mel"], batch["mel_lengths"]),
@@ -137,36 +137,39 @@ class GanModule(MethodModule):
                               None if cond is None else torch.cat([cond, cond]))
             loss_d = discriminator_loss(out["adversarial"][:n], out["adversarial"][n:])
             loss_c = identity_loss(out["identity"][:n], labels)
-            loss = loss_d + loss_c
-            if self.gender_weight:
-                logs["train/loss_gender_real"] = gender_loss(out["gender"][:n], gender)
-                loss = loss + self.gender_weight * logs["train/loss_gender_real"]
-            opt_d.zero_grad()
-            self.manual_backward(loss)
-            if optim["clip_grad"]:
-                self.clip_gradients(opt_d, gradient_clip_val=optim["clip_grad"])
-            opt_d.step()
+            loss = loss_d + loss_c + self._gender_term(out, gender, n, "real", logs)
+            self._update(opt_d, loss)
 
         # generator step: fool the discriminator, be recognised as the speaker by the classifier
         with self.toggled_optimizer(opt_g):
             out_fake = self.critic(fake, cond)
             loss_adv = generator_loss(out_fake["adversarial"])
             loss_id = identity_loss(out_fake["identity"], labels)
-            loss = loss_adv + m["identity_weight"] * loss_id
-            if self.gender_weight:
-                logs["train/loss_gender_fake"] = gender_loss(out_fake["gender"], gender)
-                loss = loss + self.gender_weight * logs["train/loss_gender_fake"]
-            opt_g.zero_grad()
-            self.manual_backward(loss)
-            if optim["clip_grad"]:
-                self.clip_gradients(opt_g, gradient_clip_val=optim["clip_grad"])
-            opt_g.step()
+            loss = (loss_adv + m["identity_weight"] * loss_id
+                    + self._gender_term(out_fake, gender, n, "fake", logs))
+            self._update(opt_g, loss)
 
         self.log_dict({"train/loss_d": loss_d, "train/loss_c": loss_c,
                        "train/loss_g": loss_adv, "train/loss_id": loss_id, **logs,
                        "train/acc_real": top1_accuracy(out["identity"][:n].detach(), labels),
                        "train/acc_fake": top1_accuracy(out_fake["identity"].detach(), labels)},
                       prog_bar=True, batch_size=n)
+
+    def _gender_term(self, out: dict, gender: torch.Tensor, n: int, which: str,
+                     logs: dict) -> torch.Tensor | float:
+        """Weighted auxiliary gender loss on the first ``n`` rows (0 without the head)."""
+        if not self.gender_weight:
+            return 0.0
+        logs[f"train/loss_gender_{which}"] = gender_loss(out["gender"][:n], gender)
+        return self.gender_weight * logs[f"train/loss_gender_{which}"]
+
+    def _update(self, opt, loss: torch.Tensor) -> None:
+        clip = self.cfg["optim"]["clip_grad"]
+        opt.zero_grad()
+        self.manual_backward(loss)
+        if clip:
+            self.clip_gradients(opt, gradient_clip_val=clip)
+        opt.step()
 
     def configure_optimizers(self):
         o = self.cfg["optim"]
