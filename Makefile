@@ -19,19 +19,38 @@ NEEDS_cgan   := $(NEEDS_gan)
 NEEDS_dimnet := $(PRETRAINED)/face.ckpt
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test test-all bench clean
+.PHONY: help install lock data train test test-all bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: METHOD=$(METHOD) DATA=$(DATA) ARGS='key=value ...'"
 
-$(STAMP): pyproject.toml
+LOCK   := requirements.lock
+
+# Exactly the locked set, then the package itself without resolving anything; then a check
+# that torch and torchaudio are the locked pair and that their compiled parts load.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
+	$(BIN)/python -m voice2face.environment
 	touch $@
 
-install: $(STAMP) ## create .venv and install the package with its dev extras
+install: $(STAMP) ## create .venv with exactly the packages of requirements.lock
+
+# A new lock is a reviewed change: resolve pyproject.toml's ranges in a scratch venv, freeze
+# (setuptools too: the build backend, since the install builds without isolation).
+lock: ## re-resolve pyproject.toml into requirements.lock (then review the diff and test)
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -e '.[dev]' setuptools
+	{ echo "# Every package that 'make test' passed with; 'make install' installs exactly these."; \
+	  echo "# Made by 'make lock' from pyproject.toml on $$(uname -sm), Python $$(.lock-venv/bin/python -V | cut -d' ' -f2)."; \
+	  .lock-venv/bin/pip freeze --all --exclude-editable | grep -v '^pip=='; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf .lock-venv
+	@echo "wrote $(LOCK): review 'git diff $(LOCK)', then 'rm -rf .venv && make test'"
 
 $(DATA)/manifest.json: | $(STAMP)
 	$(BIN)/voice2face synth --preset $(PRESET) --out $(DATA)
