@@ -88,6 +88,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
+from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.regression import CosineSimilarity
 
 ROLES = ("probe", "gallery")
@@ -749,6 +750,32 @@ class RecallAtK(_EmbeddingMetric):
             miss = all_others.gather(1, (m - 1).clamp(0, k_max - 1))
             hits += torch.where(m >= 1, 1.0 - miss, 0.0).sum(0)
         return hits
+
+
+class _Features(nn.Module):
+    """The identity as a "feature extractor": features are computed by the caller."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+class FeatureFrechetDistance(FrechetInceptionDistance):
+    """Fréchet distance between the feature distributions of real and generated faces, in
+    the space of a face net of our own (the judge): torchmetrics' FID with its Inception
+    network replaced by features that the caller computes, since no Inception weights can be
+    downloaded and a judge trained on the data measures what the data's faces vary in.
+
+    ``update(features (B, D), real: bool)``; ``compute()`` is Heusel et al.'s
+    ``|mu_r - mu_g|^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2))``. The judge stays outside the
+    metric, so a LightningModule holding this metric holds no copy of it.
+    """
+
+    def __init__(self, num_features: int, **kwargs: Any):
+        super().__init__(feature=_Features(num_features), normalize=True, **kwargs)
 
 
 def make_metrics(
