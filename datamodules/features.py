@@ -2,6 +2,11 @@
 
 Log-mel features follow Wen et al. (NeurIPS 2019): 64 mel bins, 25 ms windows, 10 ms hops,
 each bin mean- and variance-normalised over the utterance.
+
+The complex STFT (``spectrogram=True``) uses the same windows and hops, so its frames line up
+with the log-mel ones (and share ``mel_lengths`` in a batch). Speech2Face (Oh et al., CVPR
+2019, Sec. 3) feeds its voice encoder the real and imaginary parts, power-law compressed;
+``compress_spectrogram`` makes that input from the complex STFT.
 """
 
 from __future__ import annotations
@@ -15,6 +20,20 @@ WIN_LENGTH = 400  # 25 ms at 16 kHz
 HOP_LENGTH = 160  # 10 ms
 N_FFT = 512
 N_MELS = 64
+SPEC_EXPONENT = 0.3  # Speech2Face's power-law compression
+
+
+def compress_spectrogram(spec: torch.Tensor, exponent: float = SPEC_EXPONENT) -> torch.Tensor:
+    """Complex STFT ``[..., F, T]`` -> real ``[..., 2, F, T]``: ``sign(x) |x|^exponent`` of the
+    real and of the imaginary part (Speech2Face, Oh et al. CVPR 2019, Sec. 3).
+
+    Zero maps to zero, so zero-padding a batch before or after compressing is the same; run it
+    on the batch (on the accelerator) rather than per sample.
+    """
+    if not spec.is_complex():
+        raise TypeError(f"expected a complex spectrogram, got {spec.dtype}")
+    parts = torch.stack([spec.real, spec.imag], dim=-3)
+    return parts.sign() * parts.abs().pow(exponent)
 
 
 class AudioFeatures:

@@ -9,14 +9,19 @@ import pytest
 import torch
 
 from voice2face import losses
-from voice2face.nets import (CosineClassifier, CovariateHeads, FaceCritic, FaceEncoder,
-                             FaceGenerator, FaceTrunk, VoiceEmbedder, perturb_embedding)
+from voice2face.nets import (CosineClassifier, CovariateHeads, FaceCritic, FaceDecoder,
+                             FaceEncoder, FaceGenerator, FaceTrunk, SpectrogramEncoder,
+                             VoiceEmbedder, perturb_embedding)
 
 B = 3
 
 
 def mel():
     return (torch.randn(B, 64, 40), torch.tensor([40, 31, 9]))
+
+
+def spec():
+    return (torch.randn(B, 2, 64, 20), torch.tensor([20, 13, 4]))
 
 
 def face(size):
@@ -42,6 +47,10 @@ NETS = {
                                lambda: (*face(32), torch.randn(B, 64)), [(B,), (B, 11)]),
     "face_critic_gender": (lambda: FaceCritic(32, 11, width=0.25, gender=True),
                            lambda: face(32), [(B,), (B, 11), (B,)]),
+    "spectrogram_encoder": (lambda: SpectrogramEncoder(32, width=0.0625, freq_bins=64), spec,
+                            [(B, 32)]),
+    "face_decoder": (lambda: FaceDecoder(32, 16, width=0.125), lambda: (torch.randn(B, 32),),
+                     [(B, 3, 16, 16)]),
     "cosine_classifier": (lambda: CosineClassifier(64, 9), lambda: (torch.randn(B, 64),), [(B, 9)]),
     "covariate_heads": (lambda: CovariateHeads(64, 9), lambda: (torch.randn(B, 64),),
                         [(B, 9), (B,)]),

@@ -3,9 +3,20 @@
 The adversarial pair is the non-saturating GAN loss of Goodfellow et al. (2014), as Wen et
 al. (NeurIPS 2019, Algorithm 1) train with: binary cross-entropy on the discriminator's
 logits, the generator maximising ``log D(G(v))`` rather than minimising ``log(1 - D)``.
+
+The feature losses regress a voice encoder's output onto a face-identity network's features,
+as Speech2Face (Oh et al., "Speech2Face: Learning the Face Behind a Voice", CVPR 2019, Eq. 1)
+does with its feature term: distances between the L2-normalised vectors (so the encoder's
+output scale is free), each summed over the feature and averaged over the batch. (Eq. 1 also
+has an L1 on the face decoder's first layer and a distillation term; the reproductions these
+follow leave them out.) InfoNCE (van den Oord et al. 2018) is the contrastive alternative:
+each voice ranks its own face feature above the batch's others. ``FEATURE_LOSSES`` maps
+the config's ``model.loss`` names to them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,3 +61,57 @@ def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if not bool(valid.any()):
         return logits.new_zeros(())
     return (logits[valid].argmax(-1) == labels[valid]).float().mean()
+
+
+# --- feature regression (Speech2Face) -------------------------------------------------------
+
+def feature_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``||p/|p| - t/|t| ||_1``, averaged over the batch (the default: best in the reports)."""
+    return (F.normalize(pred, dim=-1) - F.normalize(target, dim=-1)).abs().sum(-1).mean()
+
+
+def feature_l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``||p/|p| - t/|t| ||_2^2`` (= ``2 - 2 cos``), averaged over the batch: Speech2Face's
+    feature term (Eq. 1)."""
+    return (F.normalize(pred, dim=-1) - F.normalize(target, dim=-1)).square().sum(-1).mean()
+
+
+def feature_l1_l2_loss(pred: torch.Tensor, target: torch.Tensor,
+                       l2_weight: float = 10.0) -> torch.Tensor:
+    """``feature_l1_loss + l2_weight * feature_l2_loss``."""
+    return feature_l1_loss(pred, target) + l2_weight * feature_l2_loss(pred, target)
+
+
+def info_nce_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float = 0.1,
+                  labels: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE over the batch: cross-entropy of row i of ``cos(p_i, t_j) / temperature`` with
+    the answer ``j = i``; the other rows' targets are the negatives.
+
+    With ``labels`` (the batch's ``identity``, not ``label``: -1 is shared by every identity
+    outside training), the other rows of the same identity are left out of the
+    negatives: their face is the right answer too. Uninformative predictions cost
+    ``log(batch)``.
+    """
+    logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).T / temperature
+    if labels is not None:
+        same = labels[:, None] == labels[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+FeatureLoss = Callable[..., torch.Tensor]
+
+FEATURE_LOSSES: dict[str, FeatureLoss] = {
+    "l1": feature_l1_loss,
+    "l2": feature_l2_loss,
+    "l1_l2": feature_l1_l2_loss,
+    "infonce": info_nce_loss,
+}
+
+
+def get_feature_loss(name: str) -> FeatureLoss:
+    """``FEATURE_LOSSES[name]``; an unknown name fails and lists the valid ones."""
+    if name not in FEATURE_LOSSES:
+        raise KeyError(f"unknown feature loss {name!r}; valid: {', '.join(FEATURE_LOSSES)}")
+    return FEATURE_LOSSES[name]

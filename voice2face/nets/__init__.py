@@ -4,7 +4,9 @@ them into training."""
 from voice2face.nets.face import FaceEncoder, FaceTrunk
 from voice2face.nets.gan import FaceCritic, FaceGenerator
 from voice2face.nets.heads import CosineClassifier, CovariateHeads
+from voice2face.nets.speech2face import FaceDecoder, SpectrogramEncoder
 from voice2face.nets.voice import VoiceEmbedder, perturb_embedding
 
-__all__ = ["CosineClassifier", "CovariateHeads", "FaceCritic", "FaceEncoder", "FaceGenerator",
-           "FaceTrunk", "VoiceEmbedder", "perturb_embedding"]
+__all__ = ["CosineClassifier", "CovariateHeads", "FaceCritic", "FaceDecoder", "FaceEncoder",
+           "FaceGenerator", "FaceTrunk", "SpectrogramEncoder", "VoiceEmbedder",
+           "perturb_embedding"]
