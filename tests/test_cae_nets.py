@@ -71,15 +71,19 @@ def test_gated_layer_batched_equals_per_sample_loop(granularity, kernel, dtype):
     torch.testing.assert_close(layer(x, cond), ref, **TOL[dtype])
 
 
-def test_batched_conv_transpose_groups_samples():
-    """Sample b's output depends on sample b's weights only."""
+@pytest.mark.parametrize("kernel,padding", [(2, 0), (4, 1), (3, 0)])
+def test_batched_conv_transpose_is_per_sample(kernel, padding):
+    """Both paths (bmm for kernel == stride, grouped otherwise) against plain per-sample calls;
+    and sample b's output depends on sample b's weights only."""
     torch.manual_seed(0)
-    x, w = torch.randn(2, 3, 5, 5), torch.randn(2, 3, 4, 2, 2)
-    out = batched_conv_transpose2d(x, w, None, 2, 0)
+    x, w, bias = torch.randn(3, 3, 5, 5), torch.randn(3, 3, 4, kernel, kernel), torch.randn(4)
+    out = batched_conv_transpose2d(x, w, bias, 2, padding)
+    ref = torch.cat([F.conv_transpose2d(x[i:i + 1], w[i], bias, 2, padding) for i in range(3)])
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
     w2 = w.clone()
     w2[1] += 1
-    out2 = batched_conv_transpose2d(x, w2, None, 2, 0)
-    torch.testing.assert_close(out[0], out2[0])
+    out2 = batched_conv_transpose2d(x, w2, bias, 2, padding)
+    torch.testing.assert_close(out[[0, 2]], out2[[0, 2]])
     assert not torch.allclose(out[1], out2[1])
 
 

@@ -20,7 +20,8 @@ input at every position instead.
 
 The paper trains with batch size 1 because every sample needs its own weights. Here the
 per-sample weights are applied in one batched call: a grouped transposed convolution with the
-batch folded into the channels (``GatedConvTranspose2d``); ``impl="loop"`` runs the plain
+batch folded into the channels, or a batched matrix product where the kernel equals the stride
+(``batched_conv_transpose2d``); ``impl="loop"`` runs the plain
 per-sample loop instead, the reference the tests and ``benchmarks/cae.py`` compare against.
 
 ``CAECritic``: the paper's discriminator and identity classifier, two linear heads on one
@@ -50,12 +51,19 @@ def batched_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.
                              stride: int, padding: int) -> torch.Tensor:
     """``x [B, C_in, H, W]`` with per-sample weights ``[B, C_in, C_out, k, k]`` -> ``[B, C_out, H', W']``.
 
-    One grouped transposed convolution: the batch is folded into the channels
-    (``[1, B C_in, H, W]``) and the weights stacked to ``[B C_in, C_out, k, k]`` with
-    ``groups=B``, so group ``b`` sees only sample ``b``'s channels and filters.
+    One batched call. In general a grouped transposed convolution: the batch folded into the
+    channels (``[1, B C_in, H, W]``), the weights stacked to ``[B C_in, C_out, k, k]``,
+    ``groups=B``, so group ``b`` sees only sample ``b``'s channels and filters. When the
+    kernel equals the stride and there is no padding (the U-Net's 2x2, stride-2 up-convolution)
+    the output patches do not overlap and each is one matrix product: a ``bmm`` of
+    ``[B, H W, C_in]`` by ``[B, C_in, C_out k k]``, about twice as fast on CPU.
     """
     b, c_in, h, w = x.shape
     c_out, k = weight.shape[2], weight.shape[3]
+    if k == stride and padding == 0:
+        patches = torch.bmm(x.flatten(2).transpose(1, 2), weight.reshape(b, c_in, c_out * k * k))
+        out = patches.view(b, h, w, c_out, k, k).permute(0, 3, 1, 4, 2, 5).reshape(b, c_out, h * k, w * k)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
     out = F.conv_transpose2d(x.reshape(1, b * c_in, h, w), weight.reshape(b * c_in, c_out, k, k),
                              None if bias is None else bias.repeat(b), stride, padding, groups=b)
     return out.view(b, c_out, out.shape[-2], out.shape[-1])
