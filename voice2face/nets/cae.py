@@ -5,7 +5,8 @@ speaker of a voice.
 ``GatedUNet``: a U-Net autoencoder on ``[B, 3, S, S]`` faces in [-1, 1]. The encoder has four
 levels of two 3x3 convolution + BatchNorm + ReLU blocks with 64, 128, 256 and 512 channels
 (times ``width``), each followed by 2x2 max-pooling; a bottleneck block of the same kind at
-S/16; the decoder is the mirror image: a stride-2 transposed convolution per level, the skip
+S/16 (ours: the paper's description stops at the last pooling; it is where ``"concat"``
+conditions); the decoder is the mirror image: a stride-2 transposed convolution per level, the skip
 connection of that level concatenated, two conv + BN + ReLU blocks; a 1x1 convolution to RGB
 and tanh.
 
@@ -21,8 +22,10 @@ input at every position instead.
 The paper trains with batch size 1 because every sample needs its own weights. Here the
 per-sample weights are applied in one batched call: a grouped transposed convolution with the
 batch folded into the channels, or a batched matrix product where the kernel equals the stride
-(``batched_conv_transpose2d``); ``impl="loop"`` runs the plain
-per-sample loop instead, the reference the tests and ``benchmarks/cae.py`` compare against.
+(``batched_conv_transpose2d``); ``impl="loop"`` runs the plain per-sample loop instead, the
+reference the tests and ``benchmarks/cae.py`` compare against. The full controller has
+``cond_dim + 1`` parameters per decoder filter parameter, most of the model at width 1
+(``benchmarks/cae.py`` prints the counts of every gating).
 
 ``CAECritic``: the paper's discriminator and identity classifier, two linear heads on one
 shared convolutional trunk.
@@ -75,7 +78,7 @@ class GatedConvTranspose2d(nn.Module):
     ``forward(x [B, C_in, H, W], cond [B, cond_dim])``: sample ``b`` is convolved with
     ``weight * gates(cond)[b]`` (the bias is shared, not gated). ``gates`` returns
     ``[B, C_in, C_out, k, k]`` for ``"full"`` and ``"lowrank"`` and ``[B, 1, C_out, 1, 1]`` for
-    ``"channel"``, all in (0, 1). Liang et al., Sec. 3 (the gating controller).
+    ``"channel"``, all in (0, 1). Liang et al.'s gating controller, for one decoder layer.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 2,
@@ -206,9 +209,10 @@ class CAECritic(FaceCritic):
     """The discriminator and identity classifier of Liang et al. (their Table 1): two linear
     heads, real/fake and identity, on one shared convolutional trunk.
 
-    The trunk is the one of Wen et al.'s voice-to-face GAN that the paper builds on
+    The trunk is the one of Wen et al.'s voice-to-face GAN, which the paper builds on
     (``FaceTrunk``: 1x1 conv to 32 channels, stride-2 4x4 convolutions doubling to 512 at
-    4x4, a 4x4 convolution to 64-d). Unconditional, no gender head. ``forward(face)`` returns
+    4x4, a 4x4 convolution to 64-d); the layer table of Liang et al. was not at hand when this
+    was written, so check it against their Table 1. Unconditional, no gender head. ``forward(face)`` returns
     ``{"adversarial": logit [B], "identity": logits [B, classes]}``.
     """
 
