@@ -78,6 +78,7 @@ test-all: $(STAMP) ## every test, including multi-process DDP runs
 bench: $(STAMP) ## print the benchmarks' numbers
 	$(BIN)/python benchmarks/datamodule.py
 	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/cae.py --threads 1
 
 clean: ## remove runs and generated data (keeps .venv)
 	rm -rf runs data wandb

@@ -1,12 +1,14 @@
 """Plain ``nn.Module`` networks (no Lightning here); the methods in ``voice2face.methods`` wire
 them into training."""
 
+from voice2face.nets.cae import CAECritic, GatedConvTranspose2d, GatedUNet
 from voice2face.nets.face import FaceEncoder, FaceTrunk
 from voice2face.nets.gan import FaceCritic, FaceGenerator
 from voice2face.nets.heads import CosineClassifier, CovariateHeads
 from voice2face.nets.speech2face import FaceDecoder, SpectrogramEncoder
 from voice2face.nets.voice import VoiceEmbedder, perturb_embedding
 
-__all__ = ["CosineClassifier", "CovariateHeads", "FaceCritic", "FaceDecoder", "FaceEncoder",
-           "FaceGenerator", "FaceTrunk", "SpectrogramEncoder", "VoiceEmbedder",
+__all__ = ["CAECritic", "CosineClassifier", "CovariateHeads", "FaceCritic", "FaceDecoder",
+           "FaceEncoder", "FaceGenerator", "FaceTrunk", "GatedConvTranspose2d", "GatedUNet",
+           "SpectrogramEncoder", "VoiceEmbedder",
            "perturb_embedding"]
