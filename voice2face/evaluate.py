@@ -17,9 +17,12 @@ Protocol (``voice2face.metrics`` states each metric's):
   embedding;
 * on the ``known`` split (held-out utterances of training identities): the judge's identity
   top-1/top-5 on the generated faces, as Wen et al. report for known subjects;
-* a method that embeds voices and faces itself (``dimnet``) is measured in its own space: its
-  voice embedding is the probe, its face embedding makes the gallery, its shared heads give
-  gender and identity.
+* a method that embeds voices and faces itself (``Evaluation.OWN_SPACE``, e.g. ``dimnet``) is
+  measured in its own space: its voice embedding is the probe, its face embedding makes the
+  gallery, its own predictions (if it makes them) give gender and identity.
+
+A method is used only through the contract of ``voice2face.methods.base``: what its class
+declares (``evaluation``, ``needs_proposal``) and the calls that go with it.
 
 Reference rows, measured in the same run: **chance**; **real faces**: each test identity's
 gallery images split in two halves by index, one half as probes against the other as gallery
@@ -74,13 +77,13 @@ class Subject:
 
     def __init__(self, method: MethodModule, judge):
         self.method, self.judge = method, judge
-        self.generates = method.evaluation is Evaluation.GENERATED_FACES
+        self.judged = method.evaluation is Evaluation.GENERATED_FACES
 
     @torch.no_grad()
     def voices(self, batch: dict, device) -> tuple[torch.Tensor | None, Embeddings]:
         """(generated faces or None, the probes' embeddings and predictions)."""
         voices = Voices.of(batch).to(device)
-        if self.generates:
+        if self.judged:
             proposal = (proposal_faces(batch["face"], batch["identity"]).to(device)
                         if self.method.needs_proposal else None)
             faces = self.method.generate_faces(voices, proposal)
@@ -90,7 +93,7 @@ class Subject:
     @torch.no_grad()
     def faces(self, face: torch.Tensor) -> torch.Tensor:
         """Gallery embeddings in the probes' space."""
-        return self.judge.embed(face) if self.generates else self.method.embed_faces(face).embedding
+        return self.judge.embed(face) if self.judged else self.method.embed_faces(face).embedding
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -205,7 +208,7 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
         j = judge_net(face)
         g["judge"].append(j["embedding"].cpu())
         g["gender_logit"].append(j["gender"].cpu())
-        g["own"].append(subject.faces(face).cpu() if not subject.generates else j["embedding"].cpu())
+        g["own"].append(subject.faces(face).cpu() if not subject.judged else j["embedding"].cpu())
         for k in ("identity", "gender", "index"):
             g[k].append(batch[k])
         for i, identity in enumerate(batch["identity"].tolist()):
