@@ -12,7 +12,14 @@ measured (``evaluation``, an ``Evaluation``) and whether it makes faces (``gener
 * neither: ``Evaluation.PRETRAINING``, a part of other methods (or the judge) that
   ``voice2face evaluate`` does not measure.
 
-A class whose declaration and implementation disagree is an error when it is defined.
+A class whose declaration and implementation disagree is an error when it is defined. The
+judge's space is reached only through generated faces: a method that embeds voices itself
+is measured in its own space, with its own face side (the judge never trains what it
+judges). How the next methods fit: a Controlled AutoEncoder is a ``GeneratorModule`` with
+``needs_proposal = True``; a Speech2Face-style regression predicts a face feature and
+renders it with a decoder loaded from its own checkpoint, so it ``generates`` and is measured
+either by its rendered faces or, in ``OWN_SPACE``, by its feature against the face encoder it
+regresses onto.
 ``method`` is the registry name the module was trained under (``cgan``), ``variant`` what
 distinguishes the run within it, ``label`` both, for tables.
 """
