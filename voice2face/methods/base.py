@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
+from voice2face.errors import UserError
+
 CHECKPOINT_FORMAT = 1
 
 
@@ -51,12 +53,15 @@ class MethodModule(L.LightningModule):
         return None
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, unreadable, or not of the expected method or data."""
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; expected a .ckpt file (a run "
+                              f"folder keeps them in checkpoints/, e.g. {path}/checkpoints/final.ckpt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
