@@ -165,6 +165,17 @@ def make_datamodule(cfg: DictConfig, method_cls=None) -> VoiceFaceDataModule:
         val_gallery=bool(method_cls and method_cls.val_gallery))
 
 
+def start_run(cfg: DictConfig, folder: Path, env=os.environ) -> bool:
+    """Rank zero makes the run folder and writes the config into it; the other processes
+    write nothing. Whether this process made the folder (so may remove it again)."""
+    if not is_rank_zero(env):
+        return False
+    created = not folder.exists()
+    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder / "config.yaml")
+    return created
+
+
 class StepCheckpoint(ModelCheckpoint):
     """Checkpoints named by the method's steps (training batches, as ``trainer.max_steps``
     counts them), where Lightning's ``step`` counts optimizer steps (two per GAN batch)."""
@@ -195,11 +206,7 @@ def train(cfg: DictConfig) -> Path:
         check_resumable(ckpt_path, cfg.method, method_cls, info)
     module = method_cls(OmegaConf.to_container(cfg, resolve=True), info)
 
-    zero = is_rank_zero()
-    created = zero and not folder.exists()
-    if zero:
-        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, folder / "config.yaml")
+    created = start_run(cfg, folder)
     try:
         trainer = fit(cfg, method_cls, module, dm, folder, ckpt_path)
     except BaseException as e:
