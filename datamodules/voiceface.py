@@ -212,17 +212,23 @@ class TrainStream(IterableDataset):
             errors.append(exn)
             return False
 
-        n = 0
+        # one sample is held back: when the shard turns out short, the last one read may
+        # lack members, and the error should say the shard is truncated, not the sample
+        n, held = 0, None
         for raw in wds.tarfile_to_samples(handler=stop)([{"url": url}]):
-            if errors and not self.skip_corrupt:
-                break  # the sample read when the tar broke off is incomplete
-            n += 1
-            yield raw
+            if held is not None:
+                yield held
+            n, held = n + 1, raw
         expected = self.size_of[url]
         if not errors and n >= expected:
+            if held is not None:
+                yield held
             return
-        why = (f"{type(errors[0]).__name__}: {str(errors[0].args[0] if errors[0].args else '').split(' @ ')[0]}"
-               if errors else "it ends early")
+        if held is not None and self.skip_corrupt:
+            yield held  # decoded if whole, else skipped and counted as a corrupt sample
+        # webdataset appends " @ <stream>" to the message
+        why = (f"{type(errors[0]).__name__}: {str(errors[0].args[0]).split(' @ ')[0]}"
+               if errors and errors[0].args else "it ends early")
         message = f"{url}: truncated or unreadable shard ({why}); {n} of its {expected} samples read"
         if not self.skip_corrupt:
             raise DataFormatError(message + "; rewrite it, or set data.skip_corrupt=true to "
