@@ -27,11 +27,13 @@ class Interrupted(KeyboardInterrupt):
     """A Ctrl-C, re-raised with a message saying what was kept and how to resume."""
 
 
-def _inside(path: str | Path, roots: Iterable[str | Path]) -> bool:
+def _about(path: str | Path, given: Iterable[str | Path]) -> bool:
+    """Whether an error's path is one the user gave, inside one, or a folder on the way to
+    one (``--out a-file/face.png``: the error names ``a-file``)."""
     p = Path(path).resolve()
-    for root in roots:
-        r = Path(root).resolve()
-        if p == r or r in p.parents:
+    for g in given:
+        g = Path(g).resolve()
+        if p == g or g in p.parents or p in g.parents:
             return True
     return False
 
@@ -55,7 +57,7 @@ def report(prog: str, run: Callable[[], int], paths: Callable[[], Iterable] | No
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as e:
-        if e.filename is None or paths is None or not _inside(e.filename, [p for p in paths() if p]):
+        if e.filename is None or paths is None or not _about(e.filename, [p for p in paths() if p]):
             raise
         print(f"{prog}: {os_error_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 
 from datamodules.shards import (ShardWriter, make_gallery_item, make_sample, manifest_path,
                                 write_json_atomic, write_manifest)
-from voice2face.errors import EXIT_INTERRUPTED
+from voice2face.errors import EXIT_INTERRUPTED, reports_errors
 
 from . import plan as P
 from .audio import AudioSettings, prepare_utterance
@@ -484,6 +484,7 @@ def dry_run(inputs: P.Inputs) -> str:
     return "\n".join(lines)
 
 
+@reports_errors("voice2face prepare")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     inputs = P.Inputs(vox1=tuple(args.vox1), faces=args.faces, vox1_meta=args.vox1_meta,
