@@ -4,9 +4,14 @@ The run folder ``runs/<method>-<data>-<time>/`` receives the resolved ``config.y
 checkpoints (``checkpoints/last.ckpt`` every ``run.checkpoint_every`` batches, and
 ``checkpoints/final.ckpt``), ``metrics.csv`` and the offline W&B run. ``run.resume=<folder>``
 (or a ``.ckpt``) continues a run from its last checkpoint; ``run.resume=auto`` does so when
-the folder named by ``run.name`` already holds one, and starts afresh otherwise. A resumed
-run restarts the interrupted epoch of the training stream (shards are not seekable), so a
-few samples of that epoch are seen twice; optimizer state and step counts carry on exactly.
+the folder named by ``run.name`` already holds one, and starts afresh otherwise; a fresh run
+never reuses an existing folder. The checkpoint to resume must be of the same method and
+data, which is checked before anything is written. A resumed run restarts the interrupted
+epoch of the training stream (shards are not seekable), so a few samples of that epoch are
+seen twice; optimizer state and step counts carry on exactly.
+
+Under several processes (DDP), only rank zero writes into the run folder, and every process
+derives the same folder name (``run_name``) without relying on Lightning re-launching it.
 """
 
 from __future__ import annotations
@@ -120,8 +125,7 @@ def run_folder(cfg: DictConfig, env=os.environ) -> tuple[Path, str | None]:
         last = folder / "checkpoints" / "last.ckpt"
         if resume == "auto" and last.is_file():
             ckpt = last
-        elif (ckpt is None and resume != "auto" and is_rank_zero(env) and folder.is_dir()
-              and any(folder.iterdir())):
+        elif resume != "auto" and is_rank_zero(env) and folder.is_dir() and any(folder.iterdir()):
             raise ConfigError(f"run.name={name}: the run folder {folder} already exists; pass "
                               f"run.resume=auto to continue that run, or choose another run.name")
     return folder, (str(ckpt) if ckpt else None)
