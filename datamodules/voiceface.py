@@ -229,16 +229,13 @@ class TrainStream(IterableDataset):
         # webdataset appends " @ <stream>" to the message
         why = (f"{type(errors[0]).__name__}: {str(errors[0].args[0]).split(' @ ')[0]}"
                if errors and errors[0].args else "it ends early")
-        message = f"{url}: truncated or unreadable shard ({why}); {n} of its {expected} samples read"
+        message = (f"{url}: truncated or unreadable shard ({why}); {n} of its {expected} "
+                   f"samples read")
         if not self.skip_corrupt:
             raise DataFormatError(message + "; rewrite it, or set data.skip_corrupt=true to "
                                             "train on its readable samples")
         skipped[url] += max(0, expected - n)
         log.warning("%s: using those (data.skip_corrupt)", message)
-
-
-def _identity(src):
-    return src
 
 
 class _PyRandom:

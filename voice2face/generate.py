@@ -4,8 +4,9 @@ The audio file is decoded with soundfile (WAV, FLAC, OGG, ...), mixed down to mo
 resampled to the 16 kHz the methods are trained at, and turned into the same normalised
 log-mel features as the training data (``datamodules.features``). Silences are trimmed with
 the voice activity detector ``voice2face prepare`` uses, and what is left must be as long as
-the shortest utterance prepare keeps (1 s): that is the whole utterance the method sees. Any method that generates faces (``gan``, ``cgan``, ...) can be used; the
-conditional GAN draws its noise from ``--seed``.
+the shortest utterance prepare keeps (1 s): that is the whole utterance the method sees.
+Any method that generates faces (``gan``, ``cgan``, ...) can be used; the conditional GAN
+draws its noise from ``--seed``.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; expected a .ckpt file (a run "
-                              f"folder keeps them in checkpoints/, e.g. {path}/checkpoints/final.ckpt)")
+                              f"folder keeps them in {path / 'checkpoints'}/)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
