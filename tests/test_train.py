@@ -262,3 +262,26 @@ def test_other_launchers_need_a_run_name(toy, monkeypatch):
     # under sbatch with one task, Lightning's re-launched processes inherit SLURM_PROCID=0
     assert not is_rank_zero({"SLURM_PROCID": "0", "LOCAL_RANK": "1"})
     assert is_rank_zero({"SLURM_PROCID": "0", "LOCAL_RANK": "0"}) and is_rank_zero({})
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c(fake_root, tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it. (Without DataLoader workers:
+    a SIGINT that lands while torch builds a worker iterator makes torch print an "Exception
+    ignored in __del__" traceback of its own, which no code of ours can prevent.)"""
+    import time
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voice2face.cli", "train", "face", f"data.root={fake_root}",
+         f"run.root={tmp_path}", "data.batch_size=4", "data.num_workers=0", "profile=cpu",
+         "logger.wandb=false", "trainer.max_steps=100000", "trainer.val_check_interval=50",
+         "run.evaluate=false", "run.checkpoint_every=5", "run.name=r"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"})
+    deadline = time.time() + 300
+    while not (tmp_path / "r" / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"voice2face train: interrupted; kept {tmp_path / 'r'}")

@@ -68,18 +68,21 @@ def check_out(out: Path, config: WorldConfig, overwrite: bool) -> None:
         try:
             old = json.loads(manifest.read_text())
         except (OSError, ValueError):
-            old = {}
-        source = old.get("source") if isinstance(old, dict) else None
+            old = None
+        old = old if isinstance(old, dict) else {"kind": "unreadable"}
+        source = old.get("source")
         new = {"generator": "voice2face.synth", **config.to_dict()}
         if source == new:
             return  # the same world again: the same shards, and what was derived stays valid
         what = (f"another world ({_differences(source, new)})" if isinstance(source, dict)
                 and source.get("generator") == new["generator"]
-                else f"a {old.get('kind', 'unreadable')!r} dataset")
+                else f"a {old.get('kind', 'unknown')!r} dataset")
     else:
-        others = sorted(p.name for p in out.iterdir() if p.name != "shards")
+        # an interrupted run leaves shards (and what was derived from the world it
+        # rewrote, which only the same world can be without --overwrite)
+        others = sorted(p.name for p in out.iterdir() if p.name not in ("shards", *DERIVED))
         if not others:
-            return  # shards of an interrupted run: this run replaces them
+            return
         what = f"files that are not a world ({', '.join(others[:4])})"
     if not overwrite:
         derived = [d for d in DERIVED if (out / d).exists()]
