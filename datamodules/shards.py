@@ -20,6 +20,8 @@ import soundfile as sf
 import webdataset as wds
 from PIL import Image
 
+from voice2face.errors import UserError
+
 FORMAT_VERSION = 1
 SAMPLE_SPLITS = ("train", "known", "val", "test")
 GALLERY_SPLITS = ("train", "val", "test")
@@ -28,7 +30,7 @@ SAMPLE_RATE = 16_000
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A dataset folder, shard or shard member is not what the format says it should be."""
 
 

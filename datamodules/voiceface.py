@@ -150,6 +150,7 @@ class TrainStream(IterableDataset):
                  batch_size: int, rank: int, world_size: int, num_workers: int,
                  shuffle_buffer: int, skip_corrupt: bool):
         self.urls, self.sizes = urls, [s["samples"] for s in shards]
+        self.size_of = dict(zip(urls, self.sizes))
         self.decode, self.batch_size = decode, batch_size
         self.rank, self.world_size = rank, world_size
         self.num_workers = max(1, num_workers)
@@ -177,7 +178,7 @@ class TrainStream(IterableDataset):
         rng = np.random.default_rng(seed)
         urls, skipped = self.slot_urls(worker), Counter()
         needed, batch = self.batches_per_slot * self.batch_size, []
-        for raw in self._passes(urls, rng):
+        for raw in self._passes(urls, rng, skipped):
             sample = _decode_or_skip(self.decode, raw, rng, self.skip_corrupt, skipped)
             if sample is None:
                 continue
@@ -190,21 +191,51 @@ class TrainStream(IterableDataset):
         if skipped:
             log.warning("skipped corrupt training samples: %s", dict(skipped))
 
-    def _passes(self, urls: list[str], rng: np.random.Generator) -> Iterator[dict]:
+    def _passes(self, urls: list[str], rng: np.random.Generator,
+                skipped: Counter) -> Iterator[dict]:
         """Shuffled passes over this slot's shards, as many as the epoch needs."""
         while True:
             order = [urls[i] for i in rng.permutation(len(urls))]
-            pipeline = wds.DataPipeline(
-                wds.SimpleShardList(order),
-                wds.tarfile_to_samples(),
-                wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
-                            rng=_PyRandom(rng)) if self.shuffle_buffer > 1 else _identity,
-            )
-            yield from pipeline
+            stream = (raw for url in order for raw in self._shard(url, skipped))
+            if self.shuffle_buffer > 1:
+                stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
+                                     rng=_PyRandom(rng))(stream)
+            yield from stream
 
+    def _shard(self, url: str, skipped: Counter) -> Iterator[dict]:
+        """The raw samples of one shard. A truncated or unreadable shard is a
+        ``DataFormatError``; with ``skip_corrupt``, its readable samples are used and the
+        samples it lacks are counted in ``skipped`` and logged."""
+        errors: list[Exception] = []
 
-def _identity(src):
-    return src
+        def stop(exn: Exception) -> bool:  # webdataset's handler: False stops this shard
+            errors.append(exn)
+            return False
+
+        # one sample is held back: when the shard turns out short, the last one read may
+        # lack members, and the error should say the shard is truncated, not the sample
+        n, held = 0, None
+        for raw in wds.tarfile_to_samples(handler=stop)([{"url": url}]):
+            if held is not None:
+                yield held
+            n, held = n + 1, raw
+        expected = self.size_of[url]
+        if not errors and n >= expected:
+            if held is not None:
+                yield held
+            return
+        if held is not None and self.skip_corrupt:
+            yield held  # decoded if whole, else skipped and counted as a corrupt sample
+        # webdataset appends " @ <stream>" to the message
+        why = (f"{type(errors[0]).__name__}: {str(errors[0].args[0]).split(' @ ')[0]}"
+               if errors and errors[0].args else "it ends early")
+        message = (f"{url}: truncated or unreadable shard ({why}); {n} of its {expected} "
+                   f"samples read")
+        if not self.skip_corrupt:
+            raise DataFormatError(message + "; rewrite it, or set data.skip_corrupt=true to "
+                                            "train on its readable samples")
+        skipped[url] += max(0, expected - n)
+        log.warning("%s: using those (data.skip_corrupt)", message)
 
 
 class _PyRandom:
@@ -229,21 +260,45 @@ class IndexedShards(Dataset):
     sample order does not depend on how many workers read it.
     """
 
-    def __init__(self, urls: list[str], decode: Callable):
+    def __init__(self, urls: list[str], decode: Callable, sizes: list[int] | None = None,
+                 skip_corrupt: bool = False):
         self.urls, self.decode = urls, decode
         self.items: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
         for u, url in enumerate(urls):
-            members: dict[str, dict[str, tuple[int, int]]] = {}
-            try:
-                with tarfile.open(url) as tf:
-                    for m in tf:
-                        if m.isfile():
-                            key, _, ext = m.name.partition(".")
-                            members.setdefault(key, {})[ext] = (m.offset_data, m.size)
-            except tarfile.TarError as e:
-                raise DataFormatError(f"{url}: not a readable tar shard ({e})") from e
+            members = self._index(url, sizes[u] if sizes else None, skip_corrupt)
             self.items.extend((u, key, mem) for key, mem in members.items())
         self._files: dict[int, Any] = {}
+
+    @staticmethod
+    def _index(url: str, expected: int | None, skip_corrupt: bool) -> dict[str, dict]:
+        """Member offsets of one shard, by sample key. A truncated shard (a member cut off,
+        fewer samples than the manifest lists) is a ``DataFormatError``; with
+        ``skip_corrupt``, its whole members are indexed and the loss is logged."""
+        members: dict[str, dict[str, tuple[int, int]]] = {}
+        problem = None
+        try:
+            size = Path(url).stat().st_size
+            with tarfile.open(url) as tf:
+                for m in tf:
+                    if not m.isfile():
+                        continue
+                    if m.offset_data + m.size > size:
+                        problem = f"member {m.name} is cut off"
+                        break
+                    key, _, ext = m.name.partition(".")
+                    members.setdefault(key, {})[ext] = (m.offset_data, m.size)
+        except (tarfile.TarError, OSError) as e:
+            problem = f"{type(e).__name__}: {e}"
+        if problem is None and expected is not None and len(members) < expected:
+            problem = "it ends early"
+        if problem is not None:
+            message = (f"{url}: truncated or unreadable shard ({problem}); {len(members)} "
+                       f"of its {expected if expected is not None else '?'} samples readable")
+            if not skip_corrupt:
+                raise DataFormatError(message + "; rewrite it, or set data.skip_corrupt=true "
+                                                "to use its readable samples")
+            log.warning("%s: using those (data.skip_corrupt)", message)
+        return members
 
     def __len__(self) -> int:
         return len(self.items)
@@ -377,8 +432,9 @@ class VoiceFaceDataModule(L.LightningDataModule):
                           persistent_workers=False, pin_memory=torch.cuda.is_available())
 
     def eval_dataset(self, split: str, gallery: bool = False) -> Dataset:
-        _, urls = self._split("gallery" if gallery else "splits", split)
-        ds = IndexedShards(urls, self._decoder(train=False))
+        shards, urls = self._split("gallery" if gallery else "splits", split)
+        ds = IndexedShards(urls, self._decoder(train=False), [s["samples"] for s in shards],
+                           self.skip_corrupt)
         return _SkippingDataset(ds) if self.skip_corrupt else ds
 
     def eval_dataloader(self, split: str, gallery: bool = False, rank: int | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -195,3 +196,59 @@ def test_corrupt_member_names_shard_and_key(fake_root, tmp_path, member):
     with pytest.warns(UserWarning, match="skipping corrupt sample"):
         keys = [k for b in dm.eval_dataloader("test") for k in b["key"]]
     assert key not in keys and len(keys) == len(all_keys(fake_root, "test")) - 1
+
+
+# --- truncated shards ------------------------------------------------------------------------
+
+def truncated_copy(src: Path, dst: Path, split: str, cut) -> tuple[Path, list[str]]:
+    """Copy a dataset with the first shard of ``split`` cut to ``cut(size)`` bytes; the keys
+    of the samples it still holds whole (every member before the cut)."""
+    import shutil
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("pretrained"))
+    name = read_manifest(dst)["splits"][split]["shards"][0]["name"]
+    shard = dst / "shards" / name
+    data = shard.read_bytes()
+    size = cut(len(data))
+    members: dict[str, list[int]] = {}  # sample key -> end offset of each member
+    with tarfile.open(shard) as tf:
+        for m in tf:
+            members.setdefault(m.name.split(".")[0], []).append(m.offset_data + m.size)
+    shard.write_bytes(data[:size])
+    return shard, [k for k, ends in members.items() if max(ends) <= size]
+
+
+# cut in the middle of a member, and exactly at a header: between two samples or inside one
+# (tar reads those as a shorter, valid archive; the manifest's sample count tells)
+@pytest.mark.parametrize("header", [None, 4, 5])
+def test_truncated_training_shard(fake_root, tmp_path, header, caplog):
+    with tarfile.open(fake_root / "shards" / "train-000000.tar") as tf:
+        offsets = [m.offset for m in tf]  # 4 members per sample
+    cut = (lambda n: n // 2) if header is None else (lambda n: offsets[header])
+    shard, whole = truncated_copy(fake_root, tmp_path / "d", "train", cut)
+    dm = VoiceFaceDataModule(tmp_path / "d", batch_size=4, crop_seconds=0.3, shuffle_buffer=0)
+    with pytest.raises(DataFormatError, match=f"{shard}: truncated or unreadable shard"):
+        list(dm.train_dataset())
+    dm = VoiceFaceDataModule(tmp_path / "d", batch_size=4, crop_seconds=0.3, shuffle_buffer=0,
+                             skip_corrupt=True)
+    with caplog.at_level("WARNING", logger="datamodules.voiceface"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the per-sample warning of a sample cut in two
+        keys = [k for b in dm.train_dataset() for k in b["key"]]
+    assert whole and set(whole) <= set(keys)  # the shard's readable samples are used
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(str(shard) in m and "using those (data.skip_corrupt)" in m for m in messages)
+    # and the samples it lacks are counted, per pass over it
+    (summary,) = [m for m in messages if m.startswith("skipped corrupt training samples")]
+    assert str(shard) in summary
+
+
+def test_truncated_evaluation_shard(fake_root, tmp_path, caplog):
+    shard, whole = truncated_copy(fake_root, tmp_path / "d", "test", lambda n: n // 2)
+    dm = VoiceFaceDataModule(tmp_path / "d", eval_batch_size=4)
+    with pytest.raises(DataFormatError, match=f"{shard}: truncated or unreadable shard"):
+        dm.eval_dataset("test")
+    dm = VoiceFaceDataModule(tmp_path / "d", eval_batch_size=4, skip_corrupt=True)
+    with caplog.at_level("WARNING", logger="datamodules.voiceface"):
+        keys = [k for b in dm.eval_dataloader("test") for k in b["key"]]
+    assert set(whole) <= set(keys) and str(shard) in caplog.text
+    others = len(all_keys(fake_root, "test")) - 5  # the first shard holds 5 samples
+    assert len(keys) == len(whole) + others

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from test_methods import pretrained_nets, train_quick
+from test_prepare import speechlike
 from voice2face import cli
 from voice2face.evaluate import evaluate
 
@@ -120,8 +121,10 @@ def test_validation_logs_the_grid_to_wandb_and_the_run_folder(cgan):
 def test_generate_a_face_from_an_audio_file(cgan, world, tmp_path, capsys):
     import numpy as np
     import soundfile as sf
-    t = np.arange(int(0.7 * 44_100)) / 44_100
-    stereo = 0.3 * np.stack([np.sin(2 * np.pi * 140 * t), np.sin(2 * np.pi * 210 * t)], 1)
+    import torch
+    import torchaudio.functional as AF
+    voiced = [torch.from_numpy(speechlike(1.6, f0)) for f0 in (140, 210)]
+    stereo = torch.stack([AF.resample(v, 16_000, 44_100) for v in voiced], 1).numpy()
     sf.write(tmp_path / "voice.wav", stereo, 44_100)  # stereo, 44.1 kHz: mixed and resampled
     out = tmp_path / "face.png"
     assert cli.main(["generate", "--ckpt", str(cgan), str(tmp_path / "voice.wav"),
@@ -129,9 +132,43 @@ def test_generate_a_face_from_an_audio_file(cgan, world, tmp_path, capsys):
     assert Image.open(out).size == (48, 48)
     assert "face.png" in capsys.readouterr().out
 
+    def error(*args: str) -> str:
+        assert cli.main(["generate", "--ckpt", str(cgan), *args]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return err.strip().splitlines()[-1]
+
     (tmp_path / "broken.flac").write_bytes(b"fLaC but not really")
-    assert cli.main(["generate", "--ckpt", str(cgan), str(tmp_path / "broken.flac")]) == 2
-    assert "cannot decode audio file" in capsys.readouterr().err
+    assert "cannot decode audio file" in error(str(tmp_path / "broken.flac"))
     assert cli.main(["generate", "--ckpt", str(world / "pretrained" / "face.ckpt"),
                      str(tmp_path / "voice.wav")]) == 2
     assert "a checkpoint of method 'face', expected" in capsys.readouterr().err
+
+    # no speech, or less than the shortest utterance the methods learn from
+    sf.write(tmp_path / "silence.wav", 1e-4 * np.random.default_rng(0).standard_normal(160_000),
+             16_000)
+    line = error(str(tmp_path / "silence.wav"))
+    assert str(tmp_path / "silence.wav") in line and "no speech found by voice activity" in line
+    sf.write(tmp_path / "short.wav", speechlike(0.2, 150, silence=0.1), 16_000)
+    line = error(str(tmp_path / "short.wav"))
+    assert str(tmp_path / "short.wav") in line and "s of speech" in line
+    assert "need at least 1 s" in line
+    # --out a folder, or under a file
+    line = error(str(tmp_path / "voice.wav"), "--out", str(tmp_path))
+    assert f"--out {tmp_path} is a folder" in line
+    line = error(str(tmp_path / "voice.wav"), "--out", str(tmp_path / "voice.wav" / "face.png"))
+    assert str(tmp_path / "voice.wav") in line
+    # numeric options out of range: argparse's usage error, exit 2
+    for option, value in [("--size", "-5"), ("--size", "0"), ("--size", "x"), ("--seed", "-1")]:
+        with pytest.raises(SystemExit) as e:
+            cli.main(["generate", "--ckpt", str(cgan), str(tmp_path / "voice.wav"), option, value])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"argument {option}" in err and "Traceback" not in err
+
+
+def test_evaluate_a_folder_as_checkpoint_says_so(cgan, tmp_path, capsys):
+    run = cgan.parent.parent
+    assert cli.main(["evaluate", "--ckpt", str(run), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {run} is a folder; expected a .ckpt file" in err
+    assert "does not exist" not in err and "Traceback" not in err

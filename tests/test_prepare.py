@@ -541,3 +541,32 @@ def test_synthetic_world_in_voxceleb_layout_prepares_like_the_direct_shards(tmp_
                            if isinstance(v, torch.Tensor)}})
         assert dm.num_train_identities == sum(i["split"] == "train" for i in direct["identities"])
     assert batches[0] == batches[1]
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(tree, tmp_path, monkeypatch, capsys):
+    root, _ = tree
+    out = tmp_path / "data"
+    calls = {"n": 0}
+    real = R.prepare_utterance
+
+    def dies_on_the_tenth(path, settings):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return real(path, settings)
+
+    monkeypatch.setattr(R, "prepare_utterance", dies_on_the_tenth)
+    argv = ["--vox1", str(root / "vox1"), "--faces", str(root / "VGG_ALL_FRONTAL"),
+            "--out", str(out), "--workers", "0", "--no-progress", "--shard-size", "4",
+            "--min-seconds", "0.5"]
+    assert R.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"voice2face prepare: interrupted; the shards finished so far are kept in {out}: run "
+        f"the same command again to continue from them")
+    kept = list((out / "shards").glob("*.tar"))
+    assert kept and not (out / "manifest.json").exists()
+    calls["n"] = -10**9  # and the same command does continue
+    assert R.main(argv) == 0 and (out / "manifest.json").is_file()
+    assert "already written" in capsys.readouterr().out

@@ -329,3 +329,93 @@ def test_default_world_is_calibrated():
     """The default world's ceilings sit near the best published VoxCeleb 1:2 results."""
     c = world_ceilings(sample_identities(PRESETS["default"]), PRESETS["default"])
     assert 0.84 < c["match_1to2"] < 0.90 and 0.75 < c["match_1to2_gender"] < 0.81, c
+
+
+# --- the output folder ----------------------------------------------------------------------
+
+SMALL_ARGS = ["--preset", "tiny", "--identities", "12", "--utterances", "2", "--known", "1",
+              "--faces", "2", "--workers", "1", "--quiet"]
+
+
+def tree_state(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_out_holding_another_world_needs_overwrite(tmp_path, capsys):
+    out = tmp_path / "world"
+    assert cli.main([*SMALL_ARGS, "--out", str(out)]) == 0
+    (out / "pretrained").mkdir()
+    (out / "pretrained" / "face.ckpt").write_bytes(b"a judge of this world")
+    assert cli.main([*SMALL_ARGS, "--out", str(out)]) == 0  # the same world: no flag needed
+    assert (out / "pretrained" / "face.ckpt").is_file()
+    capsys.readouterr()
+
+    before = tree_state(out)
+    assert cli.main([*SMALL_ARGS, "--seed", "5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert f"--out {out} holds another world (seed " in line and "-> 5" in line
+    assert "--overwrite" in line and "pretrained/" in line
+    assert tree_state(out) == before  # nothing touched
+
+    assert cli.main([*SMALL_ARGS, "--seed", "5", "--overwrite", "--out", str(out)]) == 0
+    assert read_manifest(out)["source"]["seed"] == 5
+    assert not (out / "pretrained").exists()  # nets of the old world are gone with it
+
+    # a folder of other things, and a file
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert cli.main([*SMALL_ARGS, "--out", str(other)]) == 2
+    assert "files that are not a world (notes.txt)" in capsys.readouterr().err
+    assert not (other / "shards").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for layout in ("shards", "voxceleb"):
+        assert cli.main([*SMALL_ARGS, "--layout", layout, "--out", str(a_file)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {a_file} is a file; expected a folder" in err and "Traceback" not in err
+
+
+def test_ctrl_c_says_nothing_was_written(tmp_path, capsys, monkeypatch):
+    import voice2face.synth.generate as G
+    calls = {"n": 0}
+    real = G._utterance_job
+
+    def interrupted_on_the_fifth(job):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(G, "_utterance_job", interrupted_on_the_fifth)
+    out = tmp_path / "world"
+    assert cli.main([*SMALL_ARGS, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("voice2face synth: interrupted; no world was written")
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.tmp"))
+
+
+def test_sigint_with_worker_processes_prints_no_traceback(tmp_path):
+    """A real Ctrl-C reaches every process of the group: the workers must stay quiet."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "world"
+    proc = subprocess.Popen([sys.executable, "-m", "voice2face.cli", "synth", "--preset", "tiny",
+                             "--identities", "300", "--workers", "2", "--quiet", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not list((out / "shards").glob("*.tar*")) and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: to the whole group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "interrupted; no world was written" in err
+    assert not (out / "manifest.json").exists()

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from voice2face.config import EXPERIMENTS, load_config
+from voice2face.config import EXPERIMENTS, ConfigError, load_config
 from voice2face.methods import METHODS, Evaluation, MethodModule, load_method
 from voice2face.methods.base import CheckpointError, read_checkpoint_meta
-from voice2face.train import train
+from voice2face.train import is_rank_zero, run_folder, train
+from voice2face.train import main as train_main
 
 
 class ToyModule(MethodModule):
@@ -101,3 +107,181 @@ def test_wandb_logs_offline_into_the_run_folder(toy):
     final = train(toy("trainer.max_steps=2", "run.name=r3", "logger.wandb=true"))
     runs = list((final.parent.parent / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+# --- failures, interruptions, checkpoint names ------------------------------------------------
+
+class FailingToy(ToyModule):
+    """The toy method with a bug (or a Ctrl-C) at training batch ``fail_at``."""
+
+    fail_at, error = 1, RuntimeError
+
+    def training_step(self, batch, i):
+        if self.global_step == self.fail_at:
+            raise self.error("at batch %d" % self.fail_at)
+        return super().training_step(batch, i)
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(toy, monkeypatch, tmp_path):
+    monkeypatch.setitem(METHODS, "toy", FailingToy)
+    with pytest.raises(RuntimeError, match="at batch 1"):  # a bug keeps its traceback
+        train(toy("trainer.max_steps=6", "run.name=bug"))
+    assert not (tmp_path / "runs" / "bug").exists()
+    # after its first checkpoint, the folder stays (it can be resumed)
+    monkeypatch.setattr(FailingToy, "fail_at", 3)
+    with pytest.raises(RuntimeError, match="at batch 3"):
+        train(toy("trainer.max_steps=6", "run.name=late"))
+    assert (tmp_path / "runs" / "late" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.fixture
+def toy_cli(toy, tmp_path, monkeypatch, fake_root):
+    """`voice2face train toy ...` as a user types it, on the toy config."""
+    monkeypatch.setattr("voice2face.config.EXPERIMENTS", tmp_path / "experiments")
+    previous = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a Ctrl-C
+    yield lambda *o: train_main(["toy", f"data.root={fake_root}", f"run.root={tmp_path / 'runs'}",
+                                 "data.batch_size=4", "data.num_workers=0",
+                                 "data.crop_seconds=0.3", "logger.wandb=false",
+                                 "trainer.val_check_interval=3", "run.checkpoint_every=2", *o])
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(toy_cli, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(METHODS, "toy", FailingToy)
+    monkeypatch.setattr(FailingToy, "error", KeyboardInterrupt)
+    monkeypatch.setattr(FailingToy, "fail_at", 3)
+    assert toy_cli("trainer.max_steps=6", "run.name=r") == 130
+    err = capsys.readouterr().err
+    folder = tmp_path / "runs" / "r"
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"voice2face train: interrupted; kept {folder} (last.ckpt, step000002.ckpt): continue "
+        f"with `voice2face train toy run.resume={folder}`")
+
+    monkeypatch.setattr(FailingToy, "fail_at", 1)  # before the first checkpoint
+    assert toy_cli("trainer.max_steps=6", "run.name=early") == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not (tmp_path / "runs" / "early").exists()
+    assert err.strip().splitlines()[-1].endswith(
+        f"interrupted before the first checkpoint; nothing kept ({tmp_path / 'runs' / 'early'} removed)")
+
+
+def test_checkpoints_are_named_by_the_methods_steps(toy, monkeypatch):
+    """A method with two optimizer steps per batch (the GAN) names checkpoints by batches."""
+    final = train(toy("trainer.max_steps=4", "run.name=one"))
+    assert sorted(p.name for p in final.parent.glob("*.ckpt")) == ["final.ckpt", "last.ckpt",
+                                                                    "step000004.ckpt"]
+    monkeypatch.setitem(METHODS, "toy", TwoStepToy)
+    final = train(toy("trainer.max_steps=4", "run.name=two"))
+    assert torch.load(final, weights_only=False)["global_step"] == 8
+    assert sorted(p.name for p in final.parent.glob("*.ckpt")) == ["final.ckpt", "last.ckpt",
+                                                                    "step000004.ckpt"]
+
+
+class TwoStepToy(ToyModule):
+    """Two optimizer steps per batch under manual optimization, as the GAN takes."""
+
+    steps_per_batch = 2
+
+    def __init__(self, cfg, data):
+        super().__init__(cfg, data)
+        self.automatic_optimization = False
+        self.other = torch.nn.Linear(64, 1)
+
+    def training_step(self, batch, _):
+        opt_a, opt_b = self.optimizers()
+        x = batch["mel"].mean(-1)
+        for opt, loss in ((opt_a, torch.nn.functional.cross_entropy(self.head(x), batch["label"])),
+                          (opt_b, self.other(x).pow(2).mean())):
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+    def configure_optimizers(self):
+        return (torch.optim.SGD(self.head.parameters(), lr=0.1),
+                torch.optim.SGD(self.other.parameters(), lr=0.1))
+
+
+# --- one run folder under any launcher ----------------------------------------------------------
+
+# A process of `srun --ntasks=2`: SLURM's variables per task, nothing re-launched. It runs the
+# part of `voice2face train` that picks and makes the run folder, and prints the folder.
+SRUN_TASK = """
+import sys
+from voice2face.config import load_config
+from voice2face.train import run_folder, start_run
+cfg = load_config("face", sys.argv[1:])
+folder, _ = run_folder(cfg)
+start_run(cfg, folder)
+print(folder)
+"""
+
+
+def srun_env(task: int, job: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VOICE2FACE_RUN_NAME", "RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")}
+    return {**env, "SLURM_JOB_ID": job, "SLURM_NTASKS": "2", "SLURM_PROCID": str(task),
+            "SLURM_LOCALID": str(task), "SLURM_NODEID": "0", "SLURM_STEP_ID": "0",
+            "SLURM_NNODES": "1", "SLURM_JOB_NAME": "train"}
+
+
+def srun(job: str, args: list[str], tasks=(0, 1)) -> list[str]:
+    procs = [subprocess.Popen([sys.executable, "-c", SRUN_TASK, *args], env=srun_env(t, job),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for t in tasks]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    return [out.strip().splitlines()[-1] for out, _ in outs]
+
+
+def test_every_srun_task_uses_one_run_folder(fake_root, tmp_path):
+    args = [f"data.root={fake_root}", f"run.root={tmp_path}", "profile=cpu"]
+    # task 1 on its own decides the folder but writes nothing: that is rank zero's part
+    (alone,) = srun("41", args, tasks=(1,))
+    assert alone == str(tmp_path / f"face-{fake_root.name}-slurm41.0")
+    assert not list(tmp_path.iterdir())
+    # both tasks at once: one folder, one config, written by task 0
+    folders = srun("42", args)
+    assert folders[0] == folders[1] == str(tmp_path / f"face-{fake_root.name}-slurm42.0")
+    assert [p.name for p in tmp_path.iterdir()] == [Path(folders[0]).name]
+    assert OmegaConf.load(Path(folders[0]) / "config.yaml").method == "face"
+
+
+def test_other_launchers_need_a_run_name(toy, monkeypatch):
+    """Processes started side by side by a launcher without a job id cannot agree on a
+    time stamp: run.name is required, and it is what they all use."""
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    with pytest.raises(ConfigError, match="run.name: 2 processes were started"):
+        run_folder(toy(), env)
+    folder, _ = run_folder(toy("run.name=shared"), env)
+    assert folder.name == "shared" and not is_rank_zero(env)
+    # torchrun gives every worker the same run id
+    folder, _ = run_folder(toy(), {**env, "TORCHELASTIC_RUN_ID": "abc123"})
+    assert folder.name.endswith("-abc123")
+    # under sbatch with one task, Lightning's re-launched processes inherit SLURM_PROCID=0
+    assert not is_rank_zero({"SLURM_PROCID": "0", "LOCAL_RANK": "1"})
+    assert is_rank_zero({"SLURM_PROCID": "0", "LOCAL_RANK": "0"}) and is_rank_zero({})
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c(fake_root, tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it. (Without DataLoader workers:
+    a SIGINT that lands while torch builds a worker iterator makes torch print an "Exception
+    ignored in __del__" traceback of its own, which no code of ours can prevent.)"""
+    import time
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voice2face.cli", "train", "face", f"data.root={fake_root}",
+         f"run.root={tmp_path}", "data.batch_size=4", "data.num_workers=0", "profile=cpu",
+         "logger.wandb=false", "trainer.max_steps=100000", "trainer.val_check_interval=50",
+         "run.evaluate=false", "run.checkpoint_every=5", "run.name=r"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"})
+    deadline = time.time() + 300
+    while not (tmp_path / "r" / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"voice2face train: interrupted; kept {tmp_path / 'r'}")

@@ -3,23 +3,38 @@
 A method file may hold ``profiles: {cpu: {...}, paper: {...}}``; ``profile=auto`` picks
 ``paper`` when a GPU is present and ``cpu`` otherwise. Command-line overrides are
 ``key=value`` (the form W&B sweeps emit with ``${args_no_hyphens}``). The merged config is
-in struct mode, so a key that no layer defines is an error that names it.
+in struct mode, so a key that no layer defines is an error that names it, and typed: a
+value's type is declared by its default (``DECLARED_TYPES`` where the default is null or
+several types are accepted), so ``trainer.max_steps=abc`` is an error that names the key.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf import (AnyNode, BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf,
+                       StringNode)
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from voice2face.errors import UserError
 
 EXPERIMENTS = Path(os.environ.get("VOICE2FACE_EXPERIMENTS",
                                   Path(__file__).resolve().parent.parent / "experiments"))
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is not valid."""
+
+
+# Keys whose default does not show their type: null defaults, and trainer.devices, which
+# Lightning takes as a count, "auto" or a list of device indices.
+DECLARED_TYPES: dict[str, type] = {
+    "run.name": str, "run.resume": str, "logger.entity": str,
+    "trainer.gradient_clip_val": float, "optim.clip_grad": float, "trainer.devices": Any,
+}
+_NODES = {bool: BooleanNode, int: IntegerNode, float: FloatNode, str: StringNode}
 
 
 def experiments_dir() -> Path:
@@ -49,6 +64,21 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides {overrides}: {e}") from e
 
 
+def _typed(value: Any, key: str = "") -> Any:
+    """The config tree with each leaf in an OmegaConf typed node of its declared type, so
+    that merging a value of another type raises ``ValidationError`` naming the key."""
+    if isinstance(value, dict):
+        return {k: _typed(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    kind = DECLARED_TYPES.get(key, type(value))
+    if isinstance(value, str) and "${" in value:  # an interpolation: typed by its target
+        kind = Any
+    node = _NODES.get(kind)
+    # lists, interpolations and null defaults without a declaration take any value;
+    # null is always accepted (it means "not set")
+    return AnyNode(value) if node is None and not isinstance(value, list) else (
+        value if node is None else node(value, is_optional=True))
+
+
 def _merge_strict(cfg: DictConfig, layer: DictConfig, what: str) -> DictConfig:
     OmegaConf.set_struct(cfg, True)
     try:
@@ -57,6 +87,9 @@ def _merge_strict(cfg: DictConfig, layer: DictConfig, what: str) -> DictConfig:
         key = e.full_key or e.key
         raise ConfigError(f"unknown config key {key!r} in {what}; "
                           f"see `voice2face train <method> --print-config` for valid keys") from e
+    except ValidationError as e:  # the typed node's own message: what the value should be
+        raise ConfigError(f"{e.full_key or e.key}: invalid value in {what}: "
+                          f"{str(e.msg).splitlines()[0]}") from e
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid value in {what}: {e}") from e
 
@@ -102,6 +135,8 @@ def load_config(method: str, overrides: list[str] | None = None,
     for path, layer in variants:
         cfg = _merge_strict(cfg, layer, str(path))
         method_file = path
+    # the defaults declare the types; the profile and the command line are checked against them
+    cfg = OmegaConf.create(_typed(OmegaConf.to_container(cfg, resolve=False)))
     OmegaConf.set_struct(cfg, False)  # to take the profiles out
     profiles = cfg.pop("profiles", None) or {}
     profile = resolve_profile(str(cli.get("profile", cfg.get("profile", "auto"))))

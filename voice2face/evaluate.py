@@ -58,6 +58,7 @@ from voice2face.methods import (CheckpointError, Embeddings, Evaluation, MethodM
 from voice2face.methods.base import data_info, proposal_faces, read_checkpoint_meta
 from voice2face.methods.pretrained import judge_faces, load_judge
 from voice2face.metrics import compute_each, make_metrics
+from voice2face.errors import reports_errors
 
 TOP_K = (1, 5, 10, 20, 50)
 BLOCK = 100  # SF2F's recall blocks of 100 identities, when the split has that many
@@ -364,6 +365,7 @@ def post_fit_evaluation(module, run_dir: Path, checkpoint: Path, datamodule) -> 
             f"(chance 0.5); table {r['files']['table']}{grid}")
 
 
+@reports_errors("voice2face evaluate")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voice2face evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -378,16 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid-identities", type=int, default=8)
     parser.add_argument("--grid-utterances", type=int, default=4)
     args = parser.parse_args(argv)
-    from datamodules import DataFormatError
-    from voice2face.methods.base import CheckpointError
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        r = evaluate(args.ckpt, args.out, args.data, args.judge, batch_size=args.batch_size,
-                     num_workers=args.workers, seed=args.seed, device=device,
-                     grid_identities=args.grid_identities, grid_utterances=args.grid_utterances)
-    except (CheckpointError, DataFormatError) as e:
-        print(f"voice2face evaluate: {e}", file=sys.stderr)
-        return 2
+    r = evaluate(args.ckpt, args.out, args.data, args.judge, batch_size=args.batch_size,
+                 num_workers=args.workers, seed=args.seed, device=device,
+                 grid_identities=args.grid_identities, grid_utterances=args.grid_utterances)
     print(markdown_table(r))
     print(f"voice2face: wrote {r['files']['json']}, {r['files']['table']}"
           + (f", {r['files']['grid']}" if r["files"]["grid"] else ""))

@@ -4,9 +4,14 @@ The run folder ``runs/<method>-<data>-<time>/`` receives the resolved ``config.y
 checkpoints (``checkpoints/last.ckpt`` every ``run.checkpoint_every`` batches, and
 ``checkpoints/final.ckpt``), ``metrics.csv`` and the offline W&B run. ``run.resume=<folder>``
 (or a ``.ckpt``) continues a run from its last checkpoint; ``run.resume=auto`` does so when
-the folder named by ``run.name`` already holds one, and starts afresh otherwise. A resumed
-run restarts the interrupted epoch of the training stream (shards are not seekable), so a
-few samples of that epoch are seen twice; optimizer state and step counts carry on exactly.
+the folder named by ``run.name`` already holds one, and starts afresh otherwise; a fresh run
+never reuses an existing folder. The checkpoint to resume must be of the same method and
+data, which is checked before anything is written. A resumed run restarts the interrupted
+epoch of the training stream (shards are not seekable), so a few samples of that epoch are
+seen twice; optimizer state and step counts carry on exactly.
+
+Under several processes (DDP), only rank zero writes into the run folder, and every process
+derives the same folder name (``run_name``) without relying on Lightning re-launching it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -26,35 +32,119 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules import VoiceFaceDataModule
 from voice2face.config import ConfigError, load_config, save_config
+from voice2face.errors import Interrupted, report
 from voice2face.evaluate import post_fit_evaluation
 from voice2face.methods import METHODS, Evaluation, get_method
-from voice2face.methods.base import data_info
+from voice2face.methods.base import CheckpointError, data_info, read_checkpoint_meta
 
 
-def run_folder(cfg: DictConfig) -> tuple[Path, str | None]:
-    """The run folder and the checkpoint to resume from (None for a fresh run)."""
-    resume = cfg.run.resume
+# Each launcher says which process is which in its own variables: torchrun RANK, Lightning's
+# re-launch LOCAL_RANK and NODE_RANK, srun SLURM_PROCID, jsrun JSM_NAMESPACE_RANK. A process is
+# rank zero when every one that is set says 0: under sbatch with one task, the processes
+# Lightning starts inherit SLURM_PROCID=0 but carry their own LOCAL_RANK.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+# "<pid>:<name>": the run a process started, for the processes it starts (Lightning's DDP
+# re-runs this script once per extra device); ignored by the process that set it.
+RUN_NAME_VARIABLE = "VOICE2FACE_RUN_NAME"
+
+
+def is_rank_zero(env=os.environ) -> bool:
+    return all(int(env[v]) == 0 for v in RANK_VARIABLES if env.get(v, "").strip().isdigit())
+
+
+def _inherited_name(env) -> tuple[str | None, bool]:
+    """The run name a parent process chose, and whether this process chose it itself."""
+    pid, _, name = env.get(RUN_NAME_VARIABLE, "").partition(":")
+    if not name:
+        return None, False
+    return (None, True) if pid == str(os.getpid()) else (name, False)
+
+
+def run_name(cfg: DictConfig, env=os.environ) -> str:
+    """The run folder's name, the same in every process of the run.
+
+    ``run.name`` if set; else the name the parent process chose (Lightning's re-launch);
+    else one derived from the launcher's job id (srun: ``SLURM_JOB_ID`` and
+    ``SLURM_STEP_ID``; torchrun: ``TORCHELASTIC_RUN_ID``), since processes started side by
+    side cannot share a timestamp; else ``<method>-<data>-<time>``. Under another launcher
+    of several processes, ``run.name`` is required.
+    """
+    if cfg.run.name:
+        return str(cfg.run.name)
+    prefix = f"{cfg.method}-{Path(cfg.data.root).name}"
+    inherited, ours = _inherited_name(env)
+    if inherited:
+        return inherited
+    if not ours:  # this process did not start the others itself: an external launcher?
+        if "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+            step = env.get("SLURM_STEP_ID", "")
+            return f"{prefix}-slurm{env['SLURM_JOB_ID']}" + (f".{step}" if step else "")
+        if env.get("TORCHELASTIC_RUN_ID", "none") not in ("", "none"):
+            return f"{prefix}-{env['TORCHELASTIC_RUN_ID']}"
+        if int(env.get("WORLD_SIZE", "1") or 1) > 1:
+            raise ConfigError(f"run.name: {env['WORLD_SIZE']} processes were started by a "
+                              f"launcher that gives no job id (WORLD_SIZE={env['WORLD_SIZE']}); "
+                              f"set run.name so that they all use one run folder")
+    name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root, n = Path(cfg.run.root), 1
+    while (root / name).exists():  # two runs started in one second
+        n += 1
+        name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    return name
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
+
+
+def run_folder(cfg: DictConfig, env=os.environ) -> tuple[Path, str | None]:
+    """The run folder and the checkpoint to resume from (None for a fresh run).
+
+    Nothing is written here. ``run.resume`` names a run folder (its ``checkpoints/last.ckpt``
+    is resumed, in that folder) or a ``.ckpt``: one in a run's ``checkpoints/`` continues
+    that run; any other continues in a new run folder, so that nothing is written beside it.
+    """
+    resume, folder, ckpt = cfg.run.resume, None, None
     if resume and resume != "auto":
         resume = Path(resume)
-        if resume.suffix == ".ckpt":
-            if not resume.is_file():
-                raise FileNotFoundError(f"run.resume: checkpoint {resume} does not exist")
-            return resume.parent.parent, str(resume)
-        last = resume / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise FileNotFoundError(f"run.resume: {resume} has no checkpoints/last.ckpt")
-        return resume, str(last)
-    data_name = Path(cfg.data.root).name
-    # DDP re-executes this script per rank: the name is chosen once and passed on in the
-    # environment, so every rank writes to one folder.
-    name = (cfg.run.name or os.environ.get("VOICE2FACE_RUN_NAME")
-            or f"{cfg.method}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.environ["VOICE2FACE_RUN_NAME"] = name
-    folder = Path(cfg.run.root) / name
-    last = folder / "checkpoints" / "last.ckpt"
-    if resume == "auto" and last.is_file():
-        return folder, str(last)
-    return folder, None
+        if resume.is_file():
+            ckpt = resume
+            if resume.parent.name == "checkpoints" and _is_run_folder(resume.parent.parent):
+                folder = resume.parent.parent
+        elif resume.is_dir():
+            if not (resume / "checkpoints" / "last.ckpt").is_file():
+                raise ConfigError(f"run.resume={resume}: this folder has no checkpoints/last.ckpt; "
+                                  f"expected the folder of a `voice2face train` run or a .ckpt")
+            folder, ckpt = resume, resume / "checkpoints" / "last.ckpt"
+        else:
+            raise ConfigError(f"run.resume={resume}: does not exist; expected a run folder or "
+                              f"a .ckpt file")
+    if folder is None:
+        name = run_name(cfg, env)
+        os.environ[RUN_NAME_VARIABLE] = f"{os.getpid()}:{name}"
+        folder = Path(cfg.run.root) / name
+        last = folder / "checkpoints" / "last.ckpt"
+        if resume == "auto" and last.is_file():
+            ckpt = last
+        elif resume != "auto" and is_rank_zero(env) and folder.is_dir() and any(folder.iterdir()):
+            raise ConfigError(f"run.name={name}: the run folder {folder} already exists; pass "
+                              f"run.resume=auto to continue that run, or choose another run.name")
+    return folder, (str(ckpt) if ckpt else None)
+
+
+def check_resumable(ckpt: str | Path, method: str, data: dict) -> None:
+    """A checkpoint to resume must be of this method and of this data (its identity table)."""
+    meta = read_checkpoint_meta(ckpt)
+    if meta["method"] != method:
+        raise CheckpointError(f"run.resume: {ckpt} is a checkpoint of method {meta['method']!r}; "
+                              f"this run trains {method!r}: resume a {method} run, or start "
+                              f"afresh without run.resume")
+    trained_on = meta.get("data", {})
+    if trained_on.get("fingerprint") != data["fingerprint"]:
+        raise CheckpointError(
+            f"run.resume: {ckpt} was trained on other data (identity table "
+            f"{trained_on.get('fingerprint')} of {trained_on.get('root')}); data.root="
+            f"{data['root']} has {data['fingerprint']}: resume with the data it was trained on")
 
 
 def make_loggers(cfg: DictConfig, folder: Path, name: str) -> list:
@@ -71,6 +161,8 @@ def make_loggers(cfg: DictConfig, folder: Path, name: str) -> list:
 
 def make_datamodule(cfg: DictConfig, method_cls=None) -> VoiceFaceDataModule:
     d = cfg.data
+    if not d.root:
+        raise ConfigError("data.root is empty: expected a dataset folder (docs/data.md)")
     return VoiceFaceDataModule(
         d.root, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers, crop_seconds=d.crop_seconds, spectrogram=d.spectrogram,
@@ -78,24 +170,86 @@ def make_datamodule(cfg: DictConfig, method_cls=None) -> VoiceFaceDataModule:
         val_gallery=bool(method_cls and method_cls.val_gallery))
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train ``cfg.method``; returns the final checkpoint."""
-    method_cls = get_method(cfg.method)
-    L.seed_everything(cfg.seed, workers=True)
-    folder, ckpt_path = run_folder(cfg)
+def start_run(cfg: DictConfig, folder: Path, env=os.environ) -> bool:
+    """Rank zero makes the run folder and writes the config into it; the other processes
+    write nothing. Whether this process made the folder (so may remove it again)."""
+    if not is_rank_zero(env):
+        return False
+    created = not folder.exists()
     (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(cfg, folder / "config.yaml")
+    return created
 
+
+class StepCheckpoint(ModelCheckpoint):
+    """Checkpoints named by the method's steps (training batches, as ``trainer.max_steps``
+    counts them), where Lightning's ``step`` counts optimizer steps (two per GAN batch)."""
+
+    def __init__(self, steps_per_batch: int, **kwargs):
+        super().__init__(filename="step{step:06d}", auto_insert_metric_name=False, **kwargs)
+        self.steps_per_batch = steps_per_batch
+
+    def _monitor_candidates(self, trainer):
+        candidates = super()._monitor_candidates(trainer)
+        candidates["step"] = torch.tensor(trainer.global_step // self.steps_per_batch)
+        return candidates
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train ``cfg.method``; returns the final checkpoint.
+
+    Everything that can be checked is checked before the run folder is written: the data,
+    the checkpoint to resume (its method and data), the pretrained nets the method loads.
+    A fresh run that fails or is interrupted before its first checkpoint removes its folder.
+    """
+    method_cls = get_method(cfg.method)
+    L.seed_everything(cfg.seed, workers=True)
     dm = make_datamodule(cfg, method_cls)
-    module = method_cls(OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+    info = data_info(dm)
+    folder, ckpt_path = run_folder(cfg)
+    if ckpt_path:
+        check_resumable(ckpt_path, cfg.method, info)
+    module = method_cls(OmegaConf.to_container(cfg, resolve=True), info)
 
+    created = start_run(cfg, folder)
+    try:
+        trainer = fit(cfg, method_cls, module, dm, folder, ckpt_path)
+    except BaseException as e:
+        kept = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
+        if created and not kept:  # nothing to resume: leave no folder that looks like a run
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and _interrupted(e)):
+            raise Interrupted(
+                f"interrupted; kept {folder} ({', '.join(kept)}): continue with `voice2face "
+                f"train {cfg.method} run.resume={folder}`" if kept else
+                f"interrupted before the first checkpoint; nothing kept"
+                + (f" ({folder} removed)" if created else "")) from None
+        raise
+    final = folder / "checkpoints" / "final.ckpt"
+    if trainer.is_global_zero:
+        print(f"voice2face: trained {cfg.method}; checkpoint {final}")
+        if cfg.run.evaluate and module.evaluation is not Evaluation.PRETRAINING:
+            print(post_fit_evaluation(module, folder, final, dm))
+    if cfg.logger.wandb:  # close the run, or the next WandbLogger in this process reuses it
+        import wandb
+        wandb.finish()
+    return final
+
+
+def _interrupted(e: SystemExit) -> bool:
+    # Lightning answers a KeyboardInterrupt inside fit with a graceful shutdown and
+    # sys.exit(1); the traceback it leaves is the interrupt's
+    return isinstance(e.__context__, KeyboardInterrupt)
+
+
+def fit(cfg: DictConfig, method_cls, module, dm, folder: Path, ckpt_path: str | None):
     t = cfg.trainer
     # global_step counts optimizer steps; max_steps in the config counts the method's
     # main-network steps, i.e. training batches.
     k = method_cls.steps_per_batch
-    checkpoints = ModelCheckpoint(dirpath=folder / "checkpoints", filename="step{step}",
-                                  every_n_train_steps=cfg.run.checkpoint_every * k,
-                                  save_last=True, save_top_k=1)
+    checkpoints = StepCheckpoint(k, dirpath=folder / "checkpoints",
+                                 every_n_train_steps=cfg.run.checkpoint_every * k,
+                                 save_last=True, save_top_k=1)
     # A method whose backward passes each leave some nets without gradients (the GAN's two
     # optimizer steps) declares it; plain DDP would reject it.
     strategy = t.strategy
@@ -109,16 +263,8 @@ def train(cfg: DictConfig) -> Path:
         logger=make_loggers(cfg, folder, folder.name), callbacks=[checkpoints],
         default_root_dir=folder, use_distributed_sampler=False, enable_model_summary=True)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    final = folder / "checkpoints" / "final.ckpt"
-    trainer.save_checkpoint(final)
-    if trainer.is_global_zero:
-        print(f"voice2face: trained {cfg.method}; checkpoint {final}")
-        if cfg.run.evaluate and module.evaluation is not Evaluation.PRETRAINING:
-            print(post_fit_evaluation(module, folder, final, dm))
-    if cfg.logger.wandb:  # close the run, or the next WandbLogger in this process reuses it
-        import wandb
-        wandb.finish()
-    return final
+    trainer.save_checkpoint(folder / "checkpoints" / "final.ckpt")
+    return trainer
 
 
 def export(checkpoint: Path, target: str | Path) -> None:
@@ -142,18 +288,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     try:
         get_method(args.method)
-        cfg = load_config(args.method, args.overrides)
-    except (KeyError, ConfigError) as e:
+    except KeyError as e:
         print(f"voice2face train: {e.args[0]}", file=sys.stderr)
         return 2
-    if args.print_config:
-        print(OmegaConf.to_yaml(cfg), end="")
+    cfg = None
+
+    def run() -> int:
+        nonlocal cfg
+        cfg = load_config(args.method, args.overrides)
+        if args.print_config:
+            print(OmegaConf.to_yaml(cfg), end="")
+            return 0
+        final = train(cfg)
+        if args.export and rank_zero_only.rank == 0:
+            export(final, args.export)
+            print(f"voice2face: exported {args.export}")
         return 0
-    final = train(cfg)
-    if args.export and rank_zero_only.rank == 0:
-        export(final, args.export)
-        print(f"voice2face: exported {args.export}")
-    return 0
+
+    def user_paths():  # the config's strings: data.root, run.root, model.voice, ...
+        leaves = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
+        return [args.export, *_strings(leaves)]
+
+    return report("voice2face train", run, paths=user_paths)
+
+
+def _strings(tree) -> list[str]:
+    if isinstance(tree, dict):
+        return [s for v in tree.values() for s in _strings(v)]
+    if isinstance(tree, list):
+        return [s for v in tree for s in _strings(v)]
+    return [tree] if isinstance(tree, str) and tree else []
 
 
 if __name__ == "__main__":

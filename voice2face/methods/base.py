@@ -38,6 +38,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from voice2face.errors import UserError
+
 CHECKPOINT_FORMAT = 1
 
 
@@ -186,12 +188,15 @@ class MethodModule(L.LightningModule):
                                     "data": self.data_info}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, unreadable, or not of the expected method or data."""
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; expected a .ckpt file (a run "
+                              f"folder keeps them in {path / 'checkpoints'}/)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

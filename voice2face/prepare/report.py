@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
+from voice2face.errors import UserError
+
 # files
 UNREADABLE_AUDIO = "unreadable audio"
 EMPTY_AUDIO = "empty audio"
@@ -30,7 +32,7 @@ VOX2_UNMATCHED = "VoxCeleb2 speaker not among the VoxCeleb1 ∩ faces identities
 VOX2_NO_NAME = "VoxCeleb2 speaker's VGGFace2 ID has no name in identity_meta.csv"
 
 
-class PrepareError(Exception):
+class PrepareError(UserError):
     """An input that stops the run: a missing folder or meta file, a meta file of the wrong format."""
 
 

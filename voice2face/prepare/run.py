@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -36,6 +37,7 @@ from typing import Callable, Iterator
 
 from datamodules.shards import (ShardWriter, make_gallery_item, make_sample, manifest_path,
                                 write_json_atomic, write_manifest)
+from voice2face.errors import EXIT_INTERRUPTED, reports_errors
 
 from . import plan as P
 from .audio import AudioSettings, prepare_utterance
@@ -195,6 +197,8 @@ def write_shard(job: ShardJob) -> dict:
 
 def _init_worker():
     import torch
+    # Ctrl-C reaches the whole process group: the parent stops the pool (and says so once)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the pool is the parallelism; threads inside each worker would oversubscribe the cores
     torch.set_num_threads(1)
 
@@ -480,6 +484,7 @@ def dry_run(inputs: P.Inputs) -> str:
     return "\n".join(lines)
 
 
+@reports_errors("voice2face prepare")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     inputs = P.Inputs(vox1=tuple(args.vox1), faces=args.faces, vox1_meta=args.vox1_meta,
@@ -501,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     except PrepareError as e:
         print(f"voice2face prepare: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nvoice2face prepare: interrupted; the shards finished so far are kept in "
+              f"{args.out}: run the same command again to continue from them", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(format_summary(report))
     print(f"wrote {args.out} in {time.time() - start:.0f} s")
     return 0

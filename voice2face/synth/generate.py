@@ -16,6 +16,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import signal
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -79,6 +80,13 @@ def _init_worker(identities: list[Identity], config: WorldConfig) -> None:
     _WORLD["identities"], _WORLD["config"] = identities, config
 
 
+def _init_pool_worker(identities: list[Identity], config: WorldConfig) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, and a worker
+    # that also raised would print a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(identities, config)
+
+
 def _faces_job(index: int) -> list[bytes]:
     ident, config = _WORLD["identities"][index], _WORLD["config"]
     return [encode_png(render_face(ident, f, config)) for f in range(config.faces)]
@@ -102,7 +110,7 @@ def _pool(workers: int, identities, config):
         return None
     # fork shares the parent's imports; spawn re-imports them (datamodules pulls in torch)
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Pool(workers, _init_worker, (identities, config))
+    return mp.get_context(method).Pool(workers, _init_pool_worker, (identities, config))
 
 
 # --- writer side ---------------------------------------------------------------------------
