@@ -82,3 +82,38 @@ def test_print_config_exits_before_training(capsys):
     assert "seed: 7" in out and f"method: {method}" in out
     assert train_main([method, "--print-config", "no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_a_variant_extends_its_method(experiments):
+    (experiments / "big.yaml").write_text("extends: toy\nmodel: {depth: 5}\n")
+    (experiments / "bigger.yaml").write_text("extends: big\nprofiles: {paper: {model: {width: 99}}}\n")
+    cfg = load_config("big", [], root=experiments)
+    assert (cfg.method, cfg.model.width, cfg.model.depth) == ("big", 8, 5)  # toy's cpu profile
+    cfg = load_config("bigger", ["profile=paper"], root=experiments)
+    assert (cfg.method, cfg.model.width, cfg.model.depth, cfg.data.batch_size) == ("bigger", 99, 5, 128)
+    assert "extends" not in cfg
+    (experiments / "typo.yaml").write_text("extends: toy\nmodel: {detph: 5}\n")
+    with pytest.raises(ConfigError, match="model.detph.*typo.yaml"):
+        load_config("typo", [], root=experiments)
+    (experiments / "orphan.yaml").write_text("extends: nothing\n")
+    with pytest.raises(ConfigError, match=r"no config .*nothing.yaml for .*orphan.yaml \(extends: nothing\)"):
+        load_config("orphan", [], root=experiments)
+    (experiments / "ping.yaml").write_text("extends: pong\n")
+    (experiments / "pong.yaml").write_text("extends: ping\n")
+    with pytest.raises(ConfigError, match="`extends` loops"):
+        load_config("ping", [], root=experiments)
+
+
+def test_cgan_is_gan_with_the_switch_and_eval_keys_are_shared():
+    assert OmegaConf.to_container(OmegaConf.load(EXPERIMENTS / "cgan.yaml")) == {
+        "extends": "gan", "model": {"conditional": True}}
+    for profile in ("cpu", "paper"):
+        gan, cgan = (OmegaConf.to_container(load_config(m, [f"profile={profile}"]))
+                     for m in ("gan", "cgan"))
+        assert (gan["model"].pop("conditional"), cgan["model"].pop("conditional")) == (False, True)
+        assert (gan.pop("method"), cgan.pop("method")) == ("gan", "cgan")
+        assert gan == cgan
+    base = OmegaConf.load(EXPERIMENTS / "base.yaml")
+    for method in METHOD_FILES:  # one eval block, in base.yaml
+        assert "eval" not in OmegaConf.load(EXPERIMENTS / f"{method}.yaml"), method
+        assert set(load_config(method, ["profile=cpu"]).eval) == set(base.eval)

@@ -40,7 +40,7 @@ def cgan(world, runs) -> Path:
 def test_evaluate_writes_table_json_and_grid(world, cgan, tmp_path):
     r = evaluate(cgan, tmp_path / "eval", grid_identities=3, grid_utterances=2)
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert saved["rows"] == r["rows"] and saved["method"] == "gan" and saved["variant"] == "conditional"
+    assert saved["rows"] == r["rows"] and saved["method"] == "cgan" and saved["variant"] == "conditional"
     assert set(saved["rows"]) == {"method", "real_faces", "chance"}  # no ceiling: not synthetic
     for name, row in saved["rows"].items():
         assert set(KEYS) <= set(row), name
@@ -50,7 +50,7 @@ def test_evaluate_writes_table_json_and_grid(world, cgan, tmp_path):
     assert saved["rows"]["chance"]["match_1to2"] == 0.5
     assert saved["counts"]["test_utterances"] == 16 and saved["counts"]["known_utterances"] == 6
     table = (tmp_path / "eval" / "metrics.md").read_text()
-    for label in ("| gan (conditional) |", "| real faces", "| chance |", "1:2 match", "R@10"):
+    for label in ("| cgan (conditional) |", "| real faces", "| chance |", "1:2 match", "R@10"):
         assert label in table
     grid = Image.open(tmp_path / "eval" / "grid.png")
     assert grid.size[1] >= 3 * 16 and grid.mode == "RGB"

@@ -27,6 +27,7 @@ from voice2face.prepare.audio import AudioSettings, prepare_utterance, read_audi
 from voice2face.prepare.faces import FaceSettings, load_face
 from voice2face.prepare.plan import Inputs
 from voice2face.prepare.report import PrepareError, Skip
+from voice2face.splits import split_of_name
 
 SR = 16_000
 # fast settings for tiny trees: short clips are fine, small shards make several per split
@@ -200,7 +201,7 @@ def test_names_match_across_spellings():
     assert M.name_key("Céline_Dion") == M.name_key(unicodedata.normalize("NFD", "Céline Dion"))
     assert M.name_key("Øystein Berg") == M.name_key("Oystein_Berg")
     assert M.display_name("A.J._Buckley") == "A.J. Buckley"
-    assert [M.split_of_name(n) for n in ("Åsa Berg", "Björn", "Céline", "Émile", "Fred", "Zoë",
+    assert [split_of_name(n) for n in ("Åsa Berg", "Björn", "Céline", "Émile", "Fred", "Zoë",
                                          "14th Dalai Lama")] == \
         ["val", "val", "test", "test", "train", "train", "train"]
 
@@ -505,7 +506,7 @@ def test_dry_run_writes_nothing(tree, tmp_path, capsys):
 # --- the synthetic world in VoxCeleb's layout ----------------------------------------------------
 
 def test_synthetic_world_in_voxceleb_layout_prepares_like_the_direct_shards(tmp_path):
-    from voice2face.prepare.synth_layout import FACES_DIR, META, write_voxceleb_layout
+    from voice2face.synth.layout import FACES_DIR, META, write_voxceleb_layout
     from voice2face.synth.generate import generate_world
     from voice2face.synth.world import preset
 

@@ -22,9 +22,9 @@ from voice2face.synth.audio import render_utterance
 from voice2face.synth.ceiling import match_ceilings, world_ceilings
 from voice2face.synth.faces import render_face
 from voice2face.synth.generate import generate_world, shard_sizes
-from voice2face.synth.names import NAMES, fold, initial
-from voice2face.synth.world import (PRESETS, SPLIT_LETTERS, preset, sample_identities,
-                                    split_of_name, split_sizes)
+from voice2face.splits import SPLIT_LETTERS, fold, initial, split_of_name
+from voice2face.synth.names import NAMES
+from voice2face.synth.world import PRESETS, preset, sample_identities, split_sizes
 
 TINY = PRESETS["tiny"]
 # small enough to write twice in a couple of seconds

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from voice2face.config import EXPERIMENTS, load_config
-from voice2face.methods import METHODS, MethodModule, load_method
+from voice2face.methods import METHODS, Evaluation, MethodModule, load_method
 from voice2face.methods.base import CheckpointError, read_checkpoint_meta
 from voice2face.train import train
 
@@ -17,7 +17,7 @@ from voice2face.train import train
 class ToyModule(MethodModule):
     """Speaker classification from the time-averaged log-mel: the smallest real method."""
 
-    name = "toy"
+    evaluation = Evaluation.PRETRAINING
 
     def __init__(self, cfg, data):
         super().__init__(cfg, data)

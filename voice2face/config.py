@@ -68,16 +68,41 @@ def resolve_profile(name: str) -> str:
     return "paper" if torch.cuda.is_available() else "cpu"
 
 
+def _method_layers(method: str, root: Path) -> list[tuple[Path, DictConfig]]:
+    """The method's file and, first, the files it extends (``extends: <method>``)."""
+    chain: list[tuple[Path, DictConfig]] = []
+    name: str | None = method
+    while name is not None:
+        path = root / f"{name}.yaml"
+        if not path.is_file():
+            what = f"method {method!r}" if name == method else f"{chain[0][0]} (extends: {name})"
+            raise ConfigError(f"no config {path} for {what}")
+        if any(p == path for p, _ in chain):
+            raise ConfigError(f"{path}: `extends` loops ({' -> '.join(p.stem for p, _ in chain)} "
+                              f"-> {name})")
+        layer = _load(path)
+        name = layer.pop("extends", None)
+        chain.insert(0, (path, layer))
+    return chain
+
+
 def load_config(method: str, overrides: list[str] | None = None,
                 root: Path | None = None) -> DictConfig:
-    """The merged, struct-mode config of ``method`` with ``key=value`` overrides applied."""
+    """The merged, struct-mode config of ``method`` with ``key=value`` overrides applied.
+
+    A method file may start with ``extends: <method>``: it is that method's config with the
+    keys it sets changed (a variant, e.g. ``cgan`` is ``gan`` with ``model.conditional``); it
+    may not add keys, so a misspelt one is an error.
+    """
     root = root or experiments_dir()
-    method_file = root / f"{method}.yaml"
-    if not method_file.is_file():
-        raise ConfigError(f"no config {method_file} for method {method!r}")
+    (method_file, own), *variants = _method_layers(method, root)
     cli = _parse_overrides(list(overrides or []))
     # a method file adds its own keys (model, optim, ...); later layers may only set them
-    cfg = OmegaConf.merge(_load(root / "base.yaml"), _load(method_file))
+    cfg = OmegaConf.merge(_load(root / "base.yaml"), own)
+    for path, layer in variants:
+        cfg = _merge_strict(cfg, layer, str(path))
+        method_file = path
+    OmegaConf.set_struct(cfg, False)  # to take the profiles out
     profiles = cfg.pop("profiles", None) or {}
     profile = resolve_profile(str(cli.get("profile", cfg.get("profile", "auto"))))
     if profile not in profiles and profiles:

@@ -17,9 +17,12 @@ Protocol (``voice2face.metrics`` states each metric's):
   embedding;
 * on the ``known`` split (held-out utterances of training identities): the judge's identity
   top-1/top-5 on the generated faces, as Wen et al. report for known subjects;
-* a method that embeds voices and faces itself (``dimnet``) is measured in its own space: its
-  voice embedding is the probe, its face embedding makes the gallery, its shared heads give
-  gender and identity.
+* a method that embeds voices and faces itself (``Evaluation.OWN_SPACE``, e.g. ``dimnet``) is
+  measured in its own space: its voice embedding is the probe, its face embedding makes the
+  gallery, its own predictions (if it makes them) give gender and identity.
+
+A method is used only through the contract of ``voice2face.methods.base``: what its class
+declares (``evaluation``, ``needs_proposal``) and the calls that go with it.
 
 Reference rows, measured in the same run: **chance**; **real faces**: each test identity's
 gallery images split in two halves by index, one half as probes against the other as gallery
@@ -48,10 +51,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 
-from datamodules.features import tensor_to_face
-from voice2face.metrics import make_metrics
+from voice2face.grid import GridCollector, save_png
+from voice2face.methods import (CheckpointError, Embeddings, Evaluation, MethodModule, Voices,
+                                evaluable_methods, load_method)
+from voice2face.methods.base import data_info, proposal_faces, read_checkpoint_meta
+from voice2face.methods.pretrained import judge_faces, load_judge
+from voice2face.metrics import compute_each, make_metrics
 
 TOP_K = (1, 5, 10, 20, 50)
 BLOCK = 100  # SF2F's recall blocks of 100 identities, when the split has that many
@@ -63,125 +69,31 @@ TABLE_COLUMNS = [  # (key, header)
 ]
 
 
-# --- the grid of generated and real faces ---------------------------------------------------
-
-class GridCollector:
-    """Collects, per identity, a few real faces and faces generated from its utterances.
-
-    ``identities``: the identities to collect (in this order); None takes the first
-    ``n_identities`` that come by.
-    """
-
-    def __init__(self, n_identities: int = 8, n_utterances: int = 4, n_real: int = 2,
-                 identities: list[int] | None = None, names: dict[int, str] | None = None):
-        self.n_identities, self.n_utterances, self.n_real = n_identities, n_utterances, n_real
-        self.order: list[int] = list(identities) if identities is not None else []
-        self.fixed = identities is not None
-        self.names = names or {}
-        self.real: dict[int, list[torch.Tensor]] = {}
-        self.fake: dict[int, list[torch.Tensor]] = {}
-
-    def _wanted(self, identity: int) -> bool:
-        if identity in self.order:
-            return True
-        if not self.fixed and len(self.order) < self.n_identities:
-            self.order.append(identity)
-            return True
-        return False
-
-    def add_real(self, identity: int, faces) -> None:
-        if self._wanted(identity):
-            have = self.real.setdefault(identity, [])
-            have.extend(f.detach().cpu() for f in faces[:self.n_real - len(have)])
-
-    def add_fake(self, identity: int, face: torch.Tensor) -> None:
-        if self._wanted(identity):
-            have = self.fake.setdefault(identity, [])
-            if len(have) < self.n_utterances:
-                have.append(face.detach().cpu())
-
-    def add(self, batch: dict, fake: torch.Tensor | None) -> None:
-        """A batch of utterances and the faces generated from them (real faces: ``faces``)."""
-        for i, identity in enumerate(batch["identity"].tolist()):
-            if fake is not None:
-                self.add_fake(identity, fake[i])
-            if "faces" in batch:
-                self.add_real(identity, batch["faces"][i])
-
-    def image(self) -> Image.Image | None:
-        rows = [(self.names.get(i, str(i)), self.real.get(i, []), self.fake.get(i, []))
-                for i in self.order if self.fake.get(i)]
-        return face_grid(rows, self.n_real, self.n_utterances) if rows else None
-
-
-def face_grid(rows: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]], n_real: int,
-              n_fake: int, pad: int = 2) -> Image.Image:
-    """One row per identity: its name, ``n_real`` real faces, a gap, ``n_fake`` generated."""
-    size = rows[0][2][0].shape[-1]
-    label_w, gap, head = 96, max(8, size // 4), 14
-    width = label_w + (n_real + n_fake) * (size + pad) + gap
-    height = head + len(rows) * (size + pad)
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    x_fake = label_w + n_real * (size + pad) + gap
-    draw.text((label_w, 1), "real", fill="black")
-    draw.text((x_fake, 1), "generated from different utterances", fill="black")
-    for r, (name, real, fake) in enumerate(rows):
-        y = head + r * (size + pad)
-        draw.text((2, y + size // 2 - 6), name[:15], fill="black")
-        for c, face in enumerate(real[:n_real]):
-            canvas.paste(Image.fromarray(tensor_to_face(face)), (label_w + c * (size + pad), y))
-        for c, face in enumerate(fake[:n_fake]):
-            canvas.paste(Image.fromarray(tensor_to_face(face)), (x_fake + c * (size + pad), y))
-    return canvas
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def log_grid(image: Image.Image | None, loggers, key: str, step: int, path: Path | None) -> None:
-    """Save the grid as PNG and log it to every W&B logger (offline runs keep it locally)."""
-    if image is None:
-        return
-    if path is not None:
-        save_png(image, path)
-    from lightning.pytorch.loggers import WandbLogger
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[image], step=step)
-
-
-# --- the method under test: faces (judge embeds them) or its own embeddings -------------------
-
-def evaluable_methods() -> tuple[str, ...]:
-    from voice2face.methods import METHODS
-    return tuple(sorted(n for n, c in METHODS.items()
-                        if hasattr(c, "generate_faces") or hasattr(c, "voice_outputs")))
-
+# --- the method under test, through its contract (methods.base) -----------------------------
 
 class Subject:
-    """What evaluation needs of a method, in the space its probes live in."""
+    """A method in the space its probes are measured in: the judge's, for the faces it
+    generates, or its own (``Evaluation.OWN_SPACE``)."""
 
-    def __init__(self, method, judge):
+    def __init__(self, method: MethodModule, judge):
         self.method, self.judge = method, judge
-        self.generates = hasattr(method, "generate_faces")
+        self.judged = method.evaluation is Evaluation.GENERATED_FACES
 
     @torch.no_grad()
-    def voices(self, mel, lengths) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """(generated faces or None, {embedding, identity, gender} of the probes)."""
-        if self.generates:
-            faces = self.method.generate_faces(mel, lengths)
-            return faces, self.judge(faces)
-        return None, self.method.voice_outputs(mel, lengths)
+    def voices(self, batch: dict, device) -> tuple[torch.Tensor | None, Embeddings]:
+        """(generated faces or None, the probes' embeddings and predictions)."""
+        voices = Voices.of(batch).to(device)
+        if self.judged:
+            proposal = (proposal_faces(batch["face"], batch["identity"]).to(device)
+                        if self.method.needs_proposal else None)
+            faces = self.method.generate_faces(voices, proposal)
+            return faces, judge_faces(self.judge, faces)
+        return None, self.method.embed_voices(voices)
 
     @torch.no_grad()
-    def faces(self, face) -> torch.Tensor:
+    def faces(self, face: torch.Tensor) -> torch.Tensor:
         """Gallery embeddings in the probes' space."""
-        return self.judge.embed(face) if self.generates else self.method.face_outputs(face)["embedding"]
+        return self.judge.embed(face) if self.judged else self.method.embed_faces(face).embedding
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -217,38 +129,6 @@ def _local(metrics):
 
 def _single_process() -> bool:
     return False
-
-
-def compute_each(group, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Compute every metric of a ``MetricCollection`` on its own: a protocol the split
-    cannot support (e.g. no same-gender imposter in a tiny world) is reported in the second
-    dict ({name: why}) instead of taking the others down with it."""
-    values: dict[str, torch.Tensor] = {}
-    errors: dict[str, str] = {}
-    for name, metric in group.items(keep_base=True):
-        if not metric.update_count:
-            continue
-        try:
-            value = metric.compute()
-        except ValueError as e:
-            errors[prefix + name] = str(e)
-            _unsync(metric)
-            continue
-        if isinstance(value, dict):
-            values.update({prefix + k: v for k, v in value.items()})
-        else:
-            values[prefix + name] = value
-    return values, errors
-
-
-def _unsync(metric) -> None:
-    """Restore a metric's own states after a ``compute`` that raised under DDP: torchmetrics
-    restores them only when compute returns, and ``reset`` fails on gathered states."""
-    from torchmetrics.utilities.exceptions import TorchMetricsUserError
-    try:
-        metric.unsync()
-    except TorchMetricsUserError:  # never synced: single process
-        pass
 
 
 def _compute(metrics, errors: dict[str, str]) -> dict[str, float]:
@@ -295,8 +175,6 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     import lightning as L
 
     from datamodules import VoiceFaceDataModule
-    from voice2face.methods.base import data_info, load_method, read_checkpoint_meta
-    from voice2face.methods.pretrained import load_judge
 
     started = time.time()
     out = Path(out)
@@ -308,7 +186,6 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     info = data_info(dm)
     judge_path = Path(judge) if judge else data / "pretrained" / "face.ckpt"
     if not judge_path.is_file():
-        from voice2face.methods.base import CheckpointError
         raise CheckpointError(f"no judge at {judge_path}: evaluation embeds faces with a `face` "
                               f"checkpoint trained on {data}; make one with `voice2face train "
                               f"face data.root={data} --export {judge_path}` or pass --judge")
@@ -331,7 +208,7 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
         j = judge_net(face)
         g["judge"].append(j["embedding"].cpu())
         g["gender_logit"].append(j["gender"].cpu())
-        g["own"].append(subject.faces(face).cpu() if not subject.generates else j["embedding"].cpu())
+        g["own"].append(subject.faces(face).cpu() if not subject.judged else j["embedding"].cpu())
         for k in ("identity", "gender", "index"):
             g[k].append(batch[k])
         for i, identity in enumerate(batch["identity"].tolist()):
@@ -362,11 +239,12 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     n_test, probe_gender = 0, []
     for batch in dm.eval_dataloader("test", **loader):
         probe_gender.append(batch["gender"])
-        faces, o = subject.voices(batch["mel"].to(device), batch["mel_lengths"].to(device))
-        emb = o["embedding"].cpu()
+        faces, o = subject.voices(batch, device)
+        emb = o.embedding.cpu()
         rows["method"]["embedding"].update(emb, batch["identity"], batch["gender"], batch["index"],
                                            role="probe")
-        rows["method"]["gender"].update(o["gender"].cpu().sigmoid(), batch["gender"])
+        if o.gender is not None:
+            rows["method"]["gender"].update(o.gender.cpu().sigmoid(), batch["gender"])
         rows["method"]["cosine"].update(emb, torch.stack([own_centroids[int(i)]
                                                           for i in batch["identity"]]))
         for i, identity in enumerate(batch["identity"].tolist()):
@@ -378,10 +256,11 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     n_known = 0
     if "known" in dm.manifest["splits"]:
         for batch in dm.eval_dataloader("known", **loader):
-            _, o = subject.voices(batch["mel"].to(device), batch["mel_lengths"].to(device))
+            _, o = subject.voices(batch, device)
             labels = batch["label"]
             keep = labels >= 0
-            rows["method"]["identity"].update(o["identity"].cpu()[keep], labels[keep])
+            if o.identity is not None:
+                rows["method"]["identity"].update(o.identity.cpu()[keep], labels[keep])
             real_logits = judge_net(batch["face"].to(device))["identity"].cpu()
             real["identity"].update(real_logits[keep], labels[keep])
             n_known += int(keep.sum())
@@ -400,10 +279,9 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     if ceilings:
         results["rows"]["ceiling"] = {k: float(v) for k, v in ceilings.items()
                                       if k.startswith("match_")}
-    cfg = method.cfg
     results.update({
-        "checkpoint": str(ckpt), "method": meta["method"],
-        "variant": "conditional" if cfg.get("model", {}).get("conditional") else None,
+        "checkpoint": str(ckpt), "method": method.method, "variant": method.variant,
+        "label": method.label,
         "data": str(data), "judge": str(judge_path), "seed": seed,
         "counts": {"test_utterances": n_test, "test_identities": n_ids,
                    "test_gallery_images": len(g["identity"]), "known_utterances": n_known,
@@ -444,7 +322,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def markdown_table(results: dict[str, Any]) -> str:
     """The results as a Markdown table, method row first, then the reference rows."""
-    labels = {"method": results["method"] + (f" ({results['variant']})" if results.get("variant") else ""),
+    labels = {"method": results["label"],
               "real_faces": "real faces (judge, held-out photo)", "chance": "chance",
               "ceiling": "ceiling (synthetic world)"}
     cols = [(k, h) for k, h in TABLE_COLUMNS if any(k in r for r in results["rows"].values())]
@@ -467,7 +345,8 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def post_fit_evaluation(module, run_dir: Path, checkpoint: Path, datamodule) -> str:
-    """``MethodModule.post_fit`` of evaluable methods: evaluate into ``run_dir/eval``."""
+    """The evaluation after training (``run.evaluate``) of an evaluable method, into
+    ``run_dir/eval``; returns the line ``voice2face train`` prints."""
     cfg = module.cfg
     judge = cfg.get("eval", {}).get("judge")
     if not judge or not Path(judge).is_file():

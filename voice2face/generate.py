@@ -45,13 +45,20 @@ def load_audio(path: str | Path) -> torch.Tensor:
     return wave
 
 
-def generate_face(method, wave: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """One face ``[3, S, S]`` in [-1, 1] from a 16 kHz waveform."""
+def generate_face(method, wave: torch.Tensor, seed: int = 0,
+                  proposal: torch.Tensor | None = None) -> torch.Tensor:
+    """One face ``[3, S, S]`` in [-1, 1] from a 16 kHz waveform (and, for a method that
+    needs one, a proposal face ``[3, S, S]``)."""
     from datamodules.features import AudioFeatures
+    from voice2face.methods import Voices
+    if method.needs_proposal and proposal is None:
+        raise ValueError(f"{method.label} generates from a voice and a proposal face; "
+                         f"give a proposal face")
     mel = AudioFeatures()(wave)["mel"][None]
     torch.manual_seed(seed)
     with torch.no_grad():
-        return method.generate_faces(mel, torch.tensor([mel.shape[-1]]))[0]
+        return method.generate_faces(Voices(mel, torch.tensor([mel.shape[-1]])),
+                                     None if proposal is None else proposal[None])[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,12 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from datamodules.features import tensor_to_face
-    from voice2face.methods import METHODS
-    from voice2face.methods.base import CheckpointError, load_method
-    generators = tuple(sorted(n for n, c in METHODS.items() if hasattr(c, "generate_faces")))
+    from voice2face.methods import CheckpointError, generating_methods, load_method
     try:
         wave = load_audio(args.audio)
-        method = load_method(args.ckpt, expect=generators)
+        method = load_method(args.ckpt, expect=generating_methods())
     except (AudioError, CheckpointError) as e:
         print(f"voice2face generate: {e}", file=sys.stderr)
         return 2

@@ -840,3 +840,37 @@ def make_metrics(
     groups["gender"] = MetricCollection({"gender_acc": BinaryAccuracy()}, prefix=prefix)
     groups["cosine"] = MetricCollection({"cosine": CosineSimilarity(reduction="mean")}, prefix=prefix)
     return nn.ModuleDict(groups)
+
+
+# --- computing a collection metric by metric ----------------------------------------------
+
+def compute_each(group, prefix: str = "") -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Compute every metric of a ``MetricCollection`` on its own: a protocol the split
+    cannot support (e.g. no same-gender imposter in a tiny world) is reported in the second
+    dict ({name: why}) instead of taking the others down with it."""
+    values: dict[str, Tensor] = {}
+    errors: dict[str, str] = {}
+    for name, metric in group.items(keep_base=True):
+        if not metric.update_count:
+            continue
+        try:
+            value = metric.compute()
+        except ValueError as e:
+            errors[prefix + name] = str(e)
+            _unsync(metric)
+            continue
+        if isinstance(value, dict):
+            values.update({prefix + k: v for k, v in value.items()})
+        else:
+            values[prefix + name] = value
+    return values, errors
+
+
+def _unsync(metric) -> None:
+    """Restore a metric's own states after a ``compute`` that raised under DDP: torchmetrics
+    restores them only when compute returns, and ``reset`` fails on gathered states."""
+    from torchmetrics.utilities.exceptions import TorchMetricsUserError
+    try:
+        metric.unsync()
+    except TorchMetricsUserError:  # never synced: single process
+        pass

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules import VoiceFaceDataModule
 from voice2face.config import ConfigError, load_config, save_config
-from voice2face.methods import METHODS, get_method
+from voice2face.evaluate import post_fit_evaluation
+from voice2face.methods import METHODS, Evaluation, get_method
 from voice2face.methods.base import data_info
 
 
@@ -112,10 +113,8 @@ def train(cfg: DictConfig) -> Path:
     trainer.save_checkpoint(final)
     if trainer.is_global_zero:
         print(f"voice2face: trained {cfg.method}; checkpoint {final}")
-        if cfg.run.evaluate:
-            message = module.post_fit(folder, final, dm)
-            if message:
-                print(message)
+        if cfg.run.evaluate and module.evaluation is not Evaluation.PRETRAINING:
+            print(post_fit_evaluation(module, folder, final, dm))
     if cfg.logger.wandb:  # close the run, or the next WandbLogger in this process reuses it
         import wandb
         wandb.finish()

@@ -1,14 +1,42 @@
-"""What every method shares: its config, the facts of its data, and its checkpoint identity."""
+"""What every method shares: its config, the facts of its data, its checkpoint identity, and
+the contract through which evaluation and generation use it.
+
+The contract (``MethodModule``): a method declares, as class attributes, how it is
+measured (``evaluation``, an ``Evaluation``) and whether it makes faces (``generates``,
+``needs_proposal``), and implements the calls that go with the declaration:
+
+* ``generate_faces(voices, proposal=None) -> faces``: ``Evaluation.GENERATED_FACES`` and
+  every method with ``generates = True``; the judge then embeds and classifies the faces;
+* ``embed_voices(voices)`` and ``embed_faces(faces) -> Embeddings``:
+  ``Evaluation.OWN_SPACE``, a method measured in its own shared voice–face space;
+* neither: ``Evaluation.PRETRAINING``, a part of other methods (or the judge) that
+  ``voice2face evaluate`` does not measure.
+
+A class whose declaration and implementation disagree is an error when it is defined. The
+judge's space is reached only through generated faces: a method that embeds voices itself
+is measured in its own space, with its own face side (the judge never trains what it
+judges). How the next methods fit: a Controlled AutoEncoder is a ``GeneratorModule`` with
+``needs_proposal = True``; a Speech2Face-style regression predicts a face feature and
+renders it with a decoder loaded from its own checkpoint, so it ``generates`` and is measured
+either by its rendered faces or, in ``OWN_SPACE``, by its feature against the face encoder it
+regresses onto.
+``method`` is the registry name the module was trained under (``cgan``), ``variant`` what
+distinguishes the run within it, ``label`` both, for tables.
+"""
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import lightning as L
 import torch
+from torch import Tensor
 
 CHECKPOINT_FORMAT = 1
 
@@ -22,33 +50,140 @@ def data_info(datamodule) -> dict[str, Any]:
             "kind": datamodule.manifest.get("kind", "unknown")}
 
 
+# --- the contract ------------------------------------------------------------------------------
+
+class Evaluation(enum.Enum):
+    """How ``voice2face evaluate`` (and the evaluation after training) measures a method."""
+
+    PRETRAINING = "pretraining only"      # trains a part of other methods: nothing to measure
+    GENERATED_FACES = "generated faces"   # generate_faces; the judge embeds and classifies them
+    OWN_SPACE = "own space"               # embed_voices / embed_faces in the method's own space
+
+
+class Voices(NamedTuple):
+    """A batch of utterances as the methods read them (``datamodules.features``)."""
+
+    mel: Tensor                    # [B, n_mels, T] normalised log-mel, zero-padded
+    lengths: Tensor | None = None  # [B] valid frames; None: all T
+
+    @classmethod
+    def of(cls, batch: Mapping[str, Tensor]) -> Voices:
+        return cls(batch["mel"], batch.get("mel_lengths"))
+
+    def to(self, device: torch.device | str) -> Voices:
+        return Voices(self.mel.to(device), None if self.lengths is None else self.lengths.to(device))
+
+
+@dataclass
+class Embeddings:
+    """Unit embeddings in one stated space, with the predictions a method may add."""
+
+    embedding: Tensor                # [B, D], unit L2 norm
+    gender: Tensor | None = None     # [B] logit of male
+    identity: Tensor | None = None   # [B, training identities] logits
+
+    @classmethod
+    def of(cls, out: Mapping[str, Tensor]) -> Embeddings:
+        """From a net's ``{embedding, gender?, identity?}`` dict (``FaceEncoder``, heads)."""
+        return cls(out["embedding"], out.get("gender"), out.get("identity"))
+
+
+def proposal_faces(faces: Tensor, identity: Tensor) -> Tensor:
+    """The proposals a method with ``needs_proposal`` gets in validation and evaluation:
+    for each utterance, the real face of the nearest later sample of the batch (cyclically)
+    that belongs to another identity, so no proposal shows the speaker. Deterministic, like
+    the data order it is drawn from."""
+    n = len(identity)
+    shift = torch.arange(1, n, device=identity.device)
+    rows = (torch.arange(n, device=identity.device)[:, None] + shift) % n  # [n, n-1] candidates
+    other = identity[rows] != identity[:, None]
+    if n < 2 or not other.any(1).all():
+        raise ValueError("a proposal face needs a batch with at least two identities")
+    return faces[rows[torch.arange(n), other.int().argmax(1)]]
+
+
 class MethodModule(L.LightningModule):
     """Base LightningModule of the suite.
 
     Subclasses are built as ``Cls(cfg, data)``: ``cfg`` is the whole resolved config as a
-    plain dict (``cfg["model"]``, ``cfg["optim"]``, ...), ``data`` is ``data_info(dm)``.
-    Both are saved as hyperparameters, so ``load_method`` rebuilds the module from a
-    checkpoint alone.
+    plain dict (``cfg["model"]``, ``cfg["optim"]``, ``cfg["method"]``, ...), ``data`` is
+    ``data_info(dm)``. Both are saved as hyperparameters, so ``load_method`` rebuilds the
+    module from a checkpoint alone.
     """
 
-    name: ClassVar[str] = "?"
+    # how evaluation measures the method; every method class states it
+    evaluation: ClassVar[Evaluation]
+    # generate_faces is implemented (``voice2face generate`` accepts the method)
+    generates: ClassVar[bool] = False
+    # generate_faces needs a proposal face per voice (a face it morphs toward the voice)
+    needs_proposal: ClassVar[bool] = False
     # optimizer steps per training batch: Lightning's global_step counts each of them
     steps_per_batch: ClassVar[int] = 1
     # val_dataloader returns [samples, gallery] for methods that embed real faces there
     val_gallery: ClassVar[bool] = False
+
+    def __init_subclass__(cls, abstract: bool = False, **kwargs):
+        """Checks that a method class declares what it offers and implements it (a base
+        class that leaves the calls to its subclasses says ``abstract=True``)."""
+        super().__init_subclass__(**kwargs)
+        if abstract:
+            return
+        evaluation = getattr(cls, "evaluation", None)
+        if not isinstance(evaluation, Evaluation):
+            raise TypeError(f"{cls.__name__}: declare `evaluation = Evaluation.<...>` "
+                            f"(PRETRAINING for a method that evaluation does not measure)")
+        needs = {"generate_faces": cls.generates or evaluation is Evaluation.GENERATED_FACES,
+                 "embed_voices": evaluation is Evaluation.OWN_SPACE,
+                 "embed_faces": evaluation is Evaluation.OWN_SPACE}
+        for call, needed in needs.items():
+            if needed and getattr(cls, call) is getattr(MethodModule, call):
+                raise TypeError(f"{cls.__name__}: evaluation={evaluation.name}, generates="
+                                f"{cls.generates} needs `{call}`")
+        if evaluation is Evaluation.GENERATED_FACES and not cls.generates:
+            raise TypeError(f"{cls.__name__}: evaluated by its generated faces, so generates=True")
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any]):
         super().__init__()
         self.save_hyperparameters({"cfg": cfg, "data": data})
         self.cfg, self.data_info = cfg, data
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["voice2face"] = {"method": self.name, "format": CHECKPOINT_FORMAT,
-                                    "data": self.data_info}
+    # --- identity ------------------------------------------------------------------------
 
-    def post_fit(self, run_dir: Path, checkpoint: Path, datamodule) -> str | None:
-        """Work after training (e.g. evaluation); returns a line for the user, or None."""
+    @property
+    def method(self) -> str:
+        """The registry name the module was trained under (``voice2face train <method>``)."""
+        return self.cfg["method"]
+
+    @property
+    def variant(self) -> str | None:
+        """What sets this run apart within its method, for tables; None: nothing."""
         return None
+
+    @property
+    def label(self) -> str:
+        return self.method + (f" ({self.variant})" if self.variant else "")
+
+    # --- what evaluation and generation call -------------------------------------------------
+
+    def generate_faces(self, voices: Voices, proposal: Tensor | None = None) -> Tensor:
+        """Faces ``[B, 3, S, S]`` in [-1, 1], one per utterance. ``proposal``: ``[B, 3, S, S]``
+        real faces, given exactly when the class has ``needs_proposal``. A method that draws
+        noise draws it from the global RNG: seed it for the same faces."""
+        raise NotImplementedError(f"{self.method} does not generate faces")
+
+    def embed_voices(self, voices: Voices) -> Embeddings:
+        """The voices in the method's own space (``Evaluation.OWN_SPACE``)."""
+        raise NotImplementedError(f"{self.method} does not embed voices")
+
+    def embed_faces(self, faces: Tensor) -> Embeddings:
+        """Real faces in the same space as ``embed_voices`` (the gallery of evaluation)."""
+        raise NotImplementedError(f"{self.method} does not embed faces")
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["voice2face"] = {"method": self.method, "format": CHECKPOINT_FORMAT,
+                                    "data": self.data_info}
 
 
 class CheckpointError(ValueError):
@@ -70,18 +205,14 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_method(path: str | Path, expect: str | tuple[str, ...] | None = None,
+def load_module(path: str | Path, classes: Mapping[str, type[MethodModule]],
                 map_location: str = "cpu") -> MethodModule:
-    """The trained module of a checkpoint; ``expect`` names the method(s) it must be."""
-    from voice2face.methods import METHODS
-    meta = read_checkpoint_meta(path)
-    method = meta["method"]
-    expected = (expect,) if isinstance(expect, str) else expect
-    if expected and method not in expected:
+    """The trained module (eval mode) of a checkpoint whose method is one of ``classes``
+    (registry name -> class); ``methods.load_method`` asks the whole registry."""
+    method = read_checkpoint_meta(path)["method"]
+    if method not in classes:
         raise CheckpointError(f"{path}: a checkpoint of method {method!r}, expected "
-                              f"{' or '.join(map(repr, expected))}")
-    if method not in METHODS:
-        raise CheckpointError(f"{path}: method {method!r} is not registered ({sorted(METHODS)})")
-    module = METHODS[method].load_from_checkpoint(path, map_location=map_location)
+                              f"{' or '.join(map(repr, classes))}")
+    module = classes[method].load_from_checkpoint(path, map_location=map_location)
     module.eval()
     return module

@@ -17,9 +17,8 @@ import warnings
 
 import torch
 
-from voice2face.evaluate import post_fit_evaluation
 from voice2face.losses import covariate_loss, top1_accuracy
-from voice2face.methods.base import MethodModule
+from voice2face.methods.base import Embeddings, Evaluation, MethodModule, Voices
 from voice2face.methods.common import adam
 from voice2face.metrics import CrossModalMatching
 from voice2face.nets import CovariateHeads, FaceTrunk, VoiceEmbedder
@@ -28,7 +27,7 @@ from voice2face.nets import CovariateHeads, FaceTrunk, VoiceEmbedder
 class DimnetModule(MethodModule):
     """``voice``: VoiceEmbedder, ``face``: FaceTrunk, ``heads``: CovariateHeads (shared)."""
 
-    name = "dimnet"
+    evaluation = Evaluation.OWN_SPACE
     val_gallery = True
 
     def __init__(self, cfg, data):
@@ -39,7 +38,7 @@ class DimnetModule(MethodModule):
         self.heads = CovariateHeads(m["dim"], data["num_train_identities"], m["scale"])
         self.val_match = CrossModalMatching(n_way=2, exhaustive=True)
 
-    # what evaluation uses: outputs of either modality in the shared space
+    # either modality in the shared space, with the shared heads' predictions
     def voice_outputs(self, mel: torch.Tensor, lengths: torch.Tensor | None = None):
         emb = self.voice(mel, lengths)
         return {"embedding": emb, **self.heads(emb)}
@@ -47,6 +46,13 @@ class DimnetModule(MethodModule):
     def face_outputs(self, face: torch.Tensor):
         emb = torch.nn.functional.normalize(self.face(face), dim=-1)
         return {"embedding": emb, **self.heads(emb)}
+
+    # the contract: evaluation measures DIMNet in its own space
+    def embed_voices(self, voices: Voices) -> Embeddings:
+        return Embeddings.of(self.voice_outputs(voices.mel, voices.lengths))
+
+    def embed_faces(self, faces: torch.Tensor) -> Embeddings:
+        return Embeddings.of(self.face_outputs(faces))
 
     def training_step(self, batch, batch_idx):
         w = self.cfg["model"]["gender_weight"]
@@ -80,6 +86,3 @@ class DimnetModule(MethodModule):
 
     def configure_optimizers(self):
         return adam(self.parameters(), self.cfg["optim"])
-
-    def post_fit(self, run_dir, checkpoint, datamodule):
-        return post_fit_evaluation(self, run_dir, checkpoint, datamodule)

@@ -18,7 +18,7 @@ import torch
 from torchmetrics.classification import BinaryAccuracy
 
 from voice2face.losses import covariate_loss, top1_accuracy
-from voice2face.methods.base import MethodModule
+from voice2face.methods.base import Evaluation, MethodModule
 from voice2face.methods.common import SplitHalfRecall, adam
 from voice2face.nets import FaceEncoder
 
@@ -26,7 +26,7 @@ from voice2face.nets import FaceEncoder
 class FaceModule(MethodModule):
     """Trains a ``FaceEncoder`` (``self.encoder``)."""
 
-    name = "face"
+    evaluation = Evaluation.PRETRAINING  # the judge of evaluation
     val_gallery = True
 
     def __init__(self, cfg, data):

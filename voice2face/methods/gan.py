@@ -18,9 +18,7 @@ before the 924-way identity classifier has learnt anything, so this is what lets
 Gen"): noise z (``model.noise_dim``) is concatenated to the embedding and the discriminator
 is a projection discriminator on the embedding. ``experiments/cgan.yaml`` sets it.
 
-The judge (``eval.judge``, a ``face`` checkpoint) only measures: validation embeds generated
-and real faces with it for ``val/match_1to2`` and friends. It is kept out of the module's
-submodules, so it is in no optimizer, no DDP bucket and no checkpoint of this method.
+Validation (judge metrics and the sample grid) is ``GeneratorModule``'s.
 
 Traps of manual optimization, and what this module does about them:
 
@@ -43,32 +41,27 @@ Traps of manual optimization, and what this module does about them:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from voice2face.evaluate import GridCollector, compute_each, log_grid, post_fit_evaluation
 from voice2face.losses import (discriminator_loss, gender_loss, generator_loss, identity_loss,
                                top1_accuracy)
-from voice2face.methods.base import CheckpointError, MethodModule
+from voice2face.methods.base import CheckpointError, Voices
 from voice2face.methods.common import adam
-from voice2face.methods.pretrained import freeze, load_judge, load_voice_embedder
-from voice2face.metrics import make_metrics
+from voice2face.methods.generator import GeneratorModule
+from voice2face.methods.pretrained import freeze, load_voice_embedder
 from voice2face.nets import FaceCritic, FaceGenerator, VoiceEmbedder, perturb_embedding
 
 
-class GanModule(MethodModule):
+class GanModule(GeneratorModule):
     """Voice embedder (frozen) -> ``FaceGenerator``; ``FaceCritic`` = discriminator + classifier.
 
     ``voice_net`` is filled in from the voice checkpoint on the first construction and saved
     with the hyperparameters, so a GAN checkpoint rebuilds without the voice checkpoint.
     """
 
-    name = "gan"
     steps_per_batch = 2
-    val_gallery = True
     ddp_find_unused_parameters = True
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
@@ -98,10 +91,6 @@ class GanModule(MethodModule):
         self.critic = FaceCritic(data["face_size"], data["num_train_identities"],
                                  width=m["width"], cond_dim=dim if self.conditional else 0,
                                  gender=self.gender_weight > 0)
-        self.val_metrics = make_metrics("val", top_k=(1, 5, 10), recall_similarities=("cosine",),
-                                        recall_image_gallery=False, recall_block_size=None)
-        self._judge = None  # loaded in setup(); a plain attribute, not a submodule
-        self._grid: GridCollector | None = None
 
     # --- the nets' use -------------------------------------------------------------------
 
@@ -110,12 +99,16 @@ class GanModule(MethodModule):
         self.voice.eval()  # pretrained BatchNorm statistics stay as they are
         return self
 
+    @property
+    def variant(self) -> str | None:
+        return "conditional" if self.conditional else None
+
     @torch.no_grad()
-    def generate_faces(self, mel: torch.Tensor, lengths: torch.Tensor | None = None
+    def generate_faces(self, voices: Voices, proposal: torch.Tensor | None = None
                        ) -> torch.Tensor:
-        """Faces ``[B, 3, S, S]`` in [-1, 1] for utterances (no embedding noise; the
-        conditional variant draws z from the global RNG, so seed it for the same faces)."""
-        return self.generator(self.voice(mel, lengths))
+        """Faces for utterances, without embedding noise (the conditional variant draws z
+        from the global RNG)."""
+        return self.generator(self.voice(voices.mel, voices.lengths))
 
     # --- training ------------------------------------------------------------------------
 
@@ -174,72 +167,3 @@ class GanModule(MethodModule):
     def configure_optimizers(self):
         o = self.cfg["optim"]
         return [adam(self.generator.parameters(), o), adam(self.critic.parameters(), o)]
-
-    # --- validation: judge metrics and a grid of generated faces ---------------------------
-
-    def setup(self, stage: str) -> None:
-        path = self.cfg["eval"]["judge"]
-        if stage == "fit" and path and self._judge is None:
-            if Path(path).is_file():
-                # object.__setattr__: nn.Module would register it as a submodule
-                object.__setattr__(self, "_judge", load_judge(path, self.data_info))
-            else:
-                rank_zero_warn(f"gan: no judge at eval.judge={path}; validation logs the grid "
-                               f"only (train one with `voice2face train face --export {path}`)")
-
-    def _judge_on(self, device: torch.device):
-        if self._judge is not None and next(self._judge.parameters()).device != device:
-            self._judge.to(device)
-        return self._judge
-
-    def on_validation_epoch_start(self) -> None:
-        e = self.cfg["eval"]
-        dm = getattr(self.trainer, "datamodule", None)
-        names = {i["index"]: i["name"] for i in dm.identities} if dm is not None else None
-        self._grid = GridCollector(e["grid_identities"], e["grid_utterances"], names=names)
-
-    def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        judge = self._judge_on(self.device)
-        metrics = self.val_metrics
-        if dataloader_idx == 0:  # utterances -> generated faces (probes)
-            fake = self.generate_faces(batch["mel"], batch["mel_lengths"])
-            self._grid.add(batch, fake)
-            if judge is None:
-                return
-            out = judge(fake)
-            metrics["embedding"].update(out["embedding"], batch["identity"], batch["gender"],
-                                        batch["index"], role="probe")
-            metrics["gender"].update(out["gender"].sigmoid(), batch["gender"])
-            k = batch["faces"].shape[1]
-            real = judge.embed(batch["faces"].flatten(0, 1)).unflatten(0, (-1, k))
-            metrics["cosine"].update(out["embedding"], torch.nn.functional.normalize(
-                real.mean(1), dim=-1))
-        elif judge is not None:  # gallery faces
-            metrics["embedding"].update(judge.embed(batch["face"]), batch["identity"],
-                                        batch["gender"], batch["index"], role="gallery")
-
-    def on_validation_epoch_end(self) -> None:
-        metrics = self.val_metrics
-        if self.trainer.sanity_checking or self._judge is None:
-            for group in metrics.values():
-                group.reset()
-        else:
-            values, errors = compute_each(metrics["embedding"], "val/")
-            self.log_dict(values)
-            for name, why in errors.items():
-                rank_zero_warn(f"gan: no {name} ({why})")
-            metrics["embedding"].reset()
-            self.log_dict(metrics["gender"])
-            self.log_dict(metrics["cosine"])
-        if not self.trainer.sanity_checking:
-            self._log_grid()
-
-    @rank_zero_only
-    def _log_grid(self) -> None:
-        step = self.global_step // self.steps_per_batch
-        folder = Path(self.trainer.default_root_dir) / "grids"
-        log_grid(self._grid.image(), self.loggers, "val/grid", step,
-                 folder / f"val-step{step:06d}.png")
-
-    def post_fit(self, run_dir: Path, checkpoint: Path, datamodule) -> str | None:
-        return post_fit_evaluation(self, run_dir, checkpoint, datamodule)

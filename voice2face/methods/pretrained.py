@@ -13,13 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
-from voice2face.methods.base import CheckpointError, load_method, read_checkpoint_meta
+from voice2face.methods.base import CheckpointError, Embeddings, load_module, read_checkpoint_meta
+from voice2face.methods.dimnet import DimnetModule
+from voice2face.methods.face import FaceModule
+from voice2face.methods.voice import VoiceModule
 from voice2face.nets import FaceEncoder, VoiceEmbedder
 
-VOICE_SOURCES = ("voice", "dimnet")
-JUDGE_SOURCES = ("face",)
+# the methods whose checkpoints hold such a net (their registry names), by what they give
+VOICE_SOURCES = {"voice": VoiceModule, "dimnet": DimnetModule}
+JUDGE_SOURCES = {"face": FaceModule}
 
 
 def freeze(net: nn.Module) -> nn.Module:
@@ -32,8 +36,7 @@ def freeze(net: nn.Module) -> nn.Module:
 
 def load_voice_embedder(path: str | Path) -> VoiceEmbedder:
     """The frozen ``VoiceEmbedder`` of a ``voice`` or ``dimnet`` checkpoint."""
-    module = load_method(path, expect=VOICE_SOURCES)
-    return freeze(module.voice)
+    return freeze(load_module(path, VOICE_SOURCES).voice)
 
 
 def check_same_data(path: str | Path, trained_on: dict[str, Any], data: dict[str, Any],
@@ -57,4 +60,9 @@ def load_judge(path: str | Path, data: dict[str, Any] | None = None) -> FaceEnco
                               f"face judge (method 'face', made by `voice2face train face`)")
     if data is not None:
         check_same_data(path, meta.get("data", {}), data, "the judge was")
-    return freeze(load_method(path, expect=JUDGE_SOURCES).encoder)
+    return freeze(load_module(path, JUDGE_SOURCES).encoder)
+
+
+def judge_faces(judge: FaceEncoder, faces: Tensor) -> Embeddings:
+    """Faces as the judge sees them: its embedding, gender and identity predictions."""
+    return Embeddings.of(judge(faces))

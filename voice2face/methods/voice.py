@@ -14,7 +14,7 @@ import warnings
 import torch
 
 from voice2face.losses import identity_loss, top1_accuracy
-from voice2face.methods.base import MethodModule
+from voice2face.methods.base import Evaluation, MethodModule
 from voice2face.methods.common import SplitHalfRecall, adam
 from voice2face.nets import CosineClassifier, VoiceEmbedder
 
@@ -22,7 +22,7 @@ from voice2face.nets import CosineClassifier, VoiceEmbedder
 class VoiceModule(MethodModule):
     """Voice embedder + cosine identity classifier."""
 
-    name = "voice"
+    evaluation = Evaluation.PRETRAINING  # the judge of evaluation
 
     def __init__(self, cfg, data):
         super().__init__(cfg, data)

@@ -3,7 +3,8 @@
 ``meta`` reads the meta files and matches names, ``audio`` and ``faces`` turn one file into
 what a shard stores, ``plan`` decides every shard's contents up front, ``run`` executes the
 plan resumably on a process pool and writes ``prepare_report.json`` and the manifest.
-``synth_layout`` writes a synthetic world in VoxCeleb's layout, to try the whole path.
+``voice2face.synth.layout`` writes a synthetic world in VoxCeleb's layout, to try the whole
+path.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from voice2face.synth.names import fold, initial
+from voice2face.splits import fold
 
 from .report import PrepareError
 
@@ -27,8 +27,6 @@ VOX1_HEADER = ("VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set")
 VOX2_HEADER = ("VoxCeleb2 ID", "VGGFace2 ID", "Gender", "Set")
 VGGFACE2_HEADER = ("Class_ID", "Name", "Sample_Num", "Flag", "Gender")
 SPLITS = ("train", "val", "test")
-# Nagrani et al. (2018) / Wen et al. (2019): split by the first letter of the name.
-SPLIT_LETTERS = {"val": "AB", "test": "CDE", "train": "FGHIJKLMNOPQRSTUVWXYZ"}
 
 
 @dataclass(frozen=True)
@@ -63,20 +61,6 @@ def name_key(name: str) -> str:
     """
     folded = fold(unicodedata.normalize("NFC", name)).casefold()
     return "".join(c for c in folded if c.isalnum())
-
-
-def split_of_name(name: str) -> str:
-    """The default identity split: first letter A–B val, C–E test, F–Z train.
-
-    The letter is the first alphabetic character with accents removed (``Åsa`` -> A; the
-    rare name that starts with a digit, ``14th Dalai Lama``, goes by its first letter, T),
-    the rule the synthetic world uses too.
-    """
-    letter = initial(name)
-    for split, letters in SPLIT_LETTERS.items():
-        if letter in letters:
-            return split
-    raise ValueError(f"name {name!r} starts with {letter!r}, not a letter A–Z")
 
 
 def sort_key(name: str) -> tuple[str, str]:

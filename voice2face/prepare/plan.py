@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voice2face.splits import split_of_name
+
 from . import meta as M
 from .faces import FACE_SUFFIXES
 from .report import (DUPLICATE_NAME, FACES_NO_VOICES, NO_LETTER, NOT_IN_META, NOT_IN_SPLIT_FILE,
@@ -203,7 +205,7 @@ def scan(inputs: Inputs, audio_suffixes: set[str] | None = None) -> Scan:
                 continue
         else:
             try:
-                split = M.split_of_name(row.name)
+                split = split_of_name(row.name)
             except ValueError as e:
                 skipped.append(Skipped(str(folder), NO_LETTER, str(e)))
                 continue

@@ -5,7 +5,7 @@
                      [--layout shards|voxceleb]
 
 ``--layout voxceleb`` writes the same world as VoxCeleb1 + VGGFace folder trees instead of
-shards (``voice2face.prepare.synth_layout``), to try ``voice2face prepare`` end to end.
+shards (``voice2face.synth.layout``), to try ``voice2face prepare`` end to end.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voice2face synth: {e}", file=sys.stderr)
         return 2
     if args.layout == "voxceleb":
-        from voice2face.prepare.synth_layout import main_layout
+        from .layout import main_layout
         return main_layout(args.out, config, workers=args.workers, progress=not args.quiet)
     from .generate import generate_world    # imports the shard writer (and its deps)
 

@@ -9,8 +9,6 @@ decomposition (Ø). None of them reaches a shard key: keys use the identity inde
 
 from __future__ import annotations
 
-import unicodedata
-
 # nationality -> (culture, weight); weights loosely follow VoxCeleb1's mix (mostly USA/UK).
 NATIONALITIES: dict[str, tuple[str, float]] = {
     "USA": ("anglo", 0.52), "UK": ("anglo", 0.14), "Canada": ("anglo", 0.05),
@@ -108,21 +106,3 @@ NAMES: dict[str, dict[str, tuple[str, ...]]] = {
     culture: {kind: tuple(s.split("|")) for kind, s in lists.items()}
     for culture, lists in _NAMES.items()
 }
-
-# Letters that Unicode does not decompose into an ASCII base letter.
-_FOLD = str.maketrans({"Ø": "O", "ø": "o", "Æ": "AE", "æ": "ae", "Ð": "D", "ð": "d",
-                       "Þ": "TH", "þ": "th", "Ł": "L", "ł": "l", "ß": "ss"})
-
-
-def fold(name: str) -> str:
-    """ASCII form of a name, for sorting and the split rule: "Øystein" -> "Oystein"."""
-    decomposed = unicodedata.normalize("NFKD", name.translate(_FOLD))
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def initial(name: str) -> str:
-    """The letter the split rule looks at: the first letter of the name, accents removed."""
-    for c in fold(name):
-        if c.isalpha():
-            return c.upper()
-    raise ValueError(f"name {name!r} has no letter")

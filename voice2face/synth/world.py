@@ -35,11 +35,12 @@ from typing import Iterator
 
 import numpy as np
 
-from .names import NAMES, NATIONALITIES, fold, initial
+from voice2face.splits import SPLIT_LETTERS, fold, initial, split_of_name
+
+from .names import NAMES, NATIONALITIES
 
 # VoxCeleb1 ∩ VGGFace identities per split (Nagrani et al. 2018; Wen et al. 2019).
 SPLIT_PROPORTIONS = {"train": 924, "val": 112, "test": 189}
-SPLIT_LETTERS = {"val": "AB", "test": "CDE", "train": "FGHIJKLMNOPQRSTUVWXYZ"}
 
 AGE_MEAN, AGE_SD, AGE_RANGE = 45.0, 13.0, (18.0, 85.0)
 SIZE_LIMIT = 2.5
@@ -279,15 +280,6 @@ def split_sizes(n: int) -> dict[str, int]:
     val = max(2, round(n * SPLIT_PROPORTIONS["val"] / total))
     test = max(4, round(n * SPLIT_PROPORTIONS["test"] / total))
     return {"train": n - val - test, "val": val, "test": test}
-
-
-def split_of_name(name: str) -> str:
-    """The standard split rule: first letter A–B val, C–E test, F–Z train."""
-    letter = initial(name)
-    for split, letters in SPLIT_LETTERS.items():
-        if letter in letters:
-            return split
-    raise ValueError(f"name {name!r} starts with {letter!r}, not a letter A–Z")
 
 
 def _draw_name(rng, gender: str, split: str, taken: set[str]) -> tuple[str, str]:

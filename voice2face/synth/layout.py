@@ -29,10 +29,11 @@ from pathlib import Path
 import soundfile as sf
 from PIL import Image
 
-from voice2face.synth.audio import render_utterance
-from voice2face.synth.faces import render_face
-from voice2face.synth.names import initial
-from voice2face.synth.world import Identity, WorldConfig, iter_utterances, sample_identities
+from voice2face.splits import initial
+
+from .audio import render_utterance
+from .faces import render_face
+from .world import Identity, WorldConfig, iter_utterances, sample_identities
 
 FACES_DIR = "VGG_ALL_FRONTAL"
 META = "vox1_meta.csv"

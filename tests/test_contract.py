@@ -1,0 +1,116 @@
+"""The contract between methods and evaluation (``voice2face.methods.base``): every
+registered method is evaluable through it or explicitly pretraining-only, and the evaluable
+ones are measured on a tiny world through its calls alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from datamodules import VoiceFaceDataModule
+from test_methods import pretrained, train_quick, world  # noqa: F401 (fixtures)
+from voice2face.evaluate import evaluate
+from voice2face.methods import (METHODS, CheckpointError, Evaluation, MethodModule, Voices,
+                                evaluable_methods, generating_methods, load_method)
+from voice2face.methods.base import Embeddings, proposal_faces, read_checkpoint_meta
+from voice2face.methods.gan import GanModule
+
+
+@pytest.fixture(scope="module")
+def test_batch(world):
+    dm = VoiceFaceDataModule(world, eval_batch_size=8, num_workers=0)
+    return next(iter(dm.eval_dataloader("test", rank=0, world_size=1)))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_is_evaluable_or_pretraining_only(name, world, pretrained, test_batch,
+                                                       tmp_path):
+    cls = METHODS[name]
+    assert isinstance(cls.evaluation, Evaluation)
+    # trained with the evaluation after training on: it runs exactly for evaluable methods
+    final = train_quick(name, world, tmp_path, "trainer.max_steps=2", "run.name=r",
+                        "trainer.val_check_interval=100", "run.evaluate=true")
+    assert read_checkpoint_meta(final)["method"] == name  # the name it was trained under
+    module = load_method(final, expect=name)
+    assert module.method == name and module.label.startswith(name)
+    post_fit = tmp_path / "r" / "eval" / "metrics.json"
+    if cls.evaluation is Evaluation.PRETRAINING:
+        assert name not in evaluable_methods() and not post_fit.exists()
+        with pytest.raises(CheckpointError, match=f"a checkpoint of method '{name}', expected"):
+            evaluate(final, tmp_path / "eval")
+        return
+
+    voices = Voices.of(test_batch)
+    n, size = len(test_batch["identity"]), test_batch["face"].shape[-1]
+    if cls.evaluation is Evaluation.GENERATED_FACES:
+        proposal = proposal_faces(test_batch["face"], test_batch["identity"]) if cls.needs_proposal else None
+        faces = module.generate_faces(voices, proposal)
+        assert faces.shape == (n, 3, size, size) and faces.abs().max() <= 1
+    else:
+        v, f = module.embed_voices(voices), module.embed_faces(test_batch["face"])
+        assert isinstance(v, Embeddings) and v.embedding.shape == f.embedding.shape
+        assert torch.allclose(v.embedding.norm(dim=-1), torch.ones(n), atol=1e-4)
+    assert (name in generating_methods()) == cls.generates
+
+    saved = json.loads(post_fit.read_text())
+    assert saved["method"] == name and saved["label"] == module.label
+    row = saved["rows"]["method"]
+    assert {"match_1to2", "match_1to2_gender", "recall@1", "gender_acc", "identity_top1"} <= set(row)
+    assert all(-1 <= v <= 1 for v in row.values())
+    assert f"| {module.label} |" in (post_fit.parent / "metrics.md").read_text()
+    # the same numbers again from the command's function
+    assert evaluate(final, tmp_path / "again")["rows"] == saved["rows"]
+
+
+def test_a_method_declares_and_implements_what_it_offers():
+    with pytest.raises(TypeError, match="declare `evaluation"):
+        class Undeclared(MethodModule):
+            pass
+    with pytest.raises(TypeError, match="needs `embed_faces`"):
+        class HalfEmbedder(MethodModule):
+            evaluation = Evaluation.OWN_SPACE
+
+            def embed_voices(self, voices):
+                return Embeddings(voices.mel.mean(-1))
+    with pytest.raises(TypeError, match="needs `generate_faces`"):
+        class NoFaces(MethodModule):
+            evaluation = Evaluation.PRETRAINING
+            generates = True
+    with pytest.raises(TypeError, match="so generates=True"):
+        class Quiet(MethodModule):
+            evaluation = Evaluation.GENERATED_FACES
+
+            def generate_faces(self, voices, proposal=None):
+                return torch.zeros(len(voices.mel), 3, 8, 8)
+
+
+def test_proposals_show_another_identity():
+    identity = torch.tensor([0, 0, 1, 1, 1, 2])
+    faces = torch.arange(6.0)[:, None]  # face i is the number i
+    assert proposal_faces(faces, identity).flatten().tolist() == [2, 2, 5, 5, 5, 0]
+    with pytest.raises(ValueError, match="two identities"):
+        proposal_faces(faces[:2], torch.tensor([3, 3]))
+
+
+class ProposalGan(GanModule):
+    """A GAN that also takes a proposal face (as the CAE will): evaluation must supply one."""
+
+    needs_proposal = True
+    proposals: list[torch.Tensor] = []
+
+    def generate_faces(self, voices, proposal=None):
+        assert proposal is not None and proposal.shape[0] == voices.mel.shape[0]
+        ProposalGan.proposals.append(proposal)
+        return (super().generate_faces(voices) + proposal) / 2
+
+
+def test_a_method_that_needs_a_proposal_gets_one(world, pretrained, tmp_path, monkeypatch):
+    final = train_quick("gan", world, tmp_path, "trainer.max_steps=2", "run.name=g",
+                        "trainer.val_check_interval=100")
+    monkeypatch.setitem(METHODS, "gan", ProposalGan)
+    r = evaluate(final, tmp_path / "eval")
+    # every test and known utterance was generated with a proposal
+    seen = sum(len(p) for p in ProposalGan.proposals)
+    assert seen == r["counts"]["test_utterances"] + r["counts"]["known_utterances"]

@@ -1,0 +1,105 @@
+"""The sample grid: per identity, real faces beside faces generated from its utterances.
+
+Made by the validation of every face-generating method (``methods.generator``) and by
+``voice2face evaluate``; saved as PNG and logged to W&B.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from datamodules.features import tensor_to_face
+
+
+class GridCollector:
+    """Collects, per identity, a few real faces and faces generated from its utterances.
+
+    ``identities``: the identities to collect (in this order); None takes the first
+    ``n_identities`` that come by.
+    """
+
+    def __init__(self, n_identities: int = 8, n_utterances: int = 4, n_real: int = 2,
+                 identities: list[int] | None = None, names: dict[int, str] | None = None):
+        self.n_identities, self.n_utterances, self.n_real = n_identities, n_utterances, n_real
+        self.order: list[int] = list(identities) if identities is not None else []
+        self.fixed = identities is not None
+        self.names = names or {}
+        self.real: dict[int, list[torch.Tensor]] = {}
+        self.fake: dict[int, list[torch.Tensor]] = {}
+
+    def _wanted(self, identity: int) -> bool:
+        if identity in self.order:
+            return True
+        if not self.fixed and len(self.order) < self.n_identities:
+            self.order.append(identity)
+            return True
+        return False
+
+    def add_real(self, identity: int, faces) -> None:
+        if self._wanted(identity):
+            have = self.real.setdefault(identity, [])
+            have.extend(f.detach().cpu() for f in faces[:self.n_real - len(have)])
+
+    def add_fake(self, identity: int, face: torch.Tensor) -> None:
+        if self._wanted(identity):
+            have = self.fake.setdefault(identity, [])
+            if len(have) < self.n_utterances:
+                have.append(face.detach().cpu())
+
+    def add(self, batch: dict, fake: torch.Tensor | None) -> None:
+        """A batch of utterances and the faces generated from them (real faces: ``faces``)."""
+        for i, identity in enumerate(batch["identity"].tolist()):
+            if fake is not None:
+                self.add_fake(identity, fake[i])
+            if "faces" in batch:
+                self.add_real(identity, batch["faces"][i])
+
+    def image(self) -> Image.Image | None:
+        rows = [(self.names.get(i, str(i)), self.real.get(i, []), self.fake.get(i, []))
+                for i in self.order if self.fake.get(i)]
+        return face_grid(rows, self.n_real, self.n_utterances) if rows else None
+
+
+def face_grid(rows: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]], n_real: int,
+              n_fake: int, pad: int = 2) -> Image.Image:
+    """One row per identity: its name, ``n_real`` real faces, a gap, ``n_fake`` generated."""
+    size = rows[0][2][0].shape[-1]
+    label_w, gap, head = 96, max(8, size // 4), 14
+    width = label_w + (n_real + n_fake) * (size + pad) + gap
+    height = head + len(rows) * (size + pad)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x_fake = label_w + n_real * (size + pad) + gap
+    draw.text((label_w, 1), "real", fill="black")
+    draw.text((x_fake, 1), "generated from different utterances", fill="black")
+    for r, (name, real, fake) in enumerate(rows):
+        y = head + r * (size + pad)
+        draw.text((2, y + size // 2 - 6), name[:15], fill="black")
+        for c, face in enumerate(real[:n_real]):
+            canvas.paste(Image.fromarray(tensor_to_face(face)), (label_w + c * (size + pad), y))
+        for c, face in enumerate(fake[:n_fake]):
+            canvas.paste(Image.fromarray(tensor_to_face(face)), (x_fake + c * (size + pad), y))
+    return canvas
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def log_grid(image: Image.Image | None, loggers, key: str, step: int, path: Path | None) -> None:
+    """Save the grid as PNG and log it to every W&B logger (offline runs keep it locally)."""
+    if image is None:
+        return
+    if path is not None:
+        save_png(image, path)
+    from lightning.pytorch.loggers import WandbLogger
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[image], step=step)
