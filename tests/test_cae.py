@@ -234,3 +234,27 @@ def test_generate_rejects_a_bad_proposal_image(cae_ckpt, tmp_path, capsys):
     assert generate_main([str(wav), "--ckpt", str(cae_ckpt), "--proposal",
                           str(tmp_path / "none.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluation_adds_the_unchanged_proposals_and_table_3(cae_ckpt, tmp_path):
+    """``evaluate`` measures a method with proposals also on the proposals themselves (the
+    score of ignoring the voice), and reports Liang et al.'s cosine similarities."""
+    from voice2face.evaluate import evaluate
+    r = evaluate(cae_ckpt, tmp_path / "eval")
+    assert list(r["rows"])[:3] == ["method", "proposal_faces", "real_faces"]
+    assert {"match_1to2", "gender_acc", "cosine", "identity_top1"} <= set(r["rows"]["proposal_faces"])
+    s = r["proposal_similarity"]
+    assert set(s) == {"to_proposal", "to_speaker", "random_pairs"}
+    assert all(-1 <= v <= 1 for v in s.values())
+    # the cosine to the proposal, recomputed from the contract's calls on the test split
+    from voice2face.methods.pretrained import load_judge
+    judge = load_judge(r["judge"])
+    dm = VoiceFaceDataModule(r["data"], eval_batch_size=64, num_workers=0)
+    sims = []
+    for batch in dm.eval_dataloader("test", rank=0, world_size=1):
+        proposal = proposal_faces(batch["face"], batch["identity"])
+        faces = load_method(cae_ckpt).generate_faces(Voices.of(batch), proposal)
+        sims.append((judge.embed(faces) * judge.embed(proposal)).sum(-1))
+    assert s["to_proposal"] == pytest.approx(float(torch.cat(sims).mean()), abs=1e-5)
+    table = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "| proposal faces, unchanged (the voice ignored) |" in table and "Table 3" in table
