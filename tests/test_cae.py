@@ -83,6 +83,18 @@ def test_pairing_needs_two_identities():
         other_identity_pairing(torch.tensor([3]), seeded(0))
 
 
+def test_configs_hold_the_papers_settings():
+    from voice2face.config import load_config
+    cfg = load_config("cae", ["profile=paper"])
+    assert (cfg.optim.lr, list(cfg.optim.betas)) == (2e-4, [0.5, 0.999])
+    assert [cfg.model.weights[t] for t in TERMS] == [1, 10, 1, 1, 10]  # λ1..λ5
+    assert (cfg.model.width, cfg.model.gating, cfg.model.up_kernel) == (1.0, "full", 2)
+    assert cfg.model.voice.endswith("/pretrained/voice.ckpt")
+    ablation = load_config("cae-concat", ["profile=cpu"])
+    assert ablation.model.gating == "concat" and ablation.model.width == load_config(
+        "cae", ["profile=cpu"]).model.width  # the same scaffold, only the conditioning differs
+
+
 # --- the module ----------------------------------------------------------------------------
 
 def make_cae(world, tmp_path, *overrides) -> CaeModule:
