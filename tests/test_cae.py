@@ -269,4 +269,33 @@ def test_evaluation_adds_the_unchanged_proposals_and_table_3(cae_ckpt, tmp_path)
         sims.append((judge.embed(faces) * judge.embed(proposal)).sum(-1))
     assert s["to_proposal"] == pytest.approx(float(torch.cat(sims).mean()), abs=1e-5)
     table = (tmp_path / "eval" / "metrics.md").read_text()
+    # the grid: a row per test identity (4 in this world) and the sweep row, 2 real faces and
+    # 4 proposal/generated pairs per row (evaluate's defaults)
+    size, pad = 16, 2
+    grid = Image.open(r["files"]["grid"])
+    assert grid.size == (96 + (2 + 8) * (size + pad) + 8, 14 + 5 * (size + pad))
     assert "| proposal faces, unchanged (the voice ignored) |" in table and "Table 3" in table
+
+
+def test_grid_pairs_each_face_with_its_proposal_and_adds_a_sweep_row():
+    from voice2face.grid import GridCollector
+    size, pad = 8, 2
+
+    def grid(with_proposals: bool):
+        g = GridCollector(2, 3, n_real=2)
+        for identity in (0, 1):
+            g.add_real(identity, torch.zeros(2, 3, size, size))
+            for u in range(3):
+                g.add_fake(identity, torch.full((3, size, size), 0.5),
+                           torch.full((3, size, size), -0.5) if with_proposals else None)
+        return g
+
+    plain, paired = grid(False).image(), grid(True).image()
+    assert paired.width - plain.width == 3 * (size + pad)  # a proposal before each face
+    g = grid(True)
+    g.set_sweep("same proposal", torch.zeros(3, size, size), [torch.ones(3, size, size)] * 2)
+    assert g.image().height - paired.height == size + pad
+    # the proposal's pixels sit left of each generated face: column 2k is a proposal (dark)
+    x0 = g.image().width - 6 * (size + pad)
+    row = np.asarray(g.image())[14 + size // 2]
+    assert row[x0 + size // 2].mean() < row[x0 + size + pad + size // 2].mean()

@@ -246,6 +246,7 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
 
     # test utterances -> probes
     n_test, probe_gender = 0, []
+    sweep_voices: dict[int, Voices] = {}  # one utterance per grid identity, for the sweep row
     for batch in dm.eval_dataloader("test", **loader):
         probe_gender.append(batch["gender"])
         faces, o, proposal = subject.voices(batch, device)
@@ -261,8 +262,19 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
                                                           for i in batch["identity"]]))
         for i, identity in enumerate(batch["identity"].tolist()):
             if faces is not None:
-                grid.add_fake(identity, faces[i])
+                grid.add_fake(identity, faces[i], None if proposal is None else proposal[i])
+            if proposal is not None and identity in chosen and identity not in sweep_voices:
+                sweep_voices[identity] = Voices(batch["mel"][i:i + 1],
+                                                batch["mel_lengths"][i:i + 1])
         n_test += len(emb)
+
+    if sweep_voices and grid.real.get(chosen[0]):
+        # one proposal (a real face of the first grid identity) under every grid speaker's voice
+        face = grid.real[chosen[0]][0].to(device)
+        with torch.no_grad():
+            swept = [method.generate_faces(sweep_voices[i].to(device), face[None])[0]
+                     for i in chosen if i in sweep_voices]
+        grid.set_sweep("same proposal", face, swept)  # the voices of the rows above
 
     # known speakers: identity top-k of the method's faces (and of the real face)
     n_known = 0
