@@ -16,6 +16,8 @@ PRETRAIN_ARGS ?=   # overrides for the pretraining runs, e.g. trainer.max_steps=
 # Pretrained nets each method needs before it trains (built when missing).
 NEEDS_gan    := $(PRETRAINED)/voice.ckpt $(PRETRAINED)/face.ckpt
 NEEDS_cgan   := $(NEEDS_gan)
+NEEDS_cae    := $(NEEDS_gan)
+NEEDS_cae-concat := $(NEEDS_gan)
 NEEDS_dimnet := $(PRETRAINED)/face.ckpt
 
 .DEFAULT_GOAL := help

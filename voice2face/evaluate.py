@@ -81,15 +81,17 @@ class Subject:
         self.judged = method.evaluation is Evaluation.GENERATED_FACES
 
     @torch.no_grad()
-    def voices(self, batch: dict, device) -> tuple[torch.Tensor | None, Embeddings]:
-        """(generated faces or None, the probes' embeddings and predictions)."""
+    def voices(self, batch: dict, device
+               ) -> tuple[torch.Tensor | None, Embeddings, torch.Tensor | None]:
+        """(generated faces or None, the probes' embeddings and predictions, the proposal
+        faces or None)."""
         voices = Voices.of(batch).to(device)
         if self.judged:
             proposal = (proposal_faces(batch["face"], batch["identity"]).to(device)
                         if self.method.needs_proposal else None)
             faces = self.method.generate_faces(voices, proposal)
-            return faces, judge_faces(self.judge, faces)
-        return None, self.method.embed_voices(voices)
+            return faces, judge_faces(self.judge, faces), proposal
+        return None, self.method.embed_voices(voices), None
 
     @torch.no_grad()
     def faces(self, face: torch.Tensor) -> torch.Tensor:
@@ -221,6 +223,13 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
                    recall_block_size=BLOCK if n_ids >= BLOCK else None)
     rows = {"method": _local(make_metrics("test", **options)),
             "real_faces": _local(make_metrics("test", **options))}
+    if method.needs_proposal:
+        # the unchanged proposals as probes: what a method that ignores the voice scores
+        rows = {"method": rows["method"], "proposal_faces": _local(make_metrics("test", **options)),
+                "real_faces": rows["real_faces"]}
+        rows["proposal_faces"]["embedding"].update(g["own"], g["identity"], g["gender"],
+                                                   g["index"], role="gallery")
+    similarity = {"to_proposal": [], "to_speaker": [], "random_pairs": []}
     own_centroids, judge_centroids = _centroids(g["own"], g["identity"]), _centroids(g["judge"], g["identity"])
 
     # method row: its gallery is every test image
@@ -238,10 +247,14 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
 
     # test utterances -> probes
     n_test, probe_gender = 0, []
+    sweep_voices: dict[int, Voices] = {}  # one utterance per grid identity, for the sweep row
     for batch in dm.eval_dataloader("test", **loader):
         probe_gender.append(batch["gender"])
-        faces, o = subject.voices(batch, device)
+        faces, o, proposal = subject.voices(batch, device)
         emb = o.embedding.cpu()
+        if proposal is not None:
+            _update_proposal_rows(rows["proposal_faces"], similarity, judge_faces(judge_net, proposal),
+                                  emb, batch, judge_centroids)
         rows["method"]["embedding"].update(emb, batch["identity"], batch["gender"], batch["index"],
                                            role="probe")
         if o.gender is not None:
@@ -250,16 +263,30 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
                                                           for i in batch["identity"]]))
         for i, identity in enumerate(batch["identity"].tolist()):
             if faces is not None:
-                grid.add_fake(identity, faces[i])
+                grid.add_fake(identity, faces[i], None if proposal is None else proposal[i])
+            if proposal is not None and identity in chosen and identity not in sweep_voices:
+                sweep_voices[identity] = Voices(batch["mel"][i:i + 1],
+                                                batch["mel_lengths"][i:i + 1])
         n_test += len(emb)
+
+    if sweep_voices and grid.real.get(chosen[0]):
+        # one proposal (a real face of the first grid identity) under every grid speaker's voice
+        face = grid.real[chosen[0]][0].to(device)
+        with torch.no_grad():
+            swept = [method.generate_faces(sweep_voices[i].to(device), face[None])[0]
+                     for i in chosen if i in sweep_voices]
+        grid.set_sweep("same proposal", face, swept)  # the voices of the rows above
 
     # known speakers: identity top-k of the method's faces (and of the real face)
     n_known = 0
     if "known" in dm.manifest["splits"]:
         for batch in dm.eval_dataloader("known", **loader):
-            _, o = subject.voices(batch, device)
+            _, o, proposal = subject.voices(batch, device)
             labels = batch["label"]
             keep = labels >= 0
+            if proposal is not None:
+                p = judge_net(proposal)["identity"].cpu()
+                rows["proposal_faces"]["identity"].update(p[keep], labels[keep])
             if o.identity is not None:
                 rows["method"]["identity"].update(o.identity.cpu()[keep], labels[keep])
             real_logits = judge_net(batch["face"].to(device))["identity"].cpu()
@@ -280,6 +307,9 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     if ceilings:
         results["rows"]["ceiling"] = {k: float(v) for k, v in ceilings.items()
                                       if k.startswith("match_")}
+    if similarity["to_speaker"]:
+        results["proposal_similarity"] = {k: float(torch.cat(v).mean())
+                                          for k, v in similarity.items()}
     results.update({
         "checkpoint": str(ckpt), "method": method.method, "variant": method.variant,
         "label": method.label,
@@ -298,6 +328,36 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     results["files"] = {"json": str(out / "metrics.json"), "table": str(out / "metrics.md"),
                         "grid": str(out / "grid.png") if image is not None else None}
     return results
+
+
+def _update_proposal_rows(metrics, similarity: dict[str, list], proposal: Embeddings,
+                          emb: torch.Tensor, batch: dict,
+                          centroids: dict[int, torch.Tensor]) -> None:
+    """The unchanged proposals as probes (``metrics``), and the judge-space cosine of each
+    generated face to its proposal, to its speaker's mean face, and to the mean faces of
+    the other identities (neither the speaker's nor the proposal's): Liang et al.'s Table 3
+    (generated vs A, vs B, vs random pairs)."""
+    p = proposal.embedding.cpu()
+    identity = batch["identity"]
+    metrics["embedding"].update(p, identity, batch["gender"], batch["index"], role="probe")
+    metrics["gender"].update(proposal.gender.cpu().sigmoid(), batch["gender"])
+    speaker = torch.stack([centroids[int(i)] for i in identity])
+    metrics["cosine"].update(p, speaker)
+    ids = sorted(centroids)
+    sims = emb @ torch.stack([centroids[i] for i in ids]).T  # [B, identities]
+    position = {i: k for k, i in enumerate(ids)}
+    # the proposal's identity: proposal_faces picks rows, so applied to the identities it
+    # names the identity each proposal shows
+    shown = proposal_faces(identity[:, None], identity)[:, 0]
+    rows = torch.arange(len(identity))
+    own = torch.tensor([position[int(i)] for i in identity])
+    other = torch.tensor([position.get(int(i), -1) for i in shown])
+    similarity["to_proposal"].append((emb * p).sum(-1))
+    similarity["to_speaker"].append(sims[rows, own])
+    random_pairs = sims.clone()
+    random_pairs[rows, own] = float("nan")
+    random_pairs[rows[other >= 0], other[other >= 0]] = float("nan")
+    similarity["random_pairs"].append(torch.nanmean(random_pairs, dim=1))
 
 
 def _chance_cosine(emb: torch.Tensor, identity: torch.Tensor,
@@ -324,6 +384,7 @@ def _write_text(path: Path, text: str) -> None:
 def markdown_table(results: dict[str, Any]) -> str:
     """The results as a Markdown table, method row first, then the reference rows."""
     labels = {"method": results["label"],
+              "proposal_faces": "proposal faces, unchanged (the voice ignored)",
               "real_faces": "real faces (judge, held-out photo)", "chance": "chance",
               "ceiling": "ceiling (synthetic world)"}
     cols = [(k, h) for k, h in TABLE_COLUMNS if any(k in r for r in results["rows"].values())]
@@ -337,6 +398,12 @@ def markdown_table(results: dict[str, Any]) -> str:
     for name, row in results["rows"].items():
         cells = [f"{row[k]:.3f}" if k in row else "—" for k, _ in cols]
         lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
+    if "proposal_similarity" in results:
+        s = results["proposal_similarity"]
+        lines += ["", f"Judge-space cosine of the generated face to its proposal face "
+                  f"{s['to_proposal']:.3f}, to the speaker's mean real face {s['to_speaker']:.3f}, "
+                  f"to other identities' mean faces (random pairs) {s['random_pairs']:.3f} "
+                  f"(Liang et al., Table 3)."]
     lines += ["", "Matching is exhaustive (every probe against every other identity); recall@K "
               "ranks one entry per test identity (mean embedding). Chance for gender accuracy is "
               "a constant guess of the more frequent gender; for cosine, the similarity of a "

@@ -7,6 +7,12 @@ the voice activity detector ``voice2face prepare`` uses, and what is left must b
 the shortest utterance prepare keeps (1 s): that is the whole utterance the method sees.
 Any method that generates faces (``gan``, ``cgan``, ...) can be used; the conditional GAN
 draws its noise from ``--seed``.
+
+A method that morphs a proposal face toward the voice (``needs_proposal``, the CAE) takes it
+from ``--proposal face.png`` (any size: centre-cropped to a square and resized to the
+method's face size), or, without one, from the gallery of training faces of the data the
+checkpoint was trained on: the image at a position drawn from ``--seed`` (so the same seed
+gives the same proposal; the output line names it).
 """
 
 from __future__ import annotations
@@ -84,6 +90,49 @@ def _int_in(low: int, high: int):
     return parse
 
 
+class ImageError(UserError):
+    """An image file that cannot be used as a proposal face."""
+
+
+def load_face_image(path: str | Path, size: int) -> torch.Tensor:
+    """A face ``[3, size, size]`` in [-1, 1] from an image file: centre-cropped to a square,
+    resized (bicubic) when its side differs; ``ImageError`` names the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    from datamodules.features import face_to_tensor
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"proposal image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageError(f"cannot read proposal image {path}: {e} (expected a PNG, JPEG or "
+                         f"another format Pillow reads)") from e
+    w, h = im.size
+    side = min(w, h)
+    if w != h:
+        im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side,
+                      (h - side) // 2 + side))
+    if side != size:
+        im = im.resize((size, size), Image.BICUBIC)
+    return face_to_tensor(np.asarray(im))
+
+
+def default_proposal(data_root: str | Path, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """A proposal face from the training gallery of ``data_root``: the image at a position
+    drawn from ``seed``; with a description of it for the output line."""
+    import random
+
+    from datamodules import VoiceFaceDataModule
+    dm = VoiceFaceDataModule(data_root, audio=False)
+    gallery = dm.eval_dataset("train", gallery=True)
+    i = random.Random(seed).randrange(len(gallery))
+    sample = gallery[i]
+    name = {x["index"]: x["name"] for x in dm.identities}.get(sample["identity"], "?")
+    return sample["face"], f"training gallery image {i} of {data_root} ({name}, {sample['key']})"
+
+
 def generate_face(method, wave: torch.Tensor, seed: int = 0,
                   proposal: torch.Tensor | None = None) -> torch.Tensor:
     """One face ``[3, S, S]`` in [-1, 1] from a 16 kHz waveform (and, for a method that
@@ -110,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=_int_in(1, 4096), help="resize the face to SIZE pixels")
     parser.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0,
                         help="noise of conditional methods")
+    parser.add_argument("--proposal", metavar="IMAGE",
+                        help="the face to morph toward the voice, for methods that take one "
+                             "(cae); default: one from the training gallery, drawn by --seed")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.is_dir():
@@ -118,17 +170,33 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image
 
+    from datamodules import DataFormatError
     from datamodules.features import tensor_to_face
     from voice2face.methods import generating_methods, load_method
     wave = load_speech(args.audio)
     method = load_method(args.ckpt, expect=generating_methods())
-    image = Image.fromarray(tensor_to_face(generate_face(method, wave, args.seed)))
+    proposal, where = None, ""
+    if method.needs_proposal:
+        size = method.data_info["face_size"]
+        if args.proposal:
+            proposal, where = load_face_image(args.proposal, size), args.proposal
+        else:
+            root = method.data_info["root"]
+            try:
+                proposal, where = default_proposal(root, args.seed)
+            except DataFormatError as e:
+                raise ImageError(f"no --proposal given and no training gallery to take "
+                                 f"one from ({e}); give a face with --proposal") from e
+    elif args.proposal:
+        raise ImageError(f"{method.label} generates from the voice alone; it takes no "
+                         f"--proposal")
+    image = Image.fromarray(tensor_to_face(generate_face(method, wave, args.seed, proposal)))
     if args.size:
         image = image.resize((args.size, args.size), Image.BICUBIC)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, format="PNG")
     print(f"voice2face: wrote {out} ({image.size[0]}x{image.size[1]}) from {args.audio} "
-          f"({len(wave) / SAMPLE_RATE:.1f} s of speech)")
+          f"({len(wave) / SAMPLE_RATE:.1f} s of speech)" + (f", proposal {where}" if where else ""))
     return 0
 
 

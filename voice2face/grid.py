@@ -30,6 +30,9 @@ class GridCollector:
         self.names = names or {}
         self.real: dict[int, list[torch.Tensor]] = {}
         self.fake: dict[int, list[torch.Tensor]] = {}
+        # the proposal face of each generated one, for methods that morph a given face
+        self.proposals: dict[int, list[torch.Tensor]] = {}
+        self.sweep: tuple[str, list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def _wanted(self, identity: int) -> bool:
         if identity in self.order:
@@ -44,11 +47,18 @@ class GridCollector:
             have = self.real.setdefault(identity, [])
             have.extend(f.detach().cpu() for f in faces[:self.n_real - len(have)])
 
-    def add_fake(self, identity: int, face: torch.Tensor) -> None:
+    def add_fake(self, identity: int, face: torch.Tensor,
+                 proposal: torch.Tensor | None = None) -> None:
         if self._wanted(identity):
             have = self.fake.setdefault(identity, [])
             if len(have) < self.n_utterances:
                 have.append(face.detach().cpu())
+                if proposal is not None:
+                    self.proposals.setdefault(identity, []).append(proposal.detach().cpu())
+
+    def set_sweep(self, name: str, proposal: torch.Tensor, faces: list[torch.Tensor]) -> None:
+        """A last row: one proposal face (in the real-face column) under several voices."""
+        self.sweep = (name, [proposal.detach().cpu()], [f.detach().cpu() for f in faces])
 
     def add(self, batch: dict, fake: torch.Tensor | None) -> None:
         """A batch of utterances and the faces generated from them (real faces: ``faces``)."""
@@ -59,13 +69,30 @@ class GridCollector:
                 self.add_real(identity, batch["faces"][i])
 
     def image(self) -> Image.Image | None:
-        rows = [(self.names.get(i, str(i)), self.real.get(i, []), self.fake.get(i, []))
-                for i in self.order if self.fake.get(i)]
-        return face_grid(rows, self.n_real, self.n_utterances) if rows else None
+        """With proposals, each generated face follows the proposal it was made from."""
+        paired = bool(self.proposals)
+        rows = []
+        for i in self.order:
+            fake = self.fake.get(i)
+            if not fake:
+                continue
+            if paired:
+                fake = [f for pair in zip(self.proposals.get(i, []), fake) for f in pair]
+            rows.append((self.names.get(i, str(i)), self.real.get(i, []), fake))
+        if not rows:
+            return None
+        if self.sweep is not None:
+            rows.append(self.sweep)
+        if paired:
+            return face_grid(rows, self.n_real, 2 * self.n_utterances,
+                             header="proposal, then the face generated from it and the "
+                                    "speaker's voice, per utterance")
+        return face_grid(rows, self.n_real, self.n_utterances)
 
 
 def face_grid(rows: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]], n_real: int,
-              n_fake: int, pad: int = 2) -> Image.Image:
+              n_fake: int, pad: int = 2,
+              header: str = "generated from different utterances") -> Image.Image:
     """One row per identity: its name, ``n_real`` real faces, a gap, ``n_fake`` generated."""
     size = rows[0][2][0].shape[-1]
     label_w, gap, head = 96, max(8, size // 4), 14
@@ -75,7 +102,7 @@ def face_grid(rows: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]], n_
     draw = ImageDraw.Draw(canvas)
     x_fake = label_w + n_real * (size + pad) + gap
     draw.text((label_w, 1), "real", fill="black")
-    draw.text((x_fake, 1), "generated from different utterances", fill="black")
+    draw.text((x_fake, 1), header, fill="black")
     for r, (name, real, fake) in enumerate(rows):
         y = head + r * (size + pad)
         draw.text((2, y + size // 2 - 6), name[:15], fill="black")

@@ -55,6 +55,24 @@ def covariate_loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, gende
             + gender_weight * gender_loss(outputs["gender"], gender))
 
 
+def image_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute pixel difference: the reconstruction terms of the Controlled AutoEncoder
+    (Liang et al., Algorithm 1: to the proposal face, to the speaker's face, and the cycle
+    back to the proposal)."""
+    return (pred - target).abs().mean()
+
+
+def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """``sum_k weights[k] * terms[k]`` over the terms present; every term needs a weight (a
+    misspelt name is an error, not a silently dropped term)."""
+    missing = sorted(set(terms) - set(weights))
+    if missing:
+        raise KeyError(f"no weight for loss terms {missing}; weights: {sorted(weights)}")
+    if not terms:
+        raise ValueError("weighted_sum of no terms")
+    return sum(float(weights[k]) * v for k, v in terms.items())
+
+
 def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Fraction of rows whose arg-max is the label (rows with label -1 left out)."""
     valid = labels >= 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from voice2face.methods.base import (CheckpointError, Embeddings, Evaluation, MethodModule,
                                      Voices, load_module, read_checkpoint_meta)
+from voice2face.methods.cae import CaeModule
 from voice2face.methods.dimnet import DimnetModule
 from voice2face.methods.face import FaceModule
 from voice2face.methods.gan import GanModule
@@ -22,6 +23,8 @@ METHODS: dict[str, type[MethodModule]] = {
     "face": FaceModule,      # pretraining: face-identity encoder, the evaluation judge
     "gan": GanModule,        # Wen et al. 2019
     "cgan": GanModule,       # its conditional variant (experiments/cgan.yaml extends gan.yaml)
+    "cae": CaeModule,        # Liang et al. 2020, the Controlled AutoEncoder
+    "cae-concat": CaeModule,  # its ablation: voice concatenated at the bottleneck, no gating
 }
 
 

@@ -66,3 +66,21 @@ def load_judge(path: str | Path, data: dict[str, Any] | None = None) -> FaceEnco
 def judge_faces(judge: FaceEncoder, faces: Tensor) -> Embeddings:
     """Faces as the judge sees them: its embedding, gender and identity predictions."""
     return Embeddings.of(judge(faces))
+
+
+def voice_embedder_for(method: str, path: str | Path,
+                       config: dict[str, Any] | None = None) -> VoiceEmbedder:
+    """The frozen voice embedder of a method built on one: from the ``voice``/``dimnet``
+    checkpoint at ``path`` on first construction, or rebuilt empty from ``config`` (the
+    embedder's ``config``, saved in the method's hyperparameters) when the method's own
+    checkpoint is being loaded and will fill in the weights. The error names the method and
+    how to make the checkpoint."""
+    if config is not None:
+        return freeze(VoiceEmbedder(**config))
+    try:
+        return load_voice_embedder(path)
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{e}; {method} needs a pretrained voice embedder at model.voice ({path}): make one "
+            f"with `voice2face train voice --export {path}` (the Makefile does this), or point "
+            f"model.voice at a voice or dimnet checkpoint") from e

@@ -1,0 +1,301 @@
+"""The Controlled AutoEncoder method (Liang et al., Algorithm 1): the pairing of proposals with
+speakers of other identities, the wiring of each generator loss term, training through
+``voice2face train`` with the real config, reloading, and ``voice2face generate`` with and
+without a proposal face."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from datamodules import VoiceFaceDataModule
+from test_methods import Repeat, fixed_batch, pretrained, quick_config, train_quick, world  # noqa: F401
+from voice2face.generate import main as generate_main
+from voice2face.losses import identity_loss
+from voice2face.methods import METHODS, Voices, load_method
+from voice2face.methods.base import data_info, proposal_faces
+from voice2face.methods.cae import TERMS, CaeModule, other_identity_pairing
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny nets: a second OpenMP thread only waits on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- the pairing ---------------------------------------------------------------------------
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("identity", [
+    list(range(8)),                      # distinct identities
+    [0, 0, 1, 1, 2, 2, 3, 3],            # pairs
+    [5, 5, 5, 5, 1, 2, 3, 4],            # the largest identity holds exactly half
+    [7, 7, 7, 3, 3, 9, 9, 9, 9, 2],      # mixed repeats
+])
+def test_pairing_is_a_permutation_onto_other_identities(identity):
+    ids = torch.tensor(identity)
+    for seed in range(20):
+        partner = other_identity_pairing(ids, seeded(seed))
+        assert sorted(partner.tolist()) == list(range(len(ids)))  # every sample is B once
+        assert (ids[partner] != ids).all()  # never the proposal's own identity
+
+
+def test_pairing_is_deterministic_under_a_seed_and_varies_with_it():
+    ids = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
+    a = other_identity_pairing(ids, seeded(3))
+    assert torch.equal(a, other_identity_pairing(ids, seeded(3)))
+    draws = {tuple(other_identity_pairing(ids, seeded(s)).tolist()) for s in range(10)}
+    assert len(draws) > 5  # not one fixed pairing
+
+
+def test_pairing_of_distinct_identities_is_one_cycle():
+    """With no repeats the shift by one of a random order: a single cycle through the batch."""
+    partner = other_identity_pairing(torch.arange(7), seeded(0)).tolist()
+    seen, i = set(), 0
+    while i not in seen:
+        seen.add(i)
+        i = partner[i]
+    assert len(seen) == 7
+
+
+def test_pairing_when_one_identity_holds_more_than_half():
+    """No permutation exists; still every sample gets a partner of another identity."""
+    ids = torch.tensor([4, 4, 4, 4, 4, 1, 2])
+    for seed in range(20):
+        partner = other_identity_pairing(ids, seeded(seed))
+        assert (ids[partner] != ids).all()
+
+
+def test_pairing_needs_two_identities():
+    with pytest.raises(ValueError, match="at least two identities"):
+        other_identity_pairing(torch.tensor([3, 3, 3]), seeded(0))
+    with pytest.raises(ValueError, match="at least two identities"):
+        other_identity_pairing(torch.tensor([3]), seeded(0))
+
+
+def test_configs_hold_the_papers_settings():
+    from voice2face.config import load_config
+    cfg = load_config("cae", ["profile=paper"])
+    assert (cfg.optim.lr, list(cfg.optim.betas)) == (2e-4, [0.5, 0.999])
+    assert [cfg.model.weights[t] for t in TERMS] == [1, 10, 1, 1, 10]  # λ1..λ5
+    assert (cfg.model.width, cfg.model.gating, cfg.model.up_kernel) == (1.0, "full", 2)
+    assert cfg.model.voice.endswith("/pretrained/voice.ckpt")
+    ablation = load_config("cae-concat", ["profile=cpu"])
+    assert ablation.model.gating == "concat" and ablation.model.width == load_config(
+        "cae", ["profile=cpu"]).model.width  # the same scaffold, only the conditioning differs
+
+
+# --- the module ----------------------------------------------------------------------------
+
+def make_cae(world, tmp_path, *overrides) -> CaeModule:
+    cfg = quick_config("cae", world, tmp_path, "model.width=0.25", "model.critic_width=0.25",
+                       "eval.judge=null", *overrides)
+    dm = VoiceFaceDataModule(world, num_workers=0)
+    return CaeModule(OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+
+
+def only(term: str) -> list[str]:
+    return [f"model.weights.{t}={1.0 if t == term else 0.0}" for t in TERMS]
+
+
+@pytest.mark.parametrize("term", TERMS)
+def test_each_generator_term_is_wired(term, world, pretrained, tmp_path):
+    """With every weight 0 but one, that term alone is computed, gives the generator a
+    gradient, and a few generator steps on a fixed batch reduce it."""
+    torch.manual_seed(0)
+    cae = make_cae(world, tmp_path, *only(term))
+    batch = fixed_batch(world, n=6)
+    partner = other_identity_pairing(batch["identity"], seeded(0))
+    with torch.no_grad():
+        emb = cae.voice(batch["mel"], batch["mel_lengths"])
+    opt = torch.optim.Adam(cae.generator.parameters(), lr=1e-3)
+
+    def terms():
+        fake = cae.generator(batch["face"], emb[partner])
+        return cae.generator_terms(fake, batch["face"], batch["face"][partner], emb,
+                                   batch["label"][partner])
+
+    first = terms()
+    assert set(first) == {term}
+    opt.zero_grad()
+    first[term].backward()
+    grad = sum(float(p.grad.abs().sum()) for p in cae.generator.parameters() if p.grad is not None)
+    assert grad > 0
+    opt.step()
+    for _ in range(7):
+        opt.zero_grad()
+        terms()[term].backward()
+        opt.step()
+    # train mode both times: BatchNorm on the same fixed batch is deterministic
+    with torch.no_grad():
+        after = float(terms()[term])
+    assert after < float(first[term].detach())
+
+
+def test_weights_must_name_the_five_terms(world, pretrained, tmp_path):
+    with pytest.raises(ValueError, match="not all 0"):
+        make_cae(world, tmp_path, *[f"model.weights.{t}=0" for t in TERMS])
+    with pytest.raises(ValueError, match=">= 0"):
+        make_cae(world, tmp_path, "model.weights.cycle=-1")
+
+
+def test_training_steps_train_the_critic_and_keep_the_voice_frozen(world, pretrained, tmp_path):
+    """Algorithm 1 through Lightning on a repeated batch: two optimizer steps per batch, the
+    identity classifier learns real faces, every term is logged, the voice net is untouched."""
+    import lightning as L
+    cae = make_cae(world, tmp_path, "optim.lr=1e-3")
+    batch = fixed_batch(world)
+    voice_before = {k: v.clone() for k, v in cae.voice.state_dict().items()}
+
+    def classifier_loss():
+        with torch.no_grad():
+            return float(identity_loss(cae.critic(batch["face"])["identity"], batch["label"]))
+
+    before = classifier_loss()
+    trainer = L.Trainer(max_steps=2 * 15, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(cae, DataLoader(Repeat(batch, 15), batch_size=None))
+    assert trainer.global_step == 30
+    assert classifier_loss() < 0.7 * before
+    assert {f"train/{t}" for t in TERMS} <= set(trainer.logged_metrics)
+    for k, v in cae.voice.state_dict().items():
+        assert torch.equal(v, voice_before[k]), k
+    assert not cae.voice.training
+
+
+def test_variant_names_the_gating(world, pretrained, tmp_path):
+    assert make_cae(world, tmp_path).label == "cae (full)"
+    assert make_cae(world, tmp_path, "model.gating=channel").label == "cae (channel)"
+    assert make_cae(world, tmp_path, "model.gating=lowrank", "model.rank=2").variant == "lowrank, rank 2"
+
+
+# --- a trained checkpoint: reload, evaluation faces, generate --------------------------------
+
+@pytest.fixture(scope="module")
+def cae_ckpt(world, pretrained, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("cae-runs")
+    return train_quick("cae", world, runs, "trainer.max_steps=3", "run.name=c",
+                       "trainer.val_check_interval=100")
+
+
+def test_reloaded_checkpoint_gives_the_same_faces(cae_ckpt, world):
+    dm = VoiceFaceDataModule(world, eval_batch_size=6, num_workers=0)
+    batch = next(iter(dm.eval_dataloader("test", rank=0, world_size=1)))
+    proposal = proposal_faces(batch["face"], batch["identity"])
+    a = load_method(cae_ckpt, expect="cae")
+    b = load_method(cae_ckpt, expect="cae")
+    assert isinstance(a, METHODS["cae"]) and a.label == "cae (full)"
+    fa = a.generate_faces(Voices.of(batch), proposal)
+    assert fa.shape == proposal.shape and fa.abs().max() <= 1
+    assert torch.equal(fa, b.generate_faces(Voices.of(batch), proposal))
+    # the voice moves the face: the same proposal under two speakers' voices differs
+    other = Voices(batch["mel"].flip(0), batch["mel_lengths"].flip(0))
+    assert not torch.allclose(fa, a.generate_faces(other, proposal))
+    with pytest.raises(ValueError, match="proposal"):
+        a.generate_faces(Voices.of(batch))
+
+
+def write_wav(path, seconds=1.6):
+    import soundfile as sf
+    from test_prepare import speechlike  # generate keeps only what voice activity detection hears
+    sf.write(str(path), speechlike(seconds, 150), 16_000)
+    return path
+
+
+def test_generate_with_a_proposal_image_of_another_size(cae_ckpt, tmp_path, capsys):
+    wav = write_wav(tmp_path / "clip.wav")
+    face = tmp_path / "face.png"
+    Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(face)  # not square, not 16 px
+    out = tmp_path / "out.png"
+    assert generate_main([str(wav), "--ckpt", str(cae_ckpt), "--proposal", str(face),
+                          "--out", str(out)]) == 0
+    assert Image.open(out).size == (16, 16)
+    assert f"proposal {face}" in capsys.readouterr().out
+
+
+def test_generate_without_a_proposal_takes_one_from_the_training_gallery(cae_ckpt, tmp_path,
+                                                                         capsys):
+    wav = write_wav(tmp_path / "clip.wav")
+    outs = []
+    for name in ("a.png", "b.png"):
+        assert generate_main([str(wav), "--ckpt", str(cae_ckpt), "--out",
+                              str(tmp_path / name)]) == 0
+        outs.append(np.asarray(Image.open(tmp_path / name)))
+        assert "proposal training gallery image" in capsys.readouterr().out
+    assert np.array_equal(*outs)  # the same seed, the same proposal, the same face
+
+
+def test_generate_rejects_a_bad_proposal_image(cae_ckpt, tmp_path, capsys):
+    wav = write_wav(tmp_path / "clip.wav")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert generate_main([str(wav), "--ckpt", str(cae_ckpt), "--proposal", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("voice2face generate: cannot read proposal image") and "\n" not in err
+    assert generate_main([str(wav), "--ckpt", str(cae_ckpt), "--proposal",
+                          str(tmp_path / "none.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluation_adds_the_unchanged_proposals_and_table_3(cae_ckpt, tmp_path):
+    """``evaluate`` measures a method with proposals also on the proposals themselves (the
+    score of ignoring the voice), and reports Liang et al.'s cosine similarities."""
+    from voice2face.evaluate import evaluate
+    r = evaluate(cae_ckpt, tmp_path / "eval")
+    assert list(r["rows"])[:3] == ["method", "proposal_faces", "real_faces"]
+    assert {"match_1to2", "gender_acc", "cosine", "identity_top1"} <= set(r["rows"]["proposal_faces"])
+    s = r["proposal_similarity"]
+    assert set(s) == {"to_proposal", "to_speaker", "random_pairs"}
+    assert all(-1 <= v <= 1 for v in s.values())
+    # the cosine to the proposal, recomputed from the contract's calls on the test split
+    from voice2face.methods.pretrained import load_judge
+    judge = load_judge(r["judge"])
+    dm = VoiceFaceDataModule(r["data"], eval_batch_size=64, num_workers=0)
+    sims = []
+    for batch in dm.eval_dataloader("test", rank=0, world_size=1):
+        proposal = proposal_faces(batch["face"], batch["identity"])
+        faces = load_method(cae_ckpt).generate_faces(Voices.of(batch), proposal)
+        sims.append((judge.embed(faces) * judge.embed(proposal)).sum(-1))
+    assert s["to_proposal"] == pytest.approx(float(torch.cat(sims).mean()), abs=1e-5)
+    table = (tmp_path / "eval" / "metrics.md").read_text()
+    # the grid: a row per test identity (4 in this world) and the sweep row, 2 real faces and
+    # 4 proposal/generated pairs per row (evaluate's defaults)
+    size, pad = 16, 2
+    grid = Image.open(r["files"]["grid"])
+    assert grid.size == (96 + (2 + 8) * (size + pad) + 8, 14 + 5 * (size + pad))
+    assert "| proposal faces, unchanged (the voice ignored) |" in table and "Table 3" in table
+
+
+def test_grid_pairs_each_face_with_its_proposal_and_adds_a_sweep_row():
+    from voice2face.grid import GridCollector
+    size, pad = 8, 2
+
+    def grid(with_proposals: bool):
+        g = GridCollector(2, 3, n_real=2)
+        for identity in (0, 1):
+            g.add_real(identity, torch.zeros(2, 3, size, size))
+            for u in range(3):
+                g.add_fake(identity, torch.full((3, size, size), 0.5),
+                           torch.full((3, size, size), -0.5) if with_proposals else None)
+        return g
+
+    plain, paired = grid(False).image(), grid(True).image()
+    assert paired.width - plain.width == 3 * (size + pad)  # a proposal before each face
+    g = grid(True)
+    g.set_sweep("same proposal", torch.zeros(3, size, size), [torch.ones(3, size, size)] * 2)
+    assert g.image().height - paired.height == size + pad
+    # the proposal's pixels sit left of each generated face: column 2k is a proposal (dark)
+    x0 = g.image().width - 6 * (size + pad)
+    row = np.asarray(g.image())[14 + size // 2]
+    assert row[x0 + size // 2].mean() < row[x0 + size + pad + size // 2].mean()

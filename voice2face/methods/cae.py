@@ -1,0 +1,225 @@
+"""``cae``: the Controlled AutoEncoder of Liang, Yu, Xu, Raj & Singh, "Controlled AutoEncoders
+to Generate Faces from Voices" (ISVC 2020, arXiv:2107.07988).
+
+Instead of drawing a face from nothing, the CAE morphs a *proposal* face toward the speaker
+of a voice: ``GatedUNet(f_A, e_B)``, a U-Net whose decoder filters are gated per sample by the
+frozen voice embedding ``e_B`` (``voice2face/nets/cae.py``). ``model.gating`` picks the gating
+granularity: ``full`` (the paper: one gate per filter parameter), ``channel``, ``lowrank``, or
+``concat`` (the ablation: no gates, the embedding concatenated at the bottleneck;
+``experiments/cae-concat.yaml``).
+
+Training is the paper's Algorithm 1 on batches (the paper used batch size 1 because every
+sample needs its own decoder; the batched gated convolutions make that unnecessary). A
+batch holds face f and voice v of each sample; ``other_identity_pairing`` pairs sample A with
+a sample B of another identity, so each row has f_A, v_A and f_B, v_B. Per batch:
+
+1. critic step: the discriminator learns real faces vs ``G(f_A, e_B)``, the identity
+   classifier (sharing the discriminator's trunk, the paper's Table 1) the identity of real
+   faces;
+2. generator step, on the weighted sum (``model.weights``, the paper's λ1..λ5):
+
+   ========================  ======  ====================================================
+   ``proposal``    (λ1 = 1)  L1(G(f_A, e_B), f_A)          stay close to the proposal
+   ``speaker``     (λ2 = 10) L1(G(f_A, e_B), f_B)          move toward the speaker's face
+   ``identity``    (λ3 = 1)  CE(C(G(f_A, e_B)), B)         be recognised as speaker B
+   ``adversarial`` (λ4 = 1)  -log D(G(f_A, e_B))           look real
+   ``cycle``       (λ5 = 10) L1(G(G(f_A, e_B), e_A), f_A)  A's voice brings A's face back
+   ========================  ======  ====================================================
+
+   A term of weight 0 is not computed (nor logged).
+
+The voice embedder is a ``voice`` or ``dimnet`` checkpoint (``model.voice``), frozen. In
+validation and evaluation the proposal of each utterance is the real face of another
+identity (``methods.base.proposal_faces``); ``voice2face generate`` takes one from
+``--proposal`` or the training gallery.
+
+Traps of manual optimization (as in ``methods/gan.py``): ``global_step`` counts two optimizer
+steps per batch (``steps_per_batch = 2``; ``trainer.max_steps`` in the config counts
+batches); Trainer-level gradient clipping raises, use ``optim.clip_grad``; each backward
+leaves one of the two nets without gradients, so DDP runs with
+``ddp_find_unused_parameters = True``; the frozen voice embedder stays in eval mode. A
+training batch of a single identity has no pairing and is skipped with a warning; under DDP
+that rank would then skip a collective, so train on data whose batches mix identities (any
+real shuffle of VoxCeleb does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from voice2face.losses import (discriminator_loss, generator_loss, identity_loss,
+                               image_l1_loss, top1_accuracy, weighted_sum)
+from voice2face.methods.base import Voices
+from voice2face.methods.common import adam
+from voice2face.methods.generator import GeneratorModule
+from voice2face.methods.pretrained import voice_embedder_for
+from voice2face.nets import CAECritic, GatedUNet
+
+# the generator's loss terms, in the order of the paper's λ1..λ5
+TERMS = ("proposal", "speaker", "identity", "adversarial", "cycle")
+
+
+def other_identity_pairing(identity: torch.Tensor,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """``partner [B]``: for every sample ``i``, a sample ``partner[i]`` of another identity
+    (Algorithm 1's speaker B of proposal A).
+
+    A permutation of the batch whenever one exists, i.e. no identity holds more than half of
+    it: the samples are put in a random order, grouped by identity (groups in a random
+    order, a random order within each), and each is paired with the sample ``m`` places
+    further on, cyclically, ``m`` being the size of the largest group. A group fills at most
+    ``m`` consecutive places, so the partner lies beyond it, and as ``2m <= B`` the shift
+    does not wrap round into it either. With distinct identities this is a uniformly random
+    ``B``-cycle. When one identity holds more than half the batch no permutation can avoid
+    it: its samples that the shift leaves inside their own group get a random sample of
+    another identity instead (so some samples are B for two As).
+
+    Deterministic for a seeded ``generator``; ``ValueError`` for a batch of one identity.
+    """
+    ids = identity.detach().cpu()
+    n = len(ids)
+    groups, group_of, sizes = torch.unique(ids, return_inverse=True, return_counts=True)
+    if len(groups) < 2:
+        raise ValueError(f"pairing samples with other identities needs a batch of at least two "
+                         f"identities, got {n} sample(s) of {len(groups)}")
+    order = torch.randperm(n, generator=generator)
+    group_rank = torch.randperm(len(groups), generator=generator)
+    # a stable sort by the random group rank keeps the random order within each group
+    order = order[torch.sort(group_rank[group_of[order]], stable=True).indices]
+    partner = torch.empty(n, dtype=torch.long)
+    partner[order] = order.roll(-int(sizes.max()))
+    for i in torch.nonzero(ids[partner] == ids).flatten().tolist():  # only when 2m > B
+        others = torch.nonzero(ids != ids[i]).flatten()
+        partner[i] = others[torch.randint(len(others), (1,), generator=generator)]
+    return partner.to(identity.device)
+
+
+class CaeModule(GeneratorModule):
+    """Voice embedder (frozen) + ``GatedUNet`` (proposal face, voice -> face) + ``CAECritic``.
+
+    ``voice_net`` is filled in from the voice checkpoint on the first construction and saved
+    with the hyperparameters, so a CAE checkpoint rebuilds without the voice checkpoint.
+    """
+
+    needs_proposal = True
+    steps_per_batch = 2
+    ddp_find_unused_parameters = True
+
+    def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
+                 voice_net: dict[str, Any] | None = None):
+        super().__init__(cfg, data)
+        self.automatic_optimization = False
+        m = cfg["model"]
+        self.voice = voice_embedder_for("the CAE", m["voice"], voice_net)
+        self.hparams["voice_net"] = self.voice.config
+        self.weights = self._check_weights(m["weights"])
+        self.gating = m["gating"]
+        self.generator = GatedUNet(data["face_size"], self.voice.config["dim"], m["width"],
+                                   gating=m["gating"], rank=m["rank"], up_kernel=m["up_kernel"])
+        self.critic = CAECritic(data["face_size"], data["num_train_identities"],
+                                width=m["critic_width"])
+
+    @staticmethod
+    def _check_weights(weights: dict[str, float]) -> dict[str, float]:
+        weights = {k: float(v) for k, v in weights.items()}
+        if set(weights) != set(TERMS):
+            raise ValueError(f"model.weights must give exactly the terms {TERMS}, got "
+                             f"{sorted(weights)}")
+        if any(v < 0 for v in weights.values()) or not any(weights.values()):
+            raise ValueError(f"model.weights must be >= 0 and not all 0, got {weights}")
+        return weights
+
+    # --- the nets' use -------------------------------------------------------------------
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.voice.eval()  # pretrained BatchNorm statistics stay as they are
+        return self
+
+    @property
+    def variant(self) -> str | None:
+        if self.gating == "lowrank":
+            return f"lowrank, rank {self.cfg['model']['rank']}"
+        return self.gating
+
+    @torch.no_grad()
+    def generate_faces(self, voices: Voices, proposal: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """The proposal faces morphed toward the voices' speakers: ``G(proposal, e(voice))``."""
+        if proposal is None:
+            raise ValueError("the CAE morphs a proposal face toward the voice: give one per "
+                             "utterance")
+        return self.generator(proposal, self.voice(voices.mel, voices.lengths))
+
+    # --- training ------------------------------------------------------------------------
+
+    def pairing_generator(self) -> torch.Generator:
+        """The RNG of this batch's pairing: a function of the seed and the step, so a resumed
+        run pairs its batches as the uninterrupted one would."""
+        return torch.Generator().manual_seed(int(self.cfg["seed"]) * 1_000_003 + self.global_step)
+
+    def generator_terms(self, fake: torch.Tensor, face_a: torch.Tensor, face_b: torch.Tensor,
+                        emb_a: torch.Tensor, label_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generator's loss terms of nonzero weight (Algorithm 1, step 2; the table in the
+        module docstring), for ``fake = G(f_A, e_B)``."""
+        w, terms = self.weights, {}
+        if w["proposal"]:
+            terms["proposal"] = image_l1_loss(fake, face_a)
+        if w["speaker"]:
+            terms["speaker"] = image_l1_loss(fake, face_b)
+        if w["identity"] or w["adversarial"]:
+            out = self.critic(fake)
+            if w["identity"]:
+                terms["identity"] = identity_loss(out["identity"], label_b)
+            if w["adversarial"]:
+                terms["adversarial"] = generator_loss(out["adversarial"])
+        if w["cycle"]:
+            terms["cycle"] = image_l1_loss(self.generator(fake, emb_a), face_a)
+        return terms
+
+    def training_step(self, batch, batch_idx):
+        opt_g, opt_d = self.optimizers()
+        face, labels = batch["face"], batch["label"]
+        try:
+            partner = other_identity_pairing(batch["identity"], self.pairing_generator())
+        except ValueError as e:
+            rank_zero_warn(f"cae: skipping a training batch: {e}")
+            return
+        with torch.no_grad():
+            emb = self.voice(batch["mel"], batch["mel_lengths"])
+        face_b, emb_b, label_b = face[partner], emb[partner], labels[partner]
+        fake = self.generator(face, emb_b)  # G(f_A, e_B), used by both steps
+        n = len(face)
+
+        # step 1: discriminator on real vs generated, classifier on real faces (shared trunk)
+        with self.toggled_optimizer(opt_d):
+            out = self.critic(torch.cat([face, fake.detach()]))
+            loss_d = discriminator_loss(out["adversarial"][:n], out["adversarial"][n:])
+            loss_c = identity_loss(out["identity"][:n], labels)
+            self._update(opt_d, loss_d + loss_c)
+
+        # step 2: the generator on λ1..λ5
+        with self.toggled_optimizer(opt_g):
+            terms = self.generator_terms(fake, face, face_b, emb, label_b)
+            loss_g = weighted_sum(terms, self.weights)
+            self._update(opt_g, loss_g)
+
+        self.log_dict({"train/loss_d": loss_d, "train/loss_c": loss_c, "train/loss_g": loss_g,
+                       **{f"train/{k}": v.detach() for k, v in terms.items()},
+                       "train/acc_real": top1_accuracy(out["identity"][:n].detach(), labels)},
+                      prog_bar=True, batch_size=n)
+
+    def _update(self, opt, loss: torch.Tensor) -> None:
+        clip = self.cfg["optim"]["clip_grad"]
+        opt.zero_grad()
+        self.manual_backward(loss)
+        if clip:
+            self.clip_gradients(opt, gradient_clip_val=clip)
+        opt.step()
+
+    def configure_optimizers(self):
+        o = self.cfg["optim"]
+        return [adam(self.generator.parameters(), o), adam(self.critic.parameters(), o)]
