@@ -54,11 +54,12 @@ def generate_face(method, wave: torch.Tensor, seed: int = 0,
     if method.needs_proposal and proposal is None:
         raise ValueError(f"{method.label} generates from a voice and a proposal face; "
                          f"give a proposal face")
-    mel = AudioFeatures()(wave)["mel"][None]
+    features = AudioFeatures(spectrogram=method.needs_spectrogram)(wave)
+    mel, spec = features["mel"][None], features.get("spec")
     torch.manual_seed(seed)
     with torch.no_grad():
-        return method.generate_faces(Voices(mel, torch.tensor([mel.shape[-1]])),
-                                     None if proposal is None else proposal[None])[0]
+        voices = Voices(mel, torch.tensor([mel.shape[-1]]), None if spec is None else spec[None])
+        return method.generate_faces(voices, None if proposal is None else proposal[None])[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", required=True, help="checkpoint of a face-generating method")
     parser.add_argument("--out", default="face.png", help="PNG to write (default face.png)")
     parser.add_argument("--size", type=int, help="resize the face to SIZE pixels")
+    parser.add_argument("--decoder", help="replace the method's face decoder with this checkpoint "
+                        "(methods with a `decoder` part: regression)")
     parser.add_argument("--seed", type=int, default=0, help="noise of conditional methods")
     args = parser.parse_args(argv)
 
@@ -78,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wave = load_audio(args.audio)
         method = load_method(args.ckpt, expect=generating_methods())
+        if args.decoder:
+            method.replace_part("decoder", args.decoder)
+        method.check_ready()
     except (AudioError, CheckpointError) as e:
         print(f"voice2face generate: {e}", file=sys.stderr)
         return 2

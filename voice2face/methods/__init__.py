@@ -13,7 +13,9 @@ from voice2face.methods.base import (CheckpointError, Embeddings, Evaluation, Me
                                      Voices, load_module, read_checkpoint_meta)
 from voice2face.methods.dimnet import DimnetModule
 from voice2face.methods.face import FaceModule
+from voice2face.methods.face_decoder import FaceDecoderModule
 from voice2face.methods.gan import GanModule
+from voice2face.methods.regression import RegressionModule
 from voice2face.methods.voice import VoiceModule
 
 METHODS: dict[str, type[MethodModule]] = {
@@ -22,6 +24,8 @@ METHODS: dict[str, type[MethodModule]] = {
     "face": FaceModule,      # pretraining: face-identity encoder, the evaluation judge
     "gan": GanModule,        # Wen et al. 2019
     "cgan": GanModule,       # its conditional variant (experiments/cgan.yaml extends gan.yaml)
+    "face_decoder": FaceDecoderModule,  # pretraining: renders face features (Speech2Face family)
+    "regression": RegressionModule,     # Oh et al. 2019: voice -> face feature -> decoder
 }
 
 
