@@ -201,7 +201,20 @@ def test_evaluation_adds_the_feature_measures(world, pretrained, regression, tmp
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["extra"] == extra and saved["label"] == "regression (l1)"
     assert "| test/feature_recall@10_l2 |" in (tmp_path / "eval" / "metrics.md").read_text()
-    assert Image.open(tmp_path / "eval" / "grid.png").mode == "RGB"
+    # real | decoded from the true feature | generated: a name label of 96 px, 2 + 1 + 4 faces
+    # of 16 px with 2 px padding, and two 8 px gaps (a GAN's grid has one gap, no middle)
+    assert Image.open(tmp_path / "eval" / "grid.png").size[0] == 96 + 7 * 18 + 2 * 8
+    assert reg_faces_match_the_decoder(regression, pretrained / "decoder.ckpt", world)
+
+
+def reg_faces_match_the_decoder(ckpt: Path, decoder: Path, world: Path) -> bool:
+    """The reference faces are the decoder's rendering of the target's feature."""
+    reg = load_method(ckpt, expect="regression")
+    reg.replace_part("decoder", decoder)
+    faces = torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        want = reg.decoder(reg.face_features(faces))
+    return torch.allclose(reg.reference_faces(faces), want)
 
 
 def test_paper_profiles_have_the_report_sizes():

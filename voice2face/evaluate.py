@@ -5,7 +5,9 @@ Runs the test split through a trained method and writes, into ``--out``:
 * ``metrics.json``: every number, per row;
 * ``metrics.md``: the table, with its reference rows;
 * ``grid.png``: for a seeded sample of test identities, real faces beside faces generated
-  from several of their utterances (methods that generate faces).
+  from several of their utterances (methods that generate faces); between them, for a
+  method that makes them, its ``reference_faces`` of a real face (the regression's decoding
+  of the face's true feature).
 
 Protocol (``voice2face.metrics`` states each metric's):
 
@@ -207,7 +209,8 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     names = {i["index"]: i["name"] for i in dm.identities}
     test_ids = sorted(i["index"] for i in dm.identities if i["split"] == "test")
     chosen = sorted(random.Random(seed).sample(test_ids, min(grid_identities, len(test_ids))))
-    grid = GridCollector(len(chosen), grid_utterances, n_real=2, identities=chosen, names=names)
+    grid = GridCollector(len(chosen), grid_utterances, n_real=2, identities=chosen, names=names,
+                         middle="from the real face", n_middle=1)
     loader = dict(rank=0, world_size=1)
 
     # test gallery: judge embeddings (reference rows) and the method's own (if it has a space)
@@ -220,8 +223,12 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
         g["own"].append(subject.faces(face).cpu() if not subject.judged else j["embedding"].cpu())
         for k in ("identity", "gender", "index"):
             g[k].append(batch[k])
+        with torch.no_grad():
+            reference = method.reference_faces(face)
         for i, identity in enumerate(batch["identity"].tolist()):
             grid.add_real(identity, batch["face"][i:i + 1])
+            if reference is not None:
+                grid.add_middle(identity, reference[i])
     g = {k: _stack(v) for k, v in g.items()}
     n_ids = len(torch.unique(g["identity"]))
     num_classes = info["num_train_identities"]

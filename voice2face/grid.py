@@ -72,7 +72,8 @@ class GridCollector:
     def image(self) -> Image.Image | None:
         rows = [(self.names.get(i, str(i)), self.real.get(i, []), self.fake.get(i, []),
                  self.middle.get(i, [])) for i in self.order if self.fake.get(i)]
-        return (face_grid(rows, self.n_real, self.n_utterances, middle=self.middle_title,
+        middle = self.middle_title if self.middle else None  # no column without faces
+        return (face_grid(rows, self.n_real, self.n_utterances, middle=middle,
                           n_middle=self.n_middle) if rows else None)
 
 

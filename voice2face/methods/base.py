@@ -188,6 +188,12 @@ class MethodModule(L.LightningModule):
         """Real faces in the same space as ``embed_voices`` (the gallery of evaluation)."""
         raise NotImplementedError(f"{self.method} does not embed faces")
 
+    def reference_faces(self, faces: Tensor) -> Tensor | None:
+        """Faces the method makes from real faces ``[B, 3, S, S]`` alone, shown beside them
+        in sample grids (a decoder's rendering of the face's own feature: what the method
+        could render at best); None: the method makes none."""
+        return None
+
     @property
     def needs_spectrogram(self) -> bool:
         """``Voices.spec`` is read: the data must carry the complex STFT (``spectrogram``)."""

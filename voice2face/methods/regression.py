@@ -205,6 +205,12 @@ class RegressionModule(GeneratorModule):
         return self.decoder(self.predict(voices))
 
     @torch.no_grad()
+    def reference_faces(self, faces: torch.Tensor) -> torch.Tensor | None:
+        """The decoder's rendering of the faces' own (true) features: the grid's middle
+        column, what a perfect regression would render."""
+        return None if self.decoder is None else self.decoder(self.face_features(faces))
+
+    @torch.no_grad()
     def extra_metrics(self, datamodule, device) -> dict[str, float]:
         """This family's measures (Speech2Face, Sec. 4.3): L1, L2 and cosine between predicted
         and true features on the training speakers' held-out utterances (``known/``) and on the
@@ -277,8 +283,7 @@ class RegressionModule(GeneratorModule):
             self.val_feature_recall.update(F.normalize(pred, dim=-1), batch["identity"],
                                            index=batch["index"], role="probe")
             if self.decoder is not None:
-                with torch.no_grad():
-                    decoded = self.decoder(true)
+                decoded = self.reference_faces(batch["face"])
                 for i, identity in enumerate(batch["identity"].tolist()):
                     self._grid.add_middle(identity, decoded[i])
         else:  # the validation gallery: true features of every image
