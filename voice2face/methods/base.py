@@ -12,6 +12,13 @@ measured (``evaluation``, an ``Evaluation``) and whether it makes faces (``gener
 * neither: ``Evaluation.PRETRAINING``, a part of other methods (or the judge) that
   ``voice2face evaluate`` does not measure.
 
+Optional, with defaults that do nothing, for every method: ``needs_spectrogram`` (the data
+must carry ``Voices.spec``), ``replaceable_parts`` with ``replace_part(name, path)`` (nets
+of other methods loaded from their own checkpoints, which ``evaluate``/``generate`` may
+replace: ``--decoder``), ``check_ready()`` (raises ``CheckpointError`` when such a part is
+missing), ``reference_faces(faces)`` (what the method makes from a real face, for grids) and
+``extra_metrics(datamodule, device)`` (its own numbers, beside the judge's).
+
 A class whose declaration and implementation disagree is an error when it is defined. The
 judge's space is reached only through generated faces: a method that embeds voices itself
 is measured in its own space, with its own face side (the judge never trains what it
