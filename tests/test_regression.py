@@ -173,6 +173,18 @@ def test_without_a_decoder_training_works_and_faces_need_one(world, pretrained, 
     assert "has no replaceable part 'decoder'" in capsys.readouterr().err
 
 
+def test_a_run_without_decoder_resumes_with_one(world, pretrained, regression, tmp_path):
+    # the decoder was trained meanwhile: the resumed run renders with it from then on
+    run = tmp_path / "run"
+    shutil.copytree(regression.parent.parent, run)
+    final = train_quick("regression", world, tmp_path, "trainer.max_steps=4",
+                        f"run.resume={run}", "trainer.val_check_interval=100")
+    assert torch.load(final, weights_only=False, map_location="cpu")["global_step"] == 4
+    reg = load_method(final, expect="regression")
+    assert reg.decoder is not None
+    assert reg_faces_match_the_decoder(final, pretrained / "decoder.ckpt", world)
+
+
 def test_a_decoder_of_another_target_is_refused(world, pretrained, regression, tmp_path):
     other = tmp_path / "other-target.ckpt"
     export(train_quick("face", world, tmp_path, "trainer.max_steps=2", "seed=2", "run.name=f"),

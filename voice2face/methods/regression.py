@@ -180,6 +180,13 @@ class RegressionModule(GeneratorModule):
         self.decoder = freeze(module.decoder).to(self.device)
         self.hparams["decoder_net"] = module.decoder.config
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A run trained without a decoder and resumed with one (the decoder came later):
+        the checkpoint lacks the decoder's weights, which are the attached decoder's."""
+        state = checkpoint["state_dict"]
+        if self.decoder is not None and not any(k.startswith("decoder.") for k in state):
+            state.update({f"decoder.{k}": v for k, v in self.decoder.state_dict().items()})
+
     def replace_part(self, name: str, path: str | Path) -> None:
         if name != "decoder":
             super().replace_part(name, path)
