@@ -210,7 +210,7 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     test_ids = sorted(i["index"] for i in dm.identities if i["split"] == "test")
     chosen = sorted(random.Random(seed).sample(test_ids, min(grid_identities, len(test_ids))))
     grid = GridCollector(len(chosen), grid_utterances, n_real=2, identities=chosen, names=names,
-                         middle="from the real face", n_middle=1)
+                         middle="from face", n_middle=1)  # short: one column wide
     loader = dict(rank=0, world_size=1)
 
     # test gallery: judge embeddings (reference rows) and the method's own (if it has a space)

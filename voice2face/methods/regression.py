@@ -277,7 +277,7 @@ class RegressionModule(GeneratorModule):
         dm = getattr(self.trainer, "datamodule", None)
         names = {i["index"]: i["name"] for i in dm.identities} if dm is not None else None
         self._grid = GridCollector(e["grid_identities"], e["grid_utterances"], n_real=1,
-                                   names=names, middle="decoded from the face", n_middle=1)
+                                   names=names, middle="from face", n_middle=1)
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         if dataloader_idx == 0:  # utterances: predicted against true features
