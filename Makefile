@@ -19,6 +19,9 @@ NEEDS_cgan   := $(NEEDS_gan)
 NEEDS_cae    := $(NEEDS_gan)
 NEEDS_cae-concat := $(NEEDS_gan)
 NEEDS_dimnet := $(PRETRAINED)/face.ckpt
+# regression: the judge, its target network (a face net of another seed) and the decoder
+NEEDS_face_decoder := $(PRETRAINED)/face.ckpt $(PRETRAINED)/face-target.ckpt
+NEEDS_regression   := $(NEEDS_face_decoder) $(PRETRAINED)/decoder.ckpt
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock data train test test-all bench clean
@@ -67,6 +70,17 @@ data: $(DATA)/manifest.json ## generate the default synthetic world (data/synth-
 $(PRETRAINED)/%.ckpt: $(DATA)/manifest.json
 	$(BIN)/voice2face train $* data.root=$(DATA) run.name=pretrain-$*-$(notdir $(DATA)) \
 		run.resume=auto $(PRETRAIN_ARGS) --export $@
+
+# The regression's target: trained like the judge but from another seed, so that it is not
+# the network that measures it (the methods refuse the judge's weights as a target).
+$(PRETRAINED)/face-target.ckpt: $(DATA)/manifest.json
+	$(BIN)/voice2face train face seed=1 data.root=$(DATA) \
+		run.name=pretrain-face-target-$(notdir $(DATA)) run.resume=auto $(PRETRAIN_ARGS) --export $@
+
+# The face decoder on the target's features; after the judge, which it is checked against.
+$(PRETRAINED)/decoder.ckpt: $(PRETRAINED)/face-target.ckpt | $(PRETRAINED)/face.ckpt
+	$(BIN)/voice2face train face_decoder data.root=$(DATA) model.target=$< \
+		run.name=pretrain-decoder-$(notdir $(DATA)) run.resume=auto $(PRETRAIN_ARGS) --export $@
 
 train: $(STAMP) $(DATA)/manifest.json $(NEEDS_$(METHOD)) ## train METHOD (default gan) on DATA; ARGS='key=value ...'
 	$(BIN)/voice2face train $(METHOD) data.root=$(DATA) $(ARGS)

@@ -20,7 +20,8 @@ from voice2face.methods.gan import GanModule
 
 @pytest.fixture(scope="module")
 def test_batch(world):
-    dm = VoiceFaceDataModule(world, eval_batch_size=8, num_workers=0)
+    # with the complex STFT too, for the methods whose needs_spectrogram is true
+    dm = VoiceFaceDataModule(world, eval_batch_size=8, num_workers=0, spectrogram=True)
     return next(iter(dm.eval_dataloader("test", rank=0, world_size=1)))
 
 

@@ -40,14 +40,21 @@ def train_quick(method: str, root: Path, runs: Path, *overrides: str) -> Path:
     return train(quick_config(method, root, runs, *overrides))
 
 
+# the pretrained nets of the Makefile, in the order it makes them: file -> (method, overrides)
+PRETRAINED = {"voice": ("voice", ()), "face": ("face", ()),
+              "face-target": ("face", ("seed=1",)),  # the regression's target: not the judge
+              "decoder": ("face_decoder", ())}
+
+
 def pretrained_nets(root: Path) -> Path:
-    """``root/pretrained/{voice,face}.ckpt``, as the Makefile makes them; trained once per world."""
+    """``root/pretrained/{voice,face,face-target,decoder}.ckpt``, as the Makefile makes them;
+    trained once per world."""
     folder = root / "pretrained"
-    for method in ("voice", "face"):
-        if not (folder / f"{method}.ckpt").is_file():
+    for name, (method, overrides) in PRETRAINED.items():
+        if not (folder / f"{name}.ckpt").is_file():
             final = train_quick(method, root, root.parent / f"{root.name}-pretrain-runs",
-                                "trainer.max_steps=6", f"run.name={method}")
-            export(final, folder / f"{method}.ckpt")
+                                "trainer.max_steps=6", f"run.name={name}", *overrides)
+            export(final, folder / f"{name}.ckpt")
     return folder
 
 

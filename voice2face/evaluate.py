@@ -5,7 +5,9 @@ Runs the test split through a trained method and writes, into ``--out``:
 * ``metrics.json``: every number, per row;
 * ``metrics.md``: the table, with its reference rows;
 * ``grid.png``: for a seeded sample of test identities, real faces beside faces generated
-  from several of their utterances (methods that generate faces).
+  from several of their utterances (methods that generate faces); between them, for a
+  method that makes them, its ``reference_faces`` of a real face (the regression's decoding
+  of the face's true feature).
 
 Protocol (``voice2face.metrics`` states each metric's):
 
@@ -33,7 +35,11 @@ exhaustive, and the conditional GAN's z comes from the seeded generator.
 
 The judge is a ``face`` checkpoint trained on the same data (checked by the data
 fingerprint); it defaults to ``DATA/pretrained/face.ckpt``, and ``--data`` to the data the
-checkpoint was trained on.
+checkpoint was trained on. ``--decoder PATH`` replaces the method's ``decoder`` part (a
+method that lists it in ``replaceable_parts``, e.g. ``regression``'s face decoder).
+
+A method's own measures (``MethodModule.extra_metrics``, e.g. the feature distances and
+feature recall of ``regression``) are written under ``extra`` and as a second table.
 """
 
 from __future__ import annotations
@@ -173,8 +179,10 @@ def _chance(keys: list[str], n_ids: int, image_counts: list[int], gallery_size: 
 def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
              judge: str | Path | None = None, *, batch_size: int = 64, num_workers: int = 0,
              seed: int = 0, device: str = "cpu", grid_identities: int = 8,
-             grid_utterances: int = 4, log=print) -> dict[str, Any]:
-    """Evaluate a checkpoint on the test split; writes metrics.json, metrics.md, grid.png."""
+             grid_utterances: int = 4, parts: dict[str, str | Path] | None = None,
+             log=print) -> dict[str, Any]:
+    """Evaluate a checkpoint on the test split; writes metrics.json, metrics.md, grid.png.
+    ``parts``: ``{name: checkpoint}`` replacing the method's parts (``replace_part``)."""
     import lightning as L
 
     from datamodules import VoiceFaceDataModule
@@ -183,9 +191,12 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     out = Path(out)
     meta = read_checkpoint_meta(ckpt)
     method = load_method(ckpt, expect=evaluable_methods())
+    for name, path in (parts or {}).items():
+        method.replace_part(name, path)
+    method.check_ready()
     data = Path(data or meta["data"]["root"])
     dm = VoiceFaceDataModule(data, batch_size=batch_size, eval_batch_size=batch_size,
-                             num_workers=num_workers)
+                             num_workers=num_workers, spectrogram=method.needs_spectrogram)
     info = data_info(dm)
     judge_path = Path(judge) if judge else data / "pretrained" / "face.ckpt"
     if not judge_path.is_file():
@@ -201,7 +212,8 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     names = {i["index"]: i["name"] for i in dm.identities}
     test_ids = sorted(i["index"] for i in dm.identities if i["split"] == "test")
     chosen = sorted(random.Random(seed).sample(test_ids, min(grid_identities, len(test_ids))))
-    grid = GridCollector(len(chosen), grid_utterances, n_real=2, identities=chosen, names=names)
+    grid = GridCollector(len(chosen), grid_utterances, n_real=2, identities=chosen, names=names,
+                         middle="from face", n_middle=1)  # short: one column wide
     loader = dict(rank=0, world_size=1)
 
     # test gallery: judge embeddings (reference rows) and the method's own (if it has a space)
@@ -214,8 +226,12 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
         g["own"].append(subject.faces(face).cpu() if not subject.judged else j["embedding"].cpu())
         for k in ("identity", "gender", "index"):
             g[k].append(batch[k])
+        with torch.no_grad():
+            reference = method.reference_faces(face)
         for i, identity in enumerate(batch["identity"].tolist()):
             grid.add_real(identity, batch["face"][i:i + 1])
+            if reference is not None:
+                grid.add_middle(identity, reference[i])
     g = {k: _stack(v) for k, v in g.items()}
     n_ids = len(torch.unique(g["identity"]))
     num_classes = info["num_train_identities"]
@@ -295,6 +311,7 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
 
     errors: dict[str, str] = {}
     results: dict[str, Any] = {"rows": {name: _compute(m, errors) for name, m in rows.items()}}
+    results["extra"] = {k: float(v) for k, v in method.extra_metrics(dm, device).items()}
     for name, why in errors.items():
         log(f"voice2face evaluate: no {name}: {why}")
     keys = list(results["rows"]["method"])
@@ -404,6 +421,10 @@ def markdown_table(results: dict[str, Any]) -> str:
                   f"{s['to_proposal']:.3f}, to the speaker's mean real face {s['to_speaker']:.3f}, "
                   f"to other identities' mean faces (random pairs) {s['random_pairs']:.3f} "
                   f"(Liang et al., Table 3)."]
+    if results.get("extra"):
+        lines += ["", f"{results['label']}'s own measures:", "", "| measure | value |",
+                  "|---|---:|"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in results["extra"].items()]
     lines += ["", "Matching is exhaustive (every probe against every other identity); recall@K "
               "ranks one entry per test identity (mean embedding). Chance for gender accuracy is "
               "a constant guess of the more frequent gender; for cosine, the similarity of a "
@@ -422,10 +443,14 @@ def post_fit_evaluation(module, run_dir: Path, checkpoint: Path, datamodule) -> 
                 f"`voice2face train face --export {judge}` and run `voice2face evaluate --ckpt "
                 f"{checkpoint} --out {Path(run_dir) / 'eval'}`")
     device = "cuda" if torch.cuda.is_available() and cfg["trainer"]["accelerator"] != "cpu" else "cpu"
-    r = evaluate(checkpoint, Path(run_dir) / "eval", datamodule.root, judge,
-                 batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"],
-                 seed=cfg["seed"], device=device, grid_identities=cfg["eval"]["grid_identities"],
-                 grid_utterances=cfg["eval"]["grid_utterances"])
+    try:
+        r = evaluate(checkpoint, Path(run_dir) / "eval", datamodule.root, judge,
+                     batch_size=cfg["data"]["eval_batch_size"],
+                     num_workers=cfg["data"]["num_workers"], seed=cfg["seed"], device=device,
+                     grid_identities=cfg["eval"]["grid_identities"],
+                     grid_utterances=cfg["eval"]["grid_utterances"])
+    except CheckpointError as e:  # e.g. a part that the method was trained without
+        return f"voice2face: no evaluation ({e})"
     row = r["rows"]["method"]
     grid = f", grid {r['files']['grid']}" if r["files"]["grid"] else ""
     return (f"voice2face: evaluated on the test split: 1:2 match {row['match_1to2']:.3f} "
@@ -440,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for metrics.json, metrics.md, grid.png")
     parser.add_argument("--data", help="dataset folder (default: the checkpoint's training data)")
     parser.add_argument("--judge", help="face checkpoint (default: DATA/pretrained/face.ckpt)")
+    parser.add_argument("--decoder", help="replace the method's face decoder with this checkpoint "
+                        "(methods with a `decoder` part: regression)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--seed", type=int, default=0)
@@ -450,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     r = evaluate(args.ckpt, args.out, args.data, args.judge, batch_size=args.batch_size,
                  num_workers=args.workers, seed=args.seed, device=device,
-                 grid_identities=args.grid_identities, grid_utterances=args.grid_utterances)
+                 grid_identities=args.grid_identities, grid_utterances=args.grid_utterances,
+                 parts={"decoder": args.decoder} if args.decoder else None)
     print(markdown_table(r))
     print(f"voice2face: wrote {r['files']['json']}, {r['files']['table']}"
           + (f", {r['files']['grid']}" if r["files"]["grid"] else ""))

@@ -142,11 +142,12 @@ def generate_face(method, wave: torch.Tensor, seed: int = 0,
     if method.needs_proposal and proposal is None:
         raise ValueError(f"{method.label} generates from a voice and a proposal face; "
                          f"give a proposal face")
-    mel = AudioFeatures()(wave)["mel"][None]
+    features = AudioFeatures(spectrogram=method.needs_spectrogram)(wave)
+    mel, spec = features["mel"][None], features.get("spec")
     torch.manual_seed(seed)
     with torch.no_grad():
-        return method.generate_faces(Voices(mel, torch.tensor([mel.shape[-1]])),
-                                     None if proposal is None else proposal[None])[0]
+        voices = Voices(mel, torch.tensor([mel.shape[-1]]), None if spec is None else spec[None])
+        return method.generate_faces(voices, None if proposal is None else proposal[None])[0]
 
 
 @reports_errors("voice2face generate")
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proposal", metavar="IMAGE",
                         help="the face to morph toward the voice, for methods that take one "
                              "(cae); default: one from the training gallery, drawn by --seed")
+    parser.add_argument("--decoder", help="replace the method's face decoder with this checkpoint "
+                        "(methods with a `decoder` part: regression)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.is_dir():
@@ -175,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     from voice2face.methods import generating_methods, load_method
     wave = load_speech(args.audio)
     method = load_method(args.ckpt, expect=generating_methods())
+    if args.decoder:
+        method.replace_part("decoder", args.decoder)
+    method.check_ready()
     proposal, where = None, ""
     if method.needs_proposal:
         size = method.data_info["face_size"]

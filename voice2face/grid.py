@@ -19,12 +19,17 @@ class GridCollector:
     """Collects, per identity, a few real faces and faces generated from its utterances.
 
     ``identities``: the identities to collect (in this order); None takes the first
-    ``n_identities`` that come by.
+    ``n_identities`` that come by. ``middle``: the title of an optional group of ``n_middle``
+    faces shown between the real and the generated ones (``add_middle``), e.g. faces decoded
+    from the real face's feature.
     """
 
     def __init__(self, n_identities: int = 8, n_utterances: int = 4, n_real: int = 2,
-                 identities: list[int] | None = None, names: dict[int, str] | None = None):
+                 identities: list[int] | None = None, names: dict[int, str] | None = None,
+                 middle: str | None = None, n_middle: int = 1):
         self.n_identities, self.n_utterances, self.n_real = n_identities, n_utterances, n_real
+        self.middle_title, self.n_middle = middle, n_middle if middle else 0
+        self.middle: dict[int, list[torch.Tensor]] = {}
         self.order: list[int] = list(identities) if identities is not None else []
         self.fixed = identities is not None
         self.names = names or {}
@@ -60,6 +65,12 @@ class GridCollector:
         """A last row: one proposal face (in the real-face column) under several voices."""
         self.sweep = (name, [proposal.detach().cpu()], [f.detach().cpu() for f in faces])
 
+    def add_middle(self, identity: int, face: torch.Tensor) -> None:
+        if self.n_middle and self._wanted(identity):
+            have = self.middle.setdefault(identity, [])
+            if len(have) < self.n_middle:
+                have.append(face.detach().cpu())
+
     def add(self, batch: dict, fake: torch.Tensor | None) -> None:
         """A batch of utterances and the faces generated from them (real faces: ``faces``)."""
         for i, identity in enumerate(batch["identity"].tolist()):
@@ -78,38 +89,50 @@ class GridCollector:
                 continue
             if paired:
                 fake = [f for pair in zip(self.proposals.get(i, []), fake) for f in pair]
-            rows.append((self.names.get(i, str(i)), self.real.get(i, []), fake))
+            rows.append((self.names.get(i, str(i)), self.real.get(i, []), fake,
+                         self.middle.get(i, [])))
         if not rows:
             return None
         if self.sweep is not None:
             rows.append(self.sweep)
+        middle = self.middle_title if self.middle else None  # no column without faces
         if paired:
-            return face_grid(rows, self.n_real, 2 * self.n_utterances,
+            return face_grid(rows, self.n_real, 2 * self.n_utterances, middle=middle,
+                             n_middle=self.n_middle,
                              header="proposal, then the face generated from it and the "
                                     "speaker's voice, per utterance")
-        return face_grid(rows, self.n_real, self.n_utterances)
+        return face_grid(rows, self.n_real, self.n_utterances, middle=middle,
+                         n_middle=self.n_middle)
 
 
-def face_grid(rows: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]], n_real: int,
-              n_fake: int, pad: int = 2,
+def face_grid(rows: list[tuple], n_real: int, n_fake: int, pad: int = 2,
+              middle: str | None = None, n_middle: int = 0,
               header: str = "generated from different utterances") -> Image.Image:
-    """One row per identity: its name, ``n_real`` real faces, a gap, ``n_fake`` generated."""
+    """One row per identity: its name, ``n_real`` real faces, a gap, (with ``middle``: a
+    group of ``n_middle`` faces so titled, a gap,) ``n_fake`` generated. A row is ``(name,
+    real, fake)`` or ``(name, real, fake, middle faces)``."""
     size = rows[0][2][0].shape[-1]
     label_w, gap, head = 96, max(8, size // 4), 14
-    width = label_w + (n_real + n_fake) * (size + pad) + gap
+    n_middle = n_middle if middle else 0
+    width = label_w + (n_real + n_middle + n_fake) * (size + pad) + gap * (2 if n_middle else 1)
     height = head + len(rows) * (size + pad)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    x_fake = label_w + n_real * (size + pad) + gap
+    x_middle = label_w + n_real * (size + pad) + gap
+    x_fake = x_middle + (n_middle * (size + pad) + gap if n_middle else 0)
     draw.text((label_w, 1), "real", fill="black")
+    if n_middle:
+        draw.text((x_middle, 1), middle, fill="black")
     draw.text((x_fake, 1), header, fill="black")
-    for r, (name, real, fake) in enumerate(rows):
+    for r, (name, real, fake, *rest) in enumerate(rows):
         y = head + r * (size + pad)
         draw.text((2, y + size // 2 - 6), name[:15], fill="black")
-        for c, face in enumerate(real[:n_real]):
-            canvas.paste(Image.fromarray(tensor_to_face(face)), (label_w + c * (size + pad), y))
-        for c, face in enumerate(fake[:n_fake]):
-            canvas.paste(Image.fromarray(tensor_to_face(face)), (x_fake + c * (size + pad), y))
+        groups = [(label_w, real[:n_real]), (x_fake, fake[:n_fake])]
+        if n_middle and rest:
+            groups.append((x_middle, rest[0][:n_middle]))
+        for x, faces in groups:
+            for c, face in enumerate(faces):
+                canvas.paste(Image.fromarray(tensor_to_face(face)), (x + c * (size + pad), y))
     return canvas
 
 

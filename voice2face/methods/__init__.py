@@ -14,7 +14,9 @@ from voice2face.methods.base import (CheckpointError, Embeddings, Evaluation, Me
 from voice2face.methods.cae import CaeModule
 from voice2face.methods.dimnet import DimnetModule
 from voice2face.methods.face import FaceModule
+from voice2face.methods.face_decoder import FaceDecoderModule
 from voice2face.methods.gan import GanModule
+from voice2face.methods.regression import RegressionModule
 from voice2face.methods.voice import VoiceModule
 
 METHODS: dict[str, type[MethodModule]] = {
@@ -25,6 +27,8 @@ METHODS: dict[str, type[MethodModule]] = {
     "cgan": GanModule,       # its conditional variant (experiments/cgan.yaml extends gan.yaml)
     "cae": CaeModule,        # Liang et al. 2020, the Controlled AutoEncoder
     "cae-concat": CaeModule,  # its ablation: voice concatenated at the bottleneck, no gating
+    "face_decoder": FaceDecoderModule,  # pretraining: renders face features (Speech2Face family)
+    "regression": RegressionModule,     # Oh et al. 2019: voice -> face feature -> decoder
 }
 
 

@@ -12,6 +12,13 @@ measured (``evaluation``, an ``Evaluation``) and whether it makes faces (``gener
 * neither: ``Evaluation.PRETRAINING``, a part of other methods (or the judge) that
   ``voice2face evaluate`` does not measure.
 
+Optional, with defaults that do nothing, for every method: ``needs_spectrogram`` (the data
+must carry ``Voices.spec``), ``replaceable_parts`` with ``replace_part(name, path)`` (nets
+of other methods loaded from their own checkpoints, which ``evaluate``/``generate`` may
+replace: ``--decoder``), ``check_ready()`` (raises ``CheckpointError`` when such a part is
+missing), ``reference_faces(faces)`` (what the method makes from a real face, for grids) and
+``extra_metrics(datamodule, device)`` (its own numbers, beside the judge's).
+
 A class whose declaration and implementation disagree is an error when it is defined. The
 judge's space is reached only through generated faces: a method that embeds voices itself
 is measured in its own space, with its own face side (the judge never trains what it
@@ -67,13 +74,16 @@ class Voices(NamedTuple):
 
     mel: Tensor                    # [B, n_mels, T] normalised log-mel, zero-padded
     lengths: Tensor | None = None  # [B] valid frames; None: all T
+    # [B, F, T] complex STFT on the same frames, for a method whose ``needs_spectrogram``
+    # is true (the data then carries it); None otherwise
+    spec: Tensor | None = None
 
     @classmethod
     def of(cls, batch: Mapping[str, Tensor]) -> Voices:
-        return cls(batch["mel"], batch.get("mel_lengths"))
+        return cls(batch["mel"], batch.get("mel_lengths"), batch.get("spec"))
 
     def to(self, device: torch.device | str) -> Voices:
-        return Voices(self.mel.to(device), None if self.lengths is None else self.lengths.to(device))
+        return Voices(*(None if x is None else x.to(device) for x in self))
 
 
 @dataclass
@@ -123,6 +133,9 @@ class MethodModule(L.LightningModule):
     steps_per_batch: ClassVar[int] = 1
     # val_dataloader returns [samples, gallery] for methods that embed real faces there
     val_gallery: ClassVar[bool] = False
+    # nets trained by other methods that this one loads, frozen, from their own checkpoints
+    # and that evaluation and generation may replace (``--decoder PATH``), by name
+    replaceable_parts: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs):
         """Checks that a method class declares what it offers and implements it (a base
@@ -143,6 +156,9 @@ class MethodModule(L.LightningModule):
                                 f"{cls.generates} needs `{call}`")
         if evaluation is Evaluation.GENERATED_FACES and not cls.generates:
             raise TypeError(f"{cls.__name__}: evaluated by its generated faces, so generates=True")
+        if cls.replaceable_parts and cls.replace_part is MethodModule.replace_part:
+            raise TypeError(f"{cls.__name__}: replaceable_parts={cls.replaceable_parts} needs "
+                            f"`replace_part`")
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any]):
         super().__init__()
@@ -180,6 +196,33 @@ class MethodModule(L.LightningModule):
     def embed_faces(self, faces: Tensor) -> Embeddings:
         """Real faces in the same space as ``embed_voices`` (the gallery of evaluation)."""
         raise NotImplementedError(f"{self.method} does not embed faces")
+
+    def reference_faces(self, faces: Tensor) -> Tensor | None:
+        """Faces the method makes from real faces ``[B, 3, S, S]`` alone, shown beside them
+        in sample grids (a decoder's rendering of the face's own feature: what the method
+        could render at best); None: the method makes none."""
+        return None
+
+    @property
+    def needs_spectrogram(self) -> bool:
+        """``Voices.spec`` is read: the data must carry the complex STFT (``spectrogram``)."""
+        return False
+
+    def replace_part(self, name: str, path: str | Path) -> None:
+        """Load the part ``name`` (one of ``replaceable_parts``) from the checkpoint ``path``
+        instead of the one the method was trained with, or without."""
+        raise CheckpointError(f"{self.label} has no replaceable part {name!r} "
+                              f"(it has: {', '.join(self.replaceable_parts) or 'none'})")
+
+    def check_ready(self) -> None:
+        """Raise ``CheckpointError`` if a call of the contract lacks something it needs (a
+        part the method was trained without); evaluation and generation ask first."""
+
+    def extra_metrics(self, datamodule, device: torch.device | str) -> dict[str, float]:
+        """The method's own measures on the test data of ``datamodule`` (a
+        ``VoiceFaceDataModule``), beside the judge's: ``{name: value}``, which ``voice2face
+        evaluate`` writes under ``extra``; none by default."""
+        return {}
 
     # --- checkpoints -----------------------------------------------------------------------
 

@@ -6,6 +6,9 @@
   and classify generated and real faces. A judge only means something on the data it was
   trained on (its identity head is over that data's training identities), so it is checked
   against the data's fingerprint.
+* ``load_target``: the trunk of a ``face`` checkpoint other than the judge, whose features
+  the Speech2Face-style methods regress onto and decode from (``regression``,
+  ``face_decoder``).
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from voice2face.methods.base import CheckpointError, Embeddings, load_module, read_checkpoint_meta
 from voice2face.methods.dimnet import DimnetModule
 from voice2face.methods.face import FaceModule
 from voice2face.methods.voice import VoiceModule
-from voice2face.nets import FaceEncoder, VoiceEmbedder
+from voice2face.nets import FaceEncoder, FaceTrunk, VoiceEmbedder
 
 # the methods whose checkpoints hold such a net (their registry names), by what they give
 VOICE_SOURCES = {"voice": VoiceModule, "dimnet": DimnetModule}
@@ -84,3 +88,45 @@ def voice_embedder_for(method: str, path: str | Path,
             f"{e}; {method} needs a pretrained voice embedder at model.voice ({path}): make one "
             f"with `voice2face train voice --export {path}` (the Makefile does this), or point "
             f"model.voice at a voice or dimnet checkpoint") from e
+
+
+def target_config(module: FaceModule) -> dict[str, Any]:
+    """The ``FaceTrunk`` arguments that rebuild a ``face`` module's trunk (the methods that
+    keep a target network in their checkpoint save them as hyperparameters)."""
+    m = module.cfg["model"]
+    return {"face_size": module.data_info["face_size"], "dim": m["dim"], "width": m["width"],
+            "norm": "batch"}  # FaceEncoder's trunk norm
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def load_target(path: str | Path, data: dict[str, Any], judge: str | Path | None = None
+                ) -> tuple[FaceTrunk, dict[str, Any]]:
+    """The frozen trunk of a ``face`` checkpoint trained on ``data``, and its config.
+
+    Its features are a training signal, so it must not be the judge of ``judge`` (when that
+    file exists): a regression onto the judge's own space would be measured by the network it
+    was fitted to. The same weights under another file name are refused too (the same seed
+    on the same data trains the same net); train the target with another ``seed``.
+    """
+    meta = read_checkpoint_meta(path)
+    if meta["method"] not in JUDGE_SOURCES:
+        raise CheckpointError(f"{path}: a checkpoint of method {meta['method']!r}, expected a "
+                              f"face-identity network (method 'face', made by `voice2face "
+                              f"train face seed=1 --export {path}`)")
+    check_same_data(path, meta.get("data", {}), data, "the target network was")
+    module = load_module(path, JUDGE_SOURCES)
+    if judge is not None and Path(judge).is_file():
+        if same_weights(module.encoder, load_module(judge, JUDGE_SOURCES).encoder):
+            raise CheckpointError(
+                f"{path}: the target network has the judge's weights ({judge}); features "
+                f"regressed onto the judge would be measured by it: train another face network "
+                f"with `voice2face train face seed=1 --export {path}`")
+    config = target_config(module)
+    trunk = FaceTrunk(**config)
+    trunk.load_state_dict(module.encoder.trunk.state_dict())
+    return freeze(trunk), config

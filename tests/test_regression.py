@@ -1,0 +1,238 @@
+"""The Speech2Face family: ``face_decoder`` and ``regression`` on a tiny world; the target is
+frozen and never the judge; the decoder is needed to make faces, and the commands say so."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from datamodules import VoiceFaceDataModule
+from test_methods import Repeat, pretrained, quick_config, train_quick, world  # noqa: F401
+from test_prepare import speechlike
+from voice2face import cli
+from voice2face.config import load_config
+from voice2face.evaluate import evaluate
+from voice2face.methods import METHODS, CheckpointError, Voices, load_method
+from voice2face.methods.base import data_info
+from voice2face.train import export
+
+
+def build(name: str, world: Path, tmp_path: Path, *overrides: str):
+    cfg = quick_config(name, world, tmp_path, *overrides)
+    dm = VoiceFaceDataModule(world, num_workers=0, spectrogram=cfg.data.spectrogram)
+    return METHODS[name](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+
+
+def fit_on(module, batch: dict, steps: int) -> None:
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DataLoader(Repeat(batch, steps), batch_size=None))
+
+
+@pytest.fixture(scope="module")
+def spec_batch(world):
+    dm = VoiceFaceDataModule(world, batch_size=6, num_workers=0, crop_seconds=0.3,
+                             spectrogram=True)
+    return next(iter(dm.train_dataloader()))
+
+
+@pytest.fixture(scope="module")
+def regression(world, pretrained, tmp_path_factory) -> Path:
+    """A regression trained without a decoder (it may come later) and its run folder."""
+    runs = tmp_path_factory.mktemp("runs")
+    return train_quick("regression", world, runs, "trainer.max_steps=3", "run.name=nodec",
+                       f"model.decoder={runs / 'missing.ckpt'}", "run.evaluate=true")
+
+
+def test_face_decoder_learns_to_reconstruct_and_logs_a_grid(world, pretrained, tmp_path,
+                                                             spec_batch):
+    final = train_quick("face_decoder", world, tmp_path, "trainer.max_steps=2", "run.name=d")
+    header = next((tmp_path / "d").glob("csv/version_*/metrics.csv")).read_text().splitlines()[0]
+    assert "val/recon_l1" in header and "train/loss_pixels" in header
+    assert list((tmp_path / "d" / "grids").glob("val-step*.png"))
+    assert load_method(final, expect="face_decoder").decoder.dim == 64
+
+    # on a fixed batch the pixel loss falls, the optional feature term trains too, and the
+    # target network (frozen, in eval mode) stays exactly as loaded
+    dec = build("face_decoder", world, tmp_path, "model.feature_weight=0.1", "optim.lr=3e-3")
+    before_target = {k: v.clone() for k, v in dec.target.state_dict().items()}
+    faces = spec_batch["faces"].flatten(0, 1)
+    with torch.no_grad():
+        before = float(dec.reconstruction_loss(faces)[1]["loss_pixels"])
+    fit_on(dec, spec_batch, 30)
+    # measured with batch statistics, before and after: 30 steps do not settle running ones
+    dec.train()
+    with torch.no_grad():
+        loss, out = dec.reconstruction_loss(faces)
+    assert float(out["loss_pixels"]) < 0.7 * before and "loss_feature" in out
+    for k, v in dec.target.state_dict().items():
+        assert torch.equal(v, before_target[k]), k
+    assert not any(p.requires_grad for p in dec.target.parameters())
+
+
+@pytest.mark.parametrize("encoder", ["spectrogram", "mel"])
+def test_regression_loss_falls_on_a_fixed_batch_and_only_the_encoder_trains(
+        encoder, world, pretrained, tmp_path, spec_batch):
+    reg = build("regression", world, tmp_path, f"model.encoder={encoder}", "optim.lr=3e-3",
+                "model.width=0.125")
+    assert reg.needs_spectrogram == (encoder == "spectrogram") and reg.decoder is not None
+    frozen = {f"{n}.{k}": v.clone() for n in ("target", "decoder")
+              for k, v in getattr(reg, n).state_dict().items()}
+    voices = Voices.of(spec_batch)
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(reg.feature_loss(reg.predict(voices), reg.face_features(
+                spec_batch["faces"]), spec_batch["identity"]))
+
+    reg.eval()
+    before = loss()
+    fit_on(reg, spec_batch, 25)
+    reg.eval()
+    assert loss() < 0.6 * before
+    for n in ("target", "decoder"):
+        for k, v in getattr(reg, n).state_dict().items():  # weights and BatchNorm statistics
+            assert torch.equal(v, frozen[f"{n}.{k}"]), (n, k)
+        assert not any(p.requires_grad for p in getattr(reg, n).parameters())
+    assert {p for g in reg.optimizers().optimizer.param_groups
+            for p in g["params"]} == set(reg.encoder.parameters())
+
+
+@pytest.mark.parametrize("loss", ["l1", "l2", "l1_l2", "infonce"])
+def test_each_loss_is_a_variant(loss, world, pretrained, tmp_path):
+    reg = build("regression", world, tmp_path, f"model.loss={loss}")
+    assert reg.label == f"regression ({loss})"
+    pred, true = torch.randn(4, 64), torch.randn(4, 64)
+    value = reg.feature_loss(pred, true, torch.tensor([0, 0, 1, 2]))
+    assert value.ndim == 0 and float(value) > 0
+    with pytest.raises(KeyError, match="unknown feature loss 'l3'; valid: l1, l2"):
+        build("regression", world, tmp_path, "model.loss=l3")
+
+
+def test_the_target_is_not_the_judge(world, pretrained, tmp_path):
+    # the judge itself, and the judge's weights under another name (seed 0 again)
+    copy = tmp_path / "copy-of-judge.ckpt"
+    shutil.copy(pretrained / "face.ckpt", copy)
+    for target in (pretrained / "face.ckpt", copy):
+        for method in ("regression", "face_decoder"):
+            with pytest.raises(CheckpointError, match="the target network has the judge's weights"):
+                build(method, world, tmp_path, f"model.target={target}")
+    with pytest.raises(CheckpointError, match="expected a face-identity network"):
+        build("regression", world, tmp_path, f"model.target={pretrained / 'voice.ckpt'}")
+    with pytest.raises(ValueError, match="set data.spectrogram=true"):
+        build("regression", world, tmp_path, "data.spectrogram=false")
+
+
+def test_without_a_decoder_training_works_and_faces_need_one(world, pretrained, regression,
+                                                             tmp_path, capsys):
+    run = regression.parent.parent
+    header = next(run.glob("csv/version_*/metrics.csv")).read_text().splitlines()[0]
+    assert "val/feature_cosine" in header and "val/feature_recall@1" in header
+    assert "val/match_1to2" not in header  # nothing to judge without faces
+    assert not (run / "eval").exists()  # the evaluation after training was skipped, not failed
+
+    reg = load_method(regression, expect="regression")
+    assert reg.decoder is None
+    voices = Voices(torch.randn(2, 64, 30), torch.tensor([30, 20]),
+                    torch.randn(2, 257, 30, dtype=torch.complex64))
+    with pytest.raises(CheckpointError, match="no face decoder.*--decoder PATH"):
+        reg.generate_faces(voices)
+    with pytest.raises(CheckpointError, match="no face decoder"):
+        evaluate(regression, tmp_path / "eval")
+    assert cli.main(["evaluate", "--ckpt", str(regression), "--out", str(tmp_path / "e")]) == 2
+    assert "train face_decoder" in capsys.readouterr().err
+
+    # the decoder given afterwards, on either command line
+    decoder = pretrained / "decoder.ckpt"
+    assert cli.main(["evaluate", "--ckpt", str(regression), "--decoder", str(decoder),
+                     "--out", str(tmp_path / "ok")]) == 0
+    assert "own measures" in capsys.readouterr().out
+    wav = tmp_path / "voice.wav"
+    import numpy as np
+    import soundfile as sf
+    sf.write(wav, speechlike(1.6, 150), 16000)  # generate keeps only what voice activity detection hears
+    assert cli.main(["generate", "--ckpt", str(regression), str(wav), "--out",
+                     str(tmp_path / "x.png")]) == 2
+    assert "no face decoder" in capsys.readouterr().err
+    assert cli.main(["generate", "--ckpt", str(regression), str(wav), "--decoder", str(decoder),
+                     "--out", str(tmp_path / "face.png")]) == 0
+    assert Image.open(tmp_path / "face.png").size == (16, 16)
+    # a method without such a part says so
+    gan = train_quick("gan", world, tmp_path, "trainer.max_steps=1", "run.name=g",
+                      "trainer.val_check_interval=100")
+    assert cli.main(["evaluate", "--ckpt", str(gan), "--decoder", str(decoder),
+                     "--out", str(tmp_path / "g")]) == 2
+    assert "has no replaceable part 'decoder'" in capsys.readouterr().err
+
+
+def test_a_run_without_decoder_resumes_with_one(world, pretrained, regression, tmp_path):
+    # the decoder was trained meanwhile: the resumed run renders with it from then on
+    run = tmp_path / "run"
+    shutil.copytree(regression.parent.parent, run)
+    final = train_quick("regression", world, tmp_path, "trainer.max_steps=4",
+                        f"run.resume={run}", "trainer.val_check_interval=100")
+    assert torch.load(final, weights_only=False, map_location="cpu")["global_step"] == 4
+    reg = load_method(final, expect="regression")
+    assert reg.decoder is not None
+    assert reg_faces_match_the_decoder(final, pretrained / "decoder.ckpt", world)
+
+
+def test_a_decoder_of_another_target_is_refused(world, pretrained, regression, tmp_path):
+    other = tmp_path / "other-target.ckpt"
+    export(train_quick("face", world, tmp_path, "trainer.max_steps=2", "seed=2", "run.name=f"),
+           other)
+    dec = train_quick("face_decoder", world, tmp_path, "trainer.max_steps=1", "run.name=d",
+                      f"model.target={other}", "trainer.val_check_interval=100")
+    reg = load_method(regression, expect="regression")
+    with pytest.raises(CheckpointError, match="another target network"):
+        reg.replace_part("decoder", dec)
+    with pytest.raises(CheckpointError, match="no replaceable part 'critic'"):
+        reg.replace_part("critic", dec)
+
+
+def test_evaluation_adds_the_feature_measures(world, pretrained, regression, tmp_path):
+    r = evaluate(regression, tmp_path / "eval", parts={"decoder": pretrained / "decoder.ckpt"})
+    extra = r["extra"]
+    assert extra["test/feature_gallery_identities"] == 4  # the tiny world's test identities
+    assert extra["test/feature_gallery_images"] == 12
+    for split in ("known", "test"):
+        assert -1 <= extra[f"{split}/feature_cosine"] <= 1
+        assert 0 <= extra[f"{split}/feature_l2"] <= 2 and extra[f"{split}/feature_l1"] >= 0
+    for suffix in ("", "_l1", "_l2"):
+        recalls = [extra[f"test/feature_recall@{k}{suffix}"] for k in (1, 5, 10, 20, 50)]
+        assert recalls == sorted(recalls) and 0.25 <= recalls[0] <= 1  # 4 identities
+        assert recalls[1] == 1  # K above the gallery size
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["extra"] == extra and saved["label"] == "regression (l1)"
+    assert "| test/feature_recall@10_l2 |" in (tmp_path / "eval" / "metrics.md").read_text()
+    # real | decoded from the true feature | generated: a name label of 96 px, 2 + 1 + 4 faces
+    # of 16 px with 2 px padding, and two 8 px gaps (a GAN's grid has one gap, no middle)
+    assert Image.open(tmp_path / "eval" / "grid.png").size[0] == 96 + 7 * 18 + 2 * 8
+    assert reg_faces_match_the_decoder(regression, pretrained / "decoder.ckpt", world)
+
+
+def reg_faces_match_the_decoder(ckpt: Path, decoder: Path, world: Path) -> bool:
+    """The reference faces are the decoder's rendering of the target's feature."""
+    reg = load_method(ckpt, expect="regression")
+    reg.replace_part("decoder", decoder)
+    faces = torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        want = reg.decoder(reg.face_features(faces))
+    return torch.allclose(reg.reference_faces(faces), want)
+
+
+def test_paper_profiles_have_the_report_sizes():
+    reg = load_config("regression", ["profile=paper"])
+    assert (reg.model.width, reg.model.encoder, reg.model.loss) == (1.0, "spectrogram", "l1")
+    assert reg.model.target.endswith("/pretrained/face-target.ckpt")
+    assert reg.model.decoder.endswith("/pretrained/decoder.ckpt") and reg.data.spectrogram
+    assert load_config("face_decoder", ["profile=paper"]).model.width == 1.0

@@ -1,0 +1,320 @@
+"""``regression``: Speech2Face-style feature regression (Oh et al., "Speech2Face: Learning the
+Face Behind a Voice", CVPR 2019, Sec. 3 and Eq. 1).
+
+A voice encoder predicts, from a few seconds of speech, the feature that a frozen
+face-identity network gives the speaker's face; a face decoder trained on its own
+(``face_decoder``) renders the prediction, frozen. So evaluation sees faces like any
+generating method's, and this family's own measures come on top (``extra_metrics``).
+
+* **Targets** (``model.target``): a ``face`` checkpoint other than the judge's (another
+  seed; ``load_target`` refuses the judge's weights). The feature is its unit embedding,
+  the L2-normalised trunk output, rather than the raw trunk output: the network was trained
+  through a cosine classifier, which ignores the trunk's norm, so the norm carries no
+  identity and only adds scale noise to L1/L2 distances; every loss here and the decoder
+  normalise anyway. The paper's target is VGG-Face's 4096-d fc7; a user who supplies such an
+  extractor as a ``face`` checkpoint (``model.dim=4096``) gets that setting. Per sample, the
+  target is the normalised mean feature of its K faces: the speaker's identity rather than
+  one photo's pose and light.
+* **Voice encoder** (``model.encoder``): ``spectrogram`` (default), Speech2Face's
+  ``SpectrogramEncoder`` on the power-law compressed real and imaginary STFT (the data must
+  carry it: ``data.spectrogram=true``); ``mel``, Wen et al.'s 1-D ``VoiceEmbedder`` on
+  log-mel, trained from scratch here.
+* **Loss** (``model.loss``, the run's ``variant``): ``l1`` between normalised features (the
+  default, best in the reproductions), ``l2`` (Eq. 1's feature term), ``l1_l2``
+  (L1 + ``model.l2_weight`` L2) or ``infonce`` (``model.temperature``; other utterances of
+  the same identity are not negatives); ``voice2face.losses``.
+* **Decoder** (``model.decoder``): a ``face_decoder`` checkpoint trained on the same target
+  network's features (checked). Regression and decoder train in either order: without the
+  decoder, training works and validation logs the feature measures only; evaluation and
+  generation need it (``voice2face evaluate --decoder PATH``, the contract's
+  ``replace_part``) and say so.
+
+Validation: ``val/loss``, ``val/feature_{l1,l2,cosine}`` between the predicted and the true
+feature of the validation speakers, ``val/feature_recall@K`` of the speaker among the
+validation identities' true features (cosine); with a decoder also ``GeneratorModule``'s judged
+metrics, and a grid real | decoded from the true feature | decoded from the voice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics import MeanMetric
+
+from datamodules.features import N_FFT, compress_spectrogram
+from voice2face.grid import GridCollector
+from voice2face.losses import feature_l1_l2_loss, get_feature_loss, info_nce_loss
+from voice2face.methods.base import CheckpointError, Voices, load_module
+from voice2face.methods.common import adam
+from voice2face.methods.face_decoder import FaceDecoderModule, unit_features
+from voice2face.methods.generator import GeneratorModule
+from voice2face.methods.pretrained import freeze, load_target, same_weights
+from voice2face.metrics import RecallAtK
+from voice2face.nets import FaceTrunk, SpectrogramEncoder, VoiceEmbedder
+from voice2face.nets.speech2face import FaceDecoder
+
+ENCODERS = ("spectrogram", "mel")
+EXTRA_TOP_K = (1, 5, 10, 20, 50)
+SIMILARITIES = ("cosine", "l1", "l2")
+
+
+def _no_sync() -> bool:
+    # evaluation is one process, also when it runs on rank 0 after a DDP fit
+    return False
+
+
+def feature_distances(pred: torch.Tensor, true: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per row: L1 and L2 distance and cosine between the L2-normalised features."""
+    p, t = F.normalize(pred, dim=-1), F.normalize(true, dim=-1)
+    d = p - t
+    return {"l1": d.abs().sum(-1), "l2": d.norm(dim=-1), "cosine": (p * t).sum(-1)}
+
+
+class RegressionModule(GeneratorModule):
+    """``encoder``: voice -> feature; ``target``: FaceTrunk (frozen); ``decoder``: FaceDecoder
+    (frozen, None until one is given). Only the encoder trains."""
+
+    replaceable_parts = ("decoder",)
+
+    def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
+                 target_net: dict[str, Any] | None = None,
+                 decoder_net: dict[str, Any] | None = None):
+        super().__init__(cfg, data)
+        m = cfg["model"]
+        rebuilding = target_net is not None  # from this module's own checkpoint
+        if rebuilding:
+            self.target = freeze(FaceTrunk(**target_net))
+        else:
+            self.target, target_net = load_target(m["target"], data, cfg["eval"]["judge"])
+        self.hparams["target_net"] = target_net
+        dim = target_net["dim"]
+        self.encoder_kind = m["encoder"]
+        if self.encoder_kind == "spectrogram":
+            if not cfg["data"]["spectrogram"]:
+                raise ValueError("regression: model.encoder=spectrogram reads the complex STFT; "
+                                 "set data.spectrogram=true (or model.encoder=mel)")
+            self.encoder = SpectrogramEncoder(dim, m["width"], freq_bins=N_FFT // 2 + 1,
+                                              hidden=m["hidden"])
+        elif self.encoder_kind == "mel":
+            self.encoder = VoiceEmbedder(dim=dim, width=m["width"])
+        else:
+            raise ValueError(f"regression: unknown model.encoder {self.encoder_kind!r}; valid: "
+                             f"{', '.join(ENCODERS)}")
+        get_feature_loss(m["loss"])  # an unknown name fails here, listing the valid ones
+        self.decoder: FaceDecoder | None = None
+        if decoder_net is not None:
+            self.decoder = freeze(FaceDecoder(**decoder_net))
+        elif not rebuilding and m["decoder"] and Path(m["decoder"]).is_file():
+            self._attach_decoder(m["decoder"])
+        elif not rebuilding:
+            rank_zero_warn(f"regression: no face decoder at model.decoder={m['decoder']}; "
+                           f"training regresses features and validation logs feature metrics "
+                           f"only. Evaluation and generation need one: `voice2face train "
+                           f"face_decoder --export {m['decoder']}`")
+        self.hparams.setdefault("decoder_net", None)
+
+        self.val_loss = MeanMetric()
+        self.val_distance = torch.nn.ModuleDict({k: MeanMetric() for k in SIMILARITIES})
+        self.val_feature_recall = RecallAtK((1, 5), similarity="cosine")
+
+    # --- the nets' use -------------------------------------------------------------------
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.target.eval()  # pretrained BatchNorm statistics stay as they are
+        if self.decoder is not None:
+            self.decoder.eval()
+        return self
+
+    @property
+    def variant(self) -> str | None:
+        m = self.cfg["model"]
+        return m["loss"] + ("" if m["encoder"] == "spectrogram" else f", {m['encoder']}")
+
+    @property
+    def needs_spectrogram(self) -> bool:
+        return self.encoder_kind == "spectrogram"
+
+    def predict(self, voices: Voices) -> torch.Tensor:
+        """The predicted feature ``[B, dim]`` (not normalised) of utterances."""
+        if self.encoder_kind == "mel":
+            return self.encoder(voices.mel, voices.lengths)
+        if voices.spec is None:
+            raise ValueError("regression: this encoder reads Voices.spec (the complex STFT); "
+                             "load the data with spectrogram=True")
+        return self.encoder(compress_spectrogram(voices.spec), voices.lengths)
+
+    @torch.no_grad()
+    def face_features(self, faces: torch.Tensor) -> torch.Tensor:
+        """Targets: the normalised mean unit feature of each sample's faces ``[B, K, 3, S, S]``
+        (or of single faces ``[B, 3, S, S]``)."""
+        if faces.dim() == 4:
+            return unit_features(self.target, faces)
+        k = faces.shape[1]
+        feats = unit_features(self.target, faces.flatten(0, 1)).unflatten(0, (-1, k))
+        return F.normalize(feats.mean(1), dim=-1)
+
+    def feature_loss(self, pred: torch.Tensor, true: torch.Tensor,
+                     identity: torch.Tensor) -> torch.Tensor:
+        m = self.cfg["model"]
+        if m["loss"] == "infonce":
+            return info_nce_loss(pred, true, float(m["temperature"]), labels=identity)
+        if m["loss"] == "l1_l2":
+            return feature_l1_l2_loss(pred, true, float(m["l2_weight"]))
+        return get_feature_loss(m["loss"])(pred, true)
+
+    # --- the contract ----------------------------------------------------------------------
+
+    def _attach_decoder(self, path: str | Path) -> None:
+        module = load_module(path, {"face_decoder": FaceDecoderModule})
+        # a decoder renders the features of the network it was trained on, and no other
+        if not same_weights(module.target, self.target):
+            raise CheckpointError(f"{path}: this face decoder was trained on the features of "
+                                  f"another target network than this regression's; train one "
+                                  f"with `voice2face train face_decoder model.target=<the "
+                                  f"regression's model.target>`")
+        self.decoder = freeze(module.decoder).to(self.device)
+        self.hparams["decoder_net"] = module.decoder.config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A run trained without a decoder and resumed with one (the decoder came later):
+        the checkpoint lacks the decoder's weights, which are the attached decoder's."""
+        state = checkpoint["state_dict"]
+        if self.decoder is not None and not any(k.startswith("decoder.") for k in state):
+            state.update({f"decoder.{k}": v for k, v in self.decoder.state_dict().items()})
+
+    def replace_part(self, name: str, path: str | Path) -> None:
+        if name != "decoder":
+            super().replace_part(name, path)
+        self._attach_decoder(path)
+
+    def check_ready(self) -> None:
+        if self.decoder is not None:
+            return
+        path = self.cfg["model"]["decoder"]
+        if path and Path(path).is_file():  # trained before its decoder was: take it now
+            self._attach_decoder(path)
+            return
+        raise CheckpointError(f"regression: no face decoder to render the predicted features: "
+                              f"this checkpoint was trained without one and model.decoder={path} "
+                              f"does not exist; train one with `voice2face train face_decoder "
+                              f"--export {path}` or pass --decoder PATH (a face_decoder checkpoint)")
+
+    @torch.no_grad()
+    def generate_faces(self, voices: Voices, proposal: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """The decoder's rendering of the voice's predicted feature."""
+        self.check_ready()
+        return self.decoder(self.predict(voices))
+
+    @torch.no_grad()
+    def reference_faces(self, faces: torch.Tensor) -> torch.Tensor | None:
+        """The decoder's rendering of the faces' own (true) features: the grid's middle
+        column, what a perfect regression would render."""
+        return None if self.decoder is None else self.decoder(self.face_features(faces))
+
+    @torch.no_grad()
+    def extra_metrics(self, datamodule, device) -> dict[str, float]:
+        """This family's measures (Speech2Face, Sec. 4.3): L1, L2 and cosine between predicted
+        and true features on the training speakers' held-out utterances (``known/``) and on the
+        test speakers (``test/``); recall@K of the test speaker's true feature with each of
+        the three similarities, the gallery being one mean feature per test identity (its
+        size is stated as ``test/feature_gallery_identities``)."""
+        loader = dict(rank=0, world_size=1)
+        out: dict[str, float] = {}
+        recalls = {s: RecallAtK(EXTRA_TOP_K, similarity=s, distributed_available_fn=_no_sync)
+                   for s in SIMILARITIES}
+        for split in ("known", "test"):
+            if split not in datamodule.manifest["splits"]:
+                continue
+            sums, n = dict.fromkeys(SIMILARITIES, 0.0), 0
+            for batch in datamodule.eval_dataloader(split, **loader):
+                pred = self.predict(Voices.of(batch).to(device))
+                true = self.face_features(batch["faces"].to(device))
+                for k, v in feature_distances(pred, true).items():
+                    sums[k] += float(v.sum())
+                n += len(pred)
+                if split == "test":
+                    for r in recalls.values():
+                        r.update(F.normalize(pred, dim=-1).cpu(), batch["identity"],
+                                 index=batch["index"], role="probe")
+            out.update({f"{split}/feature_{k}": v / max(n, 1) for k, v in sums.items()})
+        ids, images = set(), 0
+        for batch in datamodule.gallery_dataloader("test", **loader):
+            g = self.face_features(batch["face"].to(device)).cpu()
+            for r in recalls.values():
+                r.update(g, batch["identity"], index=batch["index"], role="gallery")
+            ids.update(batch["identity"].tolist())
+            images += len(g)
+        for r in recalls.values():
+            out.update({f"test/feature_{k}": float(v) for k, v in r.compute().items()})
+        out["test/feature_gallery_identities"] = float(len(ids))
+        out["test/feature_gallery_images"] = float(images)
+        return out
+
+    # --- training ------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        pred = self.predict(Voices.of(batch))
+        true = self.face_features(batch["faces"])
+        loss = self.feature_loss(pred, true, batch["identity"])
+        cosine = feature_distances(pred.detach(), true)["cosine"].mean()
+        self.log_dict({"train/loss": loss, "train/feature_cosine": cosine}, prog_bar=True,
+                      batch_size=len(pred))
+        return loss
+
+    def setup(self, stage: str) -> None:
+        if self.decoder is not None:  # without faces to judge, the judge is not needed
+            super().setup(stage)
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        e = self.cfg["eval"]
+        dm = getattr(self.trainer, "datamodule", None)
+        names = {i["index"]: i["name"] for i in dm.identities} if dm is not None else None
+        self._grid = GridCollector(e["grid_identities"], e["grid_utterances"], n_real=1,
+                                   names=names, middle="from face", n_middle=1)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        if dataloader_idx == 0:  # utterances: predicted against true features
+            with torch.no_grad():
+                pred = self.predict(Voices.of(batch))
+                true = self.face_features(batch["faces"])
+                self.val_loss.update(self.feature_loss(pred, true, batch["identity"]))
+            for k, v in feature_distances(pred, true).items():
+                self.val_distance[k].update(v)
+            self.val_feature_recall.update(F.normalize(pred, dim=-1), batch["identity"],
+                                           index=batch["index"], role="probe")
+            if self.decoder is not None:
+                decoded = self.reference_faces(batch["face"])
+                for i, identity in enumerate(batch["identity"].tolist()):
+                    self._grid.add_middle(identity, decoded[i])
+        else:  # the validation gallery: true features of every image
+            self.val_feature_recall.update(self.face_features(batch["face"]), batch["identity"],
+                                           index=batch["index"], role="gallery")
+        if self.decoder is not None:
+            super().validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.log("val/loss", self.val_loss)
+            for k, metric in self.val_distance.items():
+                self.log(f"val/feature_{k}", metric)
+            try:
+                self.log_dict({f"val/feature_{k}": v
+                               for k, v in self.val_feature_recall.compute().items()})
+            except ValueError as e:
+                rank_zero_warn(f"regression: no feature recall ({e})")
+        else:
+            self.val_loss.reset()
+            for metric in self.val_distance.values():
+                metric.reset()
+        self.val_feature_recall.reset()
+        super().on_validation_epoch_end()
+
+    def configure_optimizers(self):
+        return adam(self.encoder.parameters(), self.cfg["optim"])
