@@ -46,6 +46,9 @@ def test_evaluate_writes_table_json_and_grid(world, cgan, tmp_path):
     for name, row in saved["rows"].items():
         assert set(KEYS) <= set(row), name
         for key, value in row.items():
+            if key == "frechet":  # a distance, not a rate
+                assert value >= 0, (name, value)
+                continue
             low = -1.0 if key == "cosine" else 0.0
             assert low <= value <= 1.0, (name, key, value)
     assert saved["rows"]["chance"]["match_1to2"] == 0.5
@@ -172,3 +175,12 @@ def test_evaluate_a_folder_as_checkpoint_says_so(cgan, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"checkpoint {run} is a folder; expected a .ckpt file" in err
     assert "does not exist" not in err and "Traceback" not in err
+
+
+def test_the_frechet_column_compares_generated_and_real_faces_in_judge_space(cgan, tmp_path):
+    """Generated faces of a barely trained GAN are far from real ones; a held-out half of the
+    real faces is closer to the other half than they are."""
+    rows = evaluate(cgan, tmp_path / "eval", grid_identities=2, grid_utterances=1)["rows"]
+    assert rows["method"]["frechet"] > 0 and rows["real_faces"]["frechet"] >= 0
+    assert rows["real_faces"]["frechet"] < rows["method"]["frechet"]
+    assert "frechet" not in rows["chance"]

@@ -19,6 +19,11 @@ Protocol (``voice2face.metrics`` states each metric's):
   embedding;
 * on the ``known`` split (held-out utterances of training identities): the judge's identity
   top-1/top-5 on the generated faces, as Wen et al. report for known subjects;
+* image quality: the Fréchet distance (Heusel et al. 2017) between the judge features of the
+  generated faces and those of one half of the real test gallery (``frechet``, lower is
+  better; the real-faces row compares the other half with it, which is what sampling alone
+  leaves). The judge replaces Inception: no Inception weights are downloaded, and the judge
+  was trained on what this data's faces vary in;
 * a method that embeds voices and faces itself (``Evaluation.OWN_SPACE``, e.g. ``dimnet``) is
   measured in its own space: its voice embedding is the probe, its face embedding makes the
   gallery, its own predictions (if it makes them) give gender and identity.
@@ -57,13 +62,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchmetrics import MetricCollection
 
 from voice2face.grid import GridCollector, save_png
 from voice2face.methods import (CheckpointError, Embeddings, Evaluation, MethodModule, Voices,
                                 evaluable_methods, load_method)
 from voice2face.methods.base import data_info, proposal_faces, read_checkpoint_meta
 from voice2face.methods.pretrained import judge_faces, load_judge
-from voice2face.metrics import compute_each, make_metrics
+from voice2face.metrics import FeatureFrechetDistance, compute_each, make_metrics
 from voice2face.errors import reports_errors
 
 TOP_K = (1, 5, 10, 20, 50)
@@ -73,6 +79,7 @@ TABLE_COLUMNS = [  # (key, header)
     ("recall@1", "R@1"), ("recall@5", "R@5"), ("recall@10", "R@10"),
     ("gender_acc", "gender acc"), ("cosine", "cosine to speaker"),
     ("identity_top1", "known top-1"), ("identity_top5", "known top-5"),
+    ("frechet", "Fréchet (judge)"),
 ]
 
 
@@ -260,6 +267,14 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     real["gender"].update(g["gender_logit"][probe].sigmoid(), g["gender"][probe])
     half = _centroids(g["judge"][~probe], g["identity"][~probe])
     real["cosine"].update(g["judge"][probe], torch.stack([half[int(i)] for i in g["identity"][probe]]))
+    # image quality: the Fréchet distance of the probes' judge features to the real gallery half
+    # (for real faces, the held-out half: the distance that sampling alone leaves)
+    frechet_rows = ["method", "real_faces"] if subject.judged else ["real_faces"]
+    for name in frechet_rows:
+        rows[name]["frechet"] = _local(MetricCollection(
+            {"frechet": FeatureFrechetDistance(g["judge"].shape[1])}))
+        rows[name]["frechet"].update(g["judge"][~probe], real=True)
+    real["frechet"].update(g["judge"][probe], real=False)
 
     # test utterances -> probes
     n_test, probe_gender = 0, []
@@ -273,6 +288,8 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
                                   emb, batch, judge_centroids)
         rows["method"]["embedding"].update(emb, batch["identity"], batch["gender"], batch["index"],
                                            role="probe")
+        if subject.judged:
+            rows["method"]["frechet"].update(emb, real=False)
         if o.gender is not None:
             rows["method"]["gender"].update(o.gender.cpu().sigmoid(), batch["gender"])
         rows["method"]["cosine"].update(emb, torch.stack([own_centroids[int(i)]
