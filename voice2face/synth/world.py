@@ -62,7 +62,7 @@ class WorldConfig:
     face_size: int = 64
     sample_rate: int = 16_000
     seconds: tuple[float, float] = (2.0, 4.0)
-    snr_db: tuple[float, float] = (10.0, 35.0)
+    snr_db: tuple[float, float] = (20.0, 40.0)
     p_male: float = 0.55           # VoxCeleb1 is 55% male
     # sigma of o = z + sigma * eps for (gender, age, size); calibrated, see module docstring
     voice_noise: tuple[float, float, float] = (0.64, 0.90, 1.17)
@@ -196,14 +196,14 @@ def voice_traits(observed: np.ndarray, rng: np.random.Generator) -> VoiceTraits:
     Giedd 1999); pitch drops and the tract lengthens a little with age and size.
     """
     g, a, s = (float(x) for x in observed)
-    f0 = 160.0 * math.exp(-0.28 * g - 0.03 * a - 0.04 * s)
-    vtl = 15.8 * math.exp(0.075 * g + 0.012 * a + 0.03 * s)
+    f0 = 160.0 * math.exp(-0.28 * g - 0.03 * a - 0.02 * s)
+    vtl = 15.8 * math.exp(0.075 * g + 0.06 * s)
     quality = a
     return VoiceTraits(
         observed=(g, a, s), f0=f0, vtl=vtl, quality=quality,
-        jitter=0.006 * math.exp(0.45 * quality),
-        shimmer=0.05 * math.exp(0.4 * quality),
-        tremor=0.01 * math.exp(0.5 * quality),
+        jitter=0.005 * math.exp(0.4 * quality),
+        shimmer=0.06 * math.exp(0.4 * quality),
+        tremor=min(0.03 * math.exp(0.7 * quality), 0.12),   # beyond 12 % it is a warble
         rate=float(np.exp(rng.normal(0.0, 0.12))),
         breathiness=float(rng.beta(2.0, 4.0)),
         pitch_range=float(np.exp(rng.normal(0.0, 0.3))),
