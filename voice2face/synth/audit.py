@@ -279,7 +279,7 @@ def _map(fn, items, workers: int):
         return pool.map(fn, items, chunksize=16)
 
 
-def _read_split(root, manifest, split: str, per_identity: int | None):
+def read_split(root, manifest, split: str, per_identity: int | None):
     """(identity, flac bytes) of a split's samples, at most ``per_identity`` per identity."""
     from pathlib import Path
 
@@ -296,13 +296,9 @@ def _read_split(root, manifest, split: str, per_identity: int | None):
     return out
 
 
-def audit_world(root, fit_per_identity: int | None = 3, workers: int = 1) -> dict:
-    """The audio-only oracle of the world in ``root``: its test-split 1:2 accuracy
-    (unstratified and same-gender) and R² per attribute, beside the ceiling.
-
-    Fitted on ``fit_per_identity`` training utterances of each training identity (all
-    with ``None``); the identities' ``o`` come from regenerating the world's table from the
-    manifest's ``source``."""
+def load_world(root):
+    """A synthetic world's manifest, config and identity table (regenerated from the
+    manifest's ``source``: the hidden attributes and ``o`` are not in the shards)."""
     from datamodules.shards import read_manifest
 
     from .world import WorldConfig, sample_identities
@@ -313,9 +309,18 @@ def audit_world(root, fit_per_identity: int | None = 3, workers: int = 1) -> dic
     source = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["source"].items()
               if k != "generator"}
     config = WorldConfig(**source)
-    identities = sample_identities(config)
-    train = _read_split(root, manifest, "train", fit_per_identity)
-    test = _read_split(root, manifest, "test", None)
+    return manifest, config, sample_identities(config)
+
+
+def audit_world(root, fit_per_identity: int | None = 3, workers: int = 1) -> dict:
+    """The audio-only oracle of the world in ``root``: its test-split 1:2 accuracy
+    (unstratified and same-gender) and R² per attribute, beside the ceiling.
+
+    Fitted on ``fit_per_identity`` utterances of each training identity (all with
+    ``None``), scored on every test utterance."""
+    manifest, config, identities = load_world(root)
+    train = read_split(root, manifest, "train", fit_per_identity)
+    test = read_split(root, manifest, "test", None)
     measured = _map(_measure_flac, [f for _, f in train + test], workers)
     return audit_measurements(measured[:len(train)], [i for i, _ in train],
                               measured[len(train):], [i for i, _ in test], identities, config)
@@ -324,14 +329,21 @@ def audit_world(root, fit_per_identity: int | None = 3, workers: int = 1) -> dic
 def audit_measurements(train_m, train_ids, test_m, test_ids, identities, config) -> dict:
     """The oracle's readout from measurements of training and test utterances."""
     template = make_template(train_m)
+    return readout_world(features(train_m, template), train_ids, features(test_m, template),
+                         test_ids, identities, config)
+
+
+def readout_world(train_x, train_ids, test_x, test_ids, identities, config) -> dict:
+    """``readout`` for utterances given by their identities' indices in the world's table;
+    any per-utterance vectors (measurements, embeddings) as ``train_x`` / ``test_x``."""
     o = np.array([identities[i].voice.observed for i in range(len(identities))])
     members = sorted(set(test_ids))
     where = {ident: k for k, ident in enumerate(members)}
-    result = readout(features(train_m, template), o[train_ids], features(test_m, template),
-                     np.array([where[i] for i in test_ids]), o[test_ids],
+    result = readout(train_x, o[list(train_ids)], test_x,
+                     np.array([where[i] for i in test_ids]), o[list(test_ids)],
                      np.stack([identities[i].shared for i in members]),
                      np.array([identities[i].gender for i in members]), config.voice_noise)
-    result["utterances"] = {"fit": len(train_m), "test": len(test_m)}
+    result["utterances"] = {"fit": len(train_x), "test": len(test_x)}
     result["ceiling"] = world_ceilings(identities, config)
     return result
 
