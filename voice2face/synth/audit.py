@@ -227,20 +227,25 @@ def make_template(measured: list[dict], rounds: int = 2) -> np.ndarray:
 class LinearProbe:
     """Ridge regression on standardised inputs: ``X [N, D] -> Y [N, K]``."""
 
-    def __init__(self, ridge: float = 1e-2):
-        self.ridge = ridge
+    def __init__(self, ridge: float = 1e-2, clip: float = 5.0):
+        self.ridge, self.clip = ridge, clip
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "LinearProbe":
         x, y = np.asarray(x, float), np.asarray(y, float)
         self.mean, self.scale = x.mean(0), x.std(0) + 1e-8
-        xs = (x - self.mean) / self.scale
+        xs = self._standard(x)
         self.y_mean = y.mean(0)
         gram = xs.T @ xs + self.ridge * len(xs) * np.eye(xs.shape[1])
         self.weight = np.linalg.solve(gram, xs.T @ (y - self.y_mean))
         return self
 
+    def _standard(self, x: np.ndarray) -> np.ndarray:
+        # clipped at 5 sd: a clip the tracker fails on (no voiced run, say) must not
+        # extrapolate the line far outside what it was fitted on
+        return np.clip((np.asarray(x, float) - self.mean) / self.scale, -self.clip, self.clip)
+
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, float) - self.mean) / self.scale) @ self.weight + self.y_mean
+        return self._standard(x) @ self.weight + self.y_mean
 
 
 def r_squared(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
