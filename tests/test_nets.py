@@ -32,6 +32,7 @@ def face(size):
 NETS = {
     "voice_embedder": (lambda: VoiceEmbedder(width=0.1), mel, [(B, 64)]),
     "voice_embedder_paper": (lambda: VoiceEmbedder(), mel, [(B, 64)]),
+    "voice_embedder_stats": (lambda: VoiceEmbedder(width=0.1, pooling="stats"), mel, [(B, 64)]),
     "face_trunk_64": (lambda: FaceTrunk(64, width=0.25), lambda: face(64), [(B, 64)]),
     "face_trunk_16_batchnorm": (lambda: FaceTrunk(16, norm="batch"), lambda: face(16), [(B, 64)]),
     "face_encoder": (lambda: FaceEncoder(32, 7, width=0.25), lambda: face(32),
@@ -80,14 +81,34 @@ def test_forward_backward_every_parameter(name):
     assert not bad, f"{name}: non-finite gradient for {bad}"
 
 
-def test_voice_embedding_ignores_padding_and_is_unit():
+@pytest.mark.parametrize("pooling", ["mean", "stats"])
+def test_voice_embedding_ignores_padding_and_is_unit(pooling):
     torch.manual_seed(0)
-    net = VoiceEmbedder(width=0.1).eval()
+    net = VoiceEmbedder(width=0.1, pooling=pooling).eval()
     x = torch.randn(1, 64, 57)
     alone = net(x, torch.tensor([57]))
     padded = net(torch.cat([x, torch.randn(1, 64, 30) * 5], -1), torch.tensor([57]))
     torch.testing.assert_close(alone, padded, rtol=1e-5, atol=1e-5)
     assert torch.allclose(alone.norm(dim=-1), torch.ones(1))
+
+
+def test_stats_pooling_is_mean_and_std_over_valid_frames():
+    torch.manual_seed(0)
+    net = VoiceEmbedder(width=0.1, pooling="stats").eval()
+    x = torch.randn(1, 64, 300)
+    captured = {}
+    net.stats.register_forward_hook(lambda m, i, o: captured.setdefault("in", i[0]))
+    net.features(x, torch.tensor([300]))
+    plain = VoiceEmbedder(width=0.1).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items()
+                           if not k.startswith("stats")})
+    # the last layer's frames, recomputed without the pooling: 300 frames -> 10 after 5 strides
+    h = x
+    for layer in (*plain.blocks, plain.out):
+        h = layer(h)
+    # (the variance is floored at 1e-6, so that its square root keeps a finite gradient)
+    mean, std = h.mean(-1), h.var(-1, unbiased=False).clamp(min=1e-6).sqrt()
+    torch.testing.assert_close(captured["in"], torch.cat([mean, std], -1), rtol=1e-4, atol=1e-4)
 
 
 def test_generator_range_and_noise():

@@ -27,7 +27,7 @@ class VoiceModule(MethodModule):
     def __init__(self, cfg, data):
         super().__init__(cfg, data)
         m = cfg["model"]
-        self.voice = VoiceEmbedder(dim=m["dim"], width=m["width"])
+        self.voice = VoiceEmbedder(dim=m["dim"], width=m["width"], pooling=m["pooling"])
         self.classifier = CosineClassifier(m["dim"], data["num_train_identities"], m["scale"])
         self.val_recall = SplitHalfRecall("val")
 

@@ -4,6 +4,11 @@ Five 1-D convolutions over log-mel frames (64 -> 256 -> 384 -> 576 -> 864 -> 64,
 stride 2), batch norm and ReLU after the first four, average pooling over time, and an L2
 normalised 64-d embedding. Pooling is masked with the utterance lengths, and padded frames are
 zeroed after every layer, so an utterance gets the same embedding alone or in a padded batch.
+
+``pooling="stats"`` replaces the average by statistics pooling (Snyder et al. 2018,
+x-vectors): the mean and standard deviation over time of the last layer's ``dim`` channels,
+mapped back to ``dim`` by a linear layer. The spread over time is where a voice's
+pitch movements (tremor, intonation) show; an average keeps only its spectral colour.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 PAPER_CHANNELS = (256, 384, 576, 864)
+POOLINGS = ("mean", "stats")
 
 
 def scaled(channels: tuple[int, ...], width: float) -> tuple[int, ...]:
@@ -39,17 +45,21 @@ class VoiceEmbedder(nn.Module):
     """
 
     def __init__(self, n_mels: int = 64, dim: int = 64, width: float = 1.0,
-                 channels: tuple[int, ...] = PAPER_CHANNELS):
+                 channels: tuple[int, ...] = PAPER_CHANNELS, pooling: str = "mean"):
         super().__init__()
-        self.dim = dim
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose from {POOLINGS}")
+        self.dim, self.pooling = dim, pooling
         # the constructor's arguments: what a checkpoint needs to rebuild the net
-        self.config = {"n_mels": n_mels, "dim": dim, "width": width, "channels": list(channels)}
+        self.config = {"n_mels": n_mels, "dim": dim, "width": width, "channels": list(channels),
+                       "pooling": pooling}
         widths = (n_mels, *scaled(tuple(channels), width))
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Conv1d(c_in, c_out, 3, stride=2, padding=1, bias=False),
                           nn.BatchNorm1d(c_out), nn.ReLU(inplace=True))
             for c_in, c_out in zip(widths[:-1], widths[1:]))
         self.out = nn.Conv1d(widths[-1], dim, 3, stride=2, padding=1)
+        self.stats = nn.Linear(2 * dim, dim) if pooling == "stats" else None
 
     def features(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if lengths is None:
@@ -62,7 +72,13 @@ class VoiceEmbedder(nn.Module):
             lengths = conv_lengths(lengths)
             # zero the padding: batch norm shifts it away from 0, and the next kernel sees it
             x = x * time_mask(lengths, x.shape[-1])
-        return x.sum(-1) / lengths[:, None].to(x.dtype)
+        n = lengths[:, None].to(x.dtype)
+        mean = x.sum(-1) / n
+        if self.stats is None:
+            return mean
+        # padding is zero, so the masked second moment is a plain sum
+        var = ((x * x).sum(-1) / n - mean * mean).clamp(min=1e-6)
+        return self.stats(torch.cat([mean, var.sqrt()], dim=-1))
 
     def forward(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return F.normalize(self.features(mel, lengths), dim=-1)

@@ -44,6 +44,8 @@ RINGING = 320                       # room left in each frame's FFT for its filt
 _PULSE_TABLE = 4096
 NEUTRAL = np.array([500.0, 1500.0, 2500.0])   # schwa of a 17 cm tube: (2k-1) c / 4L
 HIGHER = np.array([3500.0, 4500.0])           # F4, F5 at 17 cm
+UTTERANCE_PITCH_SD = 0.01           # an utterance's own pitch offset, in log f0
+REVERB_WET = (0.05, 0.2)            # late reverberation amplitude relative to the direct sound
 BANDWIDTHS = np.array([80.0, 100.0, 140.0, 200.0, 280.0])
 FRICATION_BANDS = ((1800.0, 3000.0), (3000.0, 1500.0), (5500.0, 2200.0))  # (centre, bw) at 17 cm
 
@@ -283,7 +285,7 @@ def _late_reverb(spectra: np.ndarray, rng: np.random.Generator, hop: int, sr: in
     tail = lfilter([0.0, 1.0 - decay], [1.0, -decay], power, axis=0)   # past blocks only
     phases = _phases(spectra.shape[1])
     start = int(rng.integers(len(phases) - len(spectra)))
-    wet = np.float32(rng.uniform(0.15, 0.5))
+    wet = np.float32(rng.uniform(*REVERB_WET))
     return (wet * np.sqrt(tail)).astype(np.float32) * phases[start:start + len(spectra)]
 
 
@@ -365,22 +367,32 @@ def render_utterance(identity: Identity, number: int, config: WorldConfig,
     # slow wander and tremor; the utterance also has its own small pitch offset.
     t = np.arange(total_ms) / 1000.0
     spoken = np.nonzero(voicing > 0.5)[0]
-    logf = np.full(total_ms, math.log(voice.f0) + rng.normal(0, 0.03))
+    logf = np.full(total_ms, math.log(voice.f0) + rng.normal(0, UTTERANCE_PITCH_SD))
     movement = -0.12 * (t / t[-1] - 0.5)
-    bump = np.exp(-0.5 * (np.arange(-240, 241) / 60.0) ** 2)      # a 60 ms accent, +-4 sd
+    # A 100 ms accent (+-4 sd): broad enough to leave the tremor's 4-7 Hz band alone (a
+    # 60 ms one put as much power there as a young voice's tremor has).
+    w = 400
+    bump = np.exp(-0.5 * (np.arange(-w, w + 1) / 100.0) ** 2)
     for s in np.nonzero(stressed)[0]:
         if rng.random() < 0.6:
             centre = int(starts[s] + ms[s] // 2)
-            lo, hi = max(0, centre - 240), min(total_ms, centre + 241)
-            movement[lo:hi] += rng.uniform(0.04, 0.14) * bump[lo - centre + 240: hi - centre + 240]
+            lo, hi = max(0, centre - w), min(total_ms, centre + w + 1)
+            movement[lo:hi] += rng.uniform(0.04, 0.14) * bump[lo - centre + w: hi - centre + w]
     if len(spoken):
         end = (starts[spoken[-1]] + ms[spoken[-1]]) / 1000
         ramp = np.clip((t - (end - 0.3)) / 0.3, 0, 1)
         movement += (0.12 if rng.random() < 0.2 else -0.08) * ramp
-    walk = convolve1d(np.cumsum(rng.standard_normal(n_blocks + 1)) * 0.009, neighbours,
-                      mode="nearest")
-    wander = np.interp(t, np.arange(n_blocks + 1) * BLOCK_MS / 1000, walk)
-    logf += voice.pitch_range * movement + wander - wander.mean()
+    # The wander is a random walk on 100 ms knots, so it has next to no power at the
+    # tremor's 4-7 Hz (a walk on 20 ms knots put as much there as a young voice's tremor).
+    knots = int(t[-1] / 0.1) + 2
+    walk = np.cumsum(rng.standard_normal(knots)) * 0.02
+    wander = np.interp(t, np.arange(knots) * 0.1, walk)
+    # Intonation moves the pitch around the speaker's own, not away from it: its mean over
+    # the voiced part is removed, so that it cannot pass for a lower or higher voice.
+    contour = voice.pitch_range * movement + wander
+    voiced_ms = rep(voicing) > 0.5
+    contour -= contour[voiced_ms].mean() if voiced_ms.any() else contour.mean()
+    logf += contour
     logf += voice.tremor * np.sin(2 * np.pi * rng.uniform(4, 7) * t + rng.uniform(0, 2 * np.pi))
     # Jitter: the period wanders from one cycle to the next; drawn per mean period on the
     # millisecond track (cheaper than per actual cycle, and the same spectrum).

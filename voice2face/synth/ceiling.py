@@ -23,6 +23,32 @@ import numpy as np
 from .world import CEILING, Identity, WorldConfig, rng_for
 
 
+def voice_distance(o: np.ndarray, z: np.ndarray, sigma) -> np.ndarray:
+    """The Bayes rule's score of a face with shared vector ``z`` for a voice with observed
+    vector ``o``: ``||(o - z) / sigma||^2``, the Gaussian log-likelihood with its common
+    terms cancelled. The smaller, the likelier; the rule picks the face with the smaller."""
+    return (((np.asarray(o) - np.asarray(z)) / np.asarray(sigma, float)) ** 2).sum(-1)
+
+
+def match_accuracy(o_hat: np.ndarray, speaker: np.ndarray, shared: np.ndarray,
+                   genders: np.ndarray, sigma) -> dict:
+    """1:2 accuracy of the Bayes rule for given voices: voice ``k`` with (estimated) observed
+    vector ``o_hat[k]`` belongs to identity ``speaker[k]`` of ``shared`` [M, D]; every other
+    identity is its imposter once (unstratified), or every other of its gender."""
+    shared, genders = np.asarray(shared, float), np.asarray(genders)
+    speaker = np.asarray(speaker)
+    d = voice_distance(np.asarray(o_hat)[:, None], shared[None], sigma)      # [N, M]
+    true = d[np.arange(len(speaker)), speaker][:, None]
+    correct = (true < d) + 0.5 * (true == d)
+    other = np.arange(len(shared))[None] != speaker[:, None]
+    same = other & (genders[None] == genders[speaker][:, None])
+    # per voice, then the mean over voices: every speaker weighs the same, as in the ceiling
+    has = same.any(1)
+    per_voice = (correct * same).sum(1)[has] / same.sum(1)[has]
+    return {"match_1to2": float(((correct * other).sum(1) / other.sum(1)).mean()),
+            "match_1to2_gender": float(per_voice.mean()) if has.any() else float("nan")}
+
+
 def match_ceilings(shared: np.ndarray, genders: np.ndarray, sigma, trials: int,
                    rng: np.random.Generator) -> dict:
     """Monte Carlo 1:2 ceilings for identities with shared vectors ``shared`` [N, D].
@@ -46,9 +72,7 @@ def match_ceilings(shared: np.ndarray, genders: np.ndarray, sigma, trials: int,
         pick = (rng.random(trials) * sizes[i]).astype(int)
         j = np.array([candidates[a][b] for a, b in zip(i, pick)])
         o = z[i] + sigma * rng.standard_normal((trials, z.shape[1]))
-        # log-likelihood ratio of the Gaussian voice model, common terms cancelled
-        d_true = (((o - z[i]) / sigma) ** 2).sum(1)
-        d_imp = (((o - z[j]) / sigma) ** 2).sum(1)
+        d_true, d_imp = voice_distance(o, z[i], sigma), voice_distance(o, z[j], sigma)
         correct = (d_true < d_imp) + 0.5 * (d_true == d_imp)
         return float(correct.mean()), float(correct.std() / np.sqrt(trials))
 

@@ -3,6 +3,10 @@
     voice2face synth --preset tiny|default --out DIR [--identities N] [--utterances N]
                      [--faces N] [--known N] [--face-size 64|128] [--seed S] [--workers W]
                      [--layout shards|voxceleb] [--overwrite]
+    voice2face synth --audit --out DIR [--workers W]
+
+``--audit`` generates nothing: it measures the world already in ``DIR``, what single test
+utterances reveal of their speakers from the audio alone (``voice2face.synth.audit``).
 
 ``--layout voxceleb`` writes the same world as VoxCeleb1 + VGGFace folder trees instead of
 shards (``voice2face.synth.layout``), to try ``voice2face prepare`` end to end.
@@ -48,6 +52,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true",
                    help="replace another world (or other files) in --out, and its pretrained/")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--audit", action="store_true",
+                   help="measure the world in --out instead: the audio-only oracle's 1:2 "
+                        "accuracy beside the ceiling")
     return p.parse_args(argv)
 
 
@@ -105,6 +112,15 @@ def _interrupted() -> str:
 @reports_errors("voice2face synth", interrupted=_interrupted)
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.audit:
+        from .audit import audit_world, format_rows
+        try:
+            result = audit_world(args.out, workers=args.workers or 1)
+        except (OSError, ValueError) as e:
+            print(f"voice2face synth --audit: {e}", file=sys.stderr)
+            return 2
+        print(format_rows({"audio-only oracle": result}, result["ceiling"]))
+        return 0
     try:
         config = preset(args.preset, identities=args.identities, utterances=args.utterances,
                         known=args.known, faces=args.faces, face_size=args.face_size,

@@ -9,7 +9,8 @@ Generative model (what makes the voice–face correlation, and what bounds it):
   ``o = z + sigma * eps``, ``eps ~ N(0, I)``, drawn once per identity (the identity-level
   voice offset: low-voiced women, young-sounding old men). Every identity-level voice
   parameter that depends on the shared attributes is a fixed invertible function of ``o``
-  (pitch, vocal-tract length, voice quality; see :func:`voice_traits`); the rest of the
+  (pitch, vocal-tract length, tremor and other voice quality; see :func:`voice_traits`
+  and docs/data.md for the sizes of the effects); the rest of the
   voice (speaking rate, breathiness, pitch range, articulation) is drawn independently.
   So ``p(voice | face) = N(o; z, diag(sigma^2))`` exactly, which is what makes the Bayes
   ceiling computable (``ceiling.py``).
@@ -63,7 +64,7 @@ class WorldConfig:
     face_size: int = 64
     sample_rate: int = 16_000
     seconds: tuple[float, float] = (2.0, 4.0)
-    snr_db: tuple[float, float] = (10.0, 35.0)
+    snr_db: tuple[float, float] = (20.0, 40.0)
     p_male: float = 0.55           # VoxCeleb1 is 55% male
     # sigma of o = z + sigma * eps for (gender, age, size); calibrated, see module docstring
     voice_noise: tuple[float, float, float] = (0.64, 0.90, 1.17)
@@ -194,17 +195,22 @@ def voice_traits(observed: np.ndarray, rng: np.random.Generator) -> VoiceTraits:
     The map from ``o`` to (log f0, log vtl, quality) is linear and invertible, so the
     voice carries exactly the information in ``o``. Means follow adult speech: about 120 Hz
     and 17 cm for men, 210 Hz and 14.5 cm for women (Peterson & Barney 1952; Fitch &
-    Giedd 1999); pitch drops and the tract lengthens a little with age and size.
+    Giedd 1999). Each attribute has a cue that one utterance can show above the
+    utterance's own variation (``voice2face synth --audit`` measures it): gender moves the
+    pitch by 28 % per unit, size the tract length (every formant) by 6 % per unit, age
+    doubles the depth of the pitch tremor per unit (and raises jitter and shimmer). Size
+    moves the pitch only a little, so that pitch and tract length do not have to be
+    disentangled to tell gender from size.
     """
     g, a, s = (float(x) for x in observed)
-    f0 = 160.0 * math.exp(-0.28 * g - 0.03 * a - 0.04 * s)
-    vtl = 15.8 * math.exp(0.075 * g + 0.012 * a + 0.03 * s)
+    f0 = 160.0 * math.exp(-0.28 * g - 0.03 * a - 0.02 * s)
+    vtl = 15.8 * math.exp(0.075 * g + 0.06 * s)
     quality = a
     return VoiceTraits(
         observed=(g, a, s), f0=f0, vtl=vtl, quality=quality,
-        jitter=0.006 * math.exp(0.45 * quality),
-        shimmer=0.05 * math.exp(0.4 * quality),
-        tremor=0.01 * math.exp(0.5 * quality),
+        jitter=0.005 * math.exp(0.4 * quality),
+        shimmer=0.06 * math.exp(0.4 * quality),
+        tremor=min(0.03 * math.exp(0.7 * quality), 0.12),   # beyond 12 % it is a warble
         rate=float(np.exp(rng.normal(0.0, 0.12))),
         breathiness=float(rng.beta(2.0, 4.0)),
         pitch_range=float(np.exp(rng.normal(0.0, 0.3))),
