@@ -53,9 +53,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from voice2face.losses import (discriminator_loss, generator_loss, identity_loss,
                                image_l1_loss, top1_accuracy, weighted_sum)
 from voice2face.methods.base import Voices
-from voice2face.methods.common import adam
-from voice2face.methods.generator import GeneratorModule
-from voice2face.methods.pretrained import voice_embedder_for
+from voice2face.methods.generator import AdversarialModule
 from voice2face.nets import CAECritic, GatedUNet
 
 # the generator's loss terms, in the order of the paper's λ1..λ5
@@ -97,7 +95,7 @@ def other_identity_pairing(identity: torch.Tensor,
     return partner.to(identity.device)
 
 
-class CaeModule(GeneratorModule):
+class CaeModule(AdversarialModule):
     """Voice embedder (frozen) + ``GatedUNet`` (proposal face, voice -> face) + ``CAECritic``.
 
     ``voice_net`` is filled in from the voice checkpoint on the first construction and saved
@@ -105,16 +103,11 @@ class CaeModule(GeneratorModule):
     """
 
     needs_proposal = True
-    steps_per_batch = 2
-    ddp_find_unused_parameters = True
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
                  voice_net: dict[str, Any] | None = None):
-        super().__init__(cfg, data)
-        self.automatic_optimization = False
+        super().__init__(cfg, data, voice_net)
         m = cfg["model"]
-        self.voice = voice_embedder_for("the CAE", m["voice"], voice_net)
-        self.hparams["voice_net"] = self.voice.config
         self.weights = self._check_weights(m["weights"])
         self.gating = m["gating"]
         self.generator = GatedUNet(data["face_size"], self.voice.config["dim"], m["width"],
@@ -133,11 +126,6 @@ class CaeModule(GeneratorModule):
         return weights
 
     # --- the nets' use -------------------------------------------------------------------
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.voice.eval()  # pretrained BatchNorm statistics stay as they are
-        return self
 
     @property
     def variant(self) -> str | None:
@@ -212,14 +200,3 @@ class CaeModule(GeneratorModule):
                        "train/acc_real": top1_accuracy(out["identity"][:n].detach(), labels)},
                       prog_bar=True, batch_size=n)
 
-    def _update(self, opt, loss: torch.Tensor) -> None:
-        clip = self.cfg["optim"]["clip_grad"]
-        opt.zero_grad()
-        self.manual_backward(loss)
-        if clip:
-            self.clip_gradients(opt, gradient_clip_val=clip)
-        opt.step()
-
-    def configure_optimizers(self):
-        o = self.cfg["optim"]
-        return [adam(self.generator.parameters(), o), adam(self.critic.parameters(), o)]

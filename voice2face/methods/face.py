@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from torchmetrics.classification import BinaryAccuracy
 
 from voice2face.losses import covariate_loss, top1_accuracy

@@ -47,43 +47,24 @@ import torch
 
 from voice2face.losses import (discriminator_loss, gender_loss, generator_loss, identity_loss,
                                top1_accuracy)
-from voice2face.methods.base import CheckpointError, Voices
-from voice2face.methods.common import adam
-from voice2face.methods.generator import GeneratorModule
-from voice2face.methods.pretrained import freeze, load_voice_embedder
-from voice2face.nets import FaceCritic, FaceGenerator, VoiceEmbedder, perturb_embedding
+from voice2face.methods.base import Voices
+from voice2face.methods.generator import AdversarialModule
+from voice2face.nets import FaceCritic, FaceGenerator, perturb_embedding
 
 
-class GanModule(GeneratorModule):
+class GanModule(AdversarialModule):
     """Voice embedder (frozen) -> ``FaceGenerator``; ``FaceCritic`` = discriminator + classifier.
 
     ``voice_net`` is filled in from the voice checkpoint on the first construction and saved
     with the hyperparameters, so a GAN checkpoint rebuilds without the voice checkpoint.
     """
 
-    steps_per_batch = 2
-    ddp_find_unused_parameters = True
-
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
                  voice_net: dict[str, Any] | None = None):
-        super().__init__(cfg, data)
-        self.automatic_optimization = False
+        super().__init__(cfg, data, voice_net)
         m = cfg["model"]
-        if voice_net is None:
-            path = m["voice"]
-            try:
-                self.voice = load_voice_embedder(path)
-            except CheckpointError as e:
-                raise CheckpointError(
-                    f"{e}; the GAN needs a pretrained voice embedder at model.voice ({path}): "
-                    f"make one with `voice2face train voice --export {path}` (the Makefile "
-                    f"does this), or point model.voice at a voice or dimnet checkpoint") from e
-            voice_net = self.voice.config
-        else:
-            self.voice = freeze(VoiceEmbedder(**voice_net))
-        self.hparams["voice_net"] = voice_net
         self.conditional = bool(m["conditional"])
-        dim = voice_net["dim"]
+        dim = self.voice.config["dim"]
         self.generator = FaceGenerator(dim, data["face_size"], m["width"],
                                        noise_dim=m["noise_dim"] if self.conditional else 0,
                                        norm=m["generator_norm"])
@@ -93,11 +74,6 @@ class GanModule(GeneratorModule):
                                  gender=self.gender_weight > 0)
 
     # --- the nets' use -------------------------------------------------------------------
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.voice.eval()  # pretrained BatchNorm statistics stay as they are
-        return self
 
     @property
     def variant(self) -> str | None:
@@ -156,14 +132,3 @@ class GanModule(GeneratorModule):
         logs[f"train/loss_gender_{which}"] = gender_loss(out["gender"][:n], gender)
         return self.gender_weight * logs[f"train/loss_gender_{which}"]
 
-    def _update(self, opt, loss: torch.Tensor) -> None:
-        clip = self.cfg["optim"]["clip_grad"]
-        opt.zero_grad()
-        self.manual_backward(loss)
-        if clip:
-            self.clip_gradients(opt, gradient_clip_val=clip)
-        opt.step()
-
-    def configure_optimizers(self):
-        o = self.cfg["optim"]
-        return [adam(self.generator.parameters(), o), adam(self.critic.parameters(), o)]

@@ -22,7 +22,8 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from voice2face.grid import GridCollector, log_grid
 from voice2face.methods.base import Evaluation, MethodModule, Voices, proposal_faces
-from voice2face.methods.pretrained import load_judge
+from voice2face.methods.common import adam
+from voice2face.methods.pretrained import load_judge, voice_embedder_for
 from voice2face.metrics import compute_each, make_metrics
 
 
@@ -111,3 +112,43 @@ class GeneratorModule(MethodModule, abstract=True):
         folder = Path(self.trainer.default_root_dir) / "grids"
         log_grid(self._grid.image(), self.loggers, "val/grid", step,
                  folder / f"val-step{step:06d}.png")
+
+
+class AdversarialModule(GeneratorModule, abstract=True):
+    """A generator trained against a critic from a frozen voice embedder (the GAN, the CAE).
+
+    Manual optimization with two optimizer steps per batch, critic then generator
+    (``steps_per_batch = 2``: ``voice2face train`` scales ``trainer.max_steps`` by it); each
+    backward leaves the other net without gradients, so DDP needs
+    ``find_unused_parameters`` (``ddp_find_unused_parameters``). ``self.voice`` comes from
+    ``model.voice`` (a ``voice`` or ``dimnet`` checkpoint) on the first construction, or is
+    rebuilt from ``voice_net`` (saved in the hyperparameters) when a checkpoint is loaded; it
+    stays in eval mode, whatever ``train()`` the loops call. A subclass builds
+    ``self.generator`` and ``self.critic`` and writes ``training_step`` with ``_update``.
+    """
+
+    steps_per_batch = 2
+    ddp_find_unused_parameters = True
+
+    def __init__(self, cfg, data, voice_net=None):
+        super().__init__(cfg, data)
+        self.automatic_optimization = False
+        self.voice = voice_embedder_for(self.method, cfg["model"]["voice"], voice_net)
+        self.hparams["voice_net"] = self.voice.config
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.voice.eval()  # pretrained BatchNorm statistics stay as they are
+        return self
+
+    def _update(self, opt, loss: torch.Tensor) -> None:
+        clip = self.cfg["optim"]["clip_grad"]
+        opt.zero_grad()
+        self.manual_backward(loss)
+        if clip:
+            self.clip_gradients(opt, gradient_clip_val=clip)
+        opt.step()
+
+    def configure_optimizers(self):
+        o = self.cfg["optim"]
+        return [adam(self.generator.parameters(), o), adam(self.critic.parameters(), o)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 
 from voice2face.losses import identity_loss, top1_accuracy
 from voice2face.methods.base import Evaluation, MethodModule
