@@ -410,9 +410,13 @@ def test_sigint_with_worker_processes_prints_no_traceback(tmp_path):
                              "--identities", "300", "--workers", "2", "--quiet", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    # the shard folder is made before the worker pool starts; rendering 300 identities then
+    # takes tens of seconds, so a signal a second later lands while the workers are busy
     deadline = time.time() + 120
-    while not list((out / "shards").glob("*.tar*")) and time.time() < deadline:
-        time.sleep(0.1)
+    while not (out / "shards").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert proc.poll() is None, "the world was written before the signal could be sent"
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: to the whole group
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
