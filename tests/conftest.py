@@ -15,6 +15,17 @@ os.environ.setdefault("WANDB_SILENT", "true")
 from fake_data import write_fake_dataset  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _sigint_restored():
+    """Each test starts with Python's own SIGINT handler. Lightning ignores SIGINT after it
+    handles a KeyboardInterrupt in fit, and an ignored signal is inherited by every process
+    a later test starts, which then cannot be interrupted."""
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(scope="session")
 def fake_root(tmp_path_factory) -> Path:
     """A dataset in the shard format with sine-tone voices and flat-colour faces."""
