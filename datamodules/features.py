@@ -1,7 +1,10 @@
 """Audio and image features shared by every method.
 
-Log-mel features follow Wen et al. (NeurIPS 2019): 64 mel bins, 25 ms windows, 10 ms hops,
-each bin mean- and variance-normalised over the utterance.
+Log-mel features follow Wen et al. (NeurIPS 2019): 64 mel bins, 25 ms windows, 10 ms hops.
+They leave here unnormalised: the voice nets normalise them themselves
+(``voice2face.nets.voice.normalize_mel``), so that how a net was trained to see a voice
+(Wen et al.'s per-bin normalisation, or one that keeps the spectral envelope) is part of
+the net and its checkpoint, never a data setting that a later method could set otherwise.
 
 The complex STFT (``spectrogram=True``) uses the same windows and hops, so its frames line up
 with the log-mel ones (and share ``mel_lengths`` in a batch). Speech2Face (Oh et al., CVPR
@@ -37,7 +40,7 @@ def compress_spectrogram(spec: torch.Tensor, exponent: float = SPEC_EXPONENT) ->
 
 
 class AudioFeatures:
-    """Waveform -> normalised log-mel ``[n_mels, T]`` and, on request, the complex STFT."""
+    """Waveform -> log-mel ``[n_mels, T]`` and, on request, the complex STFT."""
 
     def __init__(self, n_mels: int = N_MELS, spectrogram: bool = False,
                  sample_rate: int = SAMPLE_RATE):
@@ -56,10 +59,7 @@ class AudioFeatures:
     def __call__(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
         if wave.numel() < N_FFT:  # too short for one frame: pad with silence
             wave = torch.nn.functional.pad(wave, (0, N_FFT - wave.numel()))
-        logmel = torch.log(self.mel(wave) + 1e-6)
-        mean = logmel.mean(dim=1, keepdim=True)
-        std = logmel.std(dim=1, keepdim=True, unbiased=False)
-        out = {"mel": (logmel - mean) / (std + 1e-5)}
+        out = {"mel": torch.log(self.mel(wave) + 1e-6)}
         if self.stft is not None:
             out["spec"] = self.stft(wave)
         return out

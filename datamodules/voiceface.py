@@ -374,19 +374,21 @@ class VoiceFaceDataModule(L.LightningDataModule):
         flip: random horizontal flips of training faces.
         audio: decode the utterances (``mel``); false for face-only methods, whose batches
             then hold faces and labels only.
+        train_audio: decode the utterances of training batches (with ``audio``); false for
+            a method that reads cached voice embeddings there (evaluation still decodes).
     """
 
     def __init__(self, root: str | Path, batch_size: int = 64, eval_batch_size: int | None = None,
                  num_workers: int = 0, crop_seconds: float = 2.0, spectrogram: bool = False,
                  skip_corrupt: bool = False, shuffle_buffer: int = 500, val_gallery: bool = False,
-                 flip: bool = True, audio: bool = True):
+                 flip: bool = True, audio: bool = True, train_audio: bool = True):
         super().__init__()
         self.root = Path(root)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.crop_seconds = num_workers, crop_seconds
         self.spectrogram, self.skip_corrupt = spectrogram, skip_corrupt
         self.shuffle_buffer, self.val_gallery, self.flip = shuffle_buffer, val_gallery, flip
-        self.audio = audio
+        self.audio, self.train_audio = audio, train_audio
         self.manifest = read_manifest(self.root)
         self.identities = self.manifest["identities"]
         self.train_identities = [i["index"] for i in self.identities if i["split"] == "train"]
@@ -409,7 +411,8 @@ class VoiceFaceDataModule(L.LightningDataModule):
 
     def _decoder(self, train: bool) -> SampleDecoder:
         crop = int(self.crop_seconds * self.manifest["sample_rate"]) if train else None
-        return SampleDecoder(self.manifest, self.features if self.audio else None, crop,
+        audio = self.audio and (self.train_audio or not train)
+        return SampleDecoder(self.manifest, self.features if audio else None, crop,
                              self.flip and train, self.label_of)
 
     def _split(self, section: str, split: str) -> tuple[list[dict], list[str]]:

@@ -154,6 +154,33 @@ def test_gan_gender_head_learns_gender_and_trains_the_generator(world, pretraine
     assert {"train/loss_gender_real", "train/loss_gender_fake"} <= set(trainer.logged_metrics)
 
 
+@pytest.mark.parametrize("method", ["gan", "cae"])
+def test_cached_voices_are_the_embeddings_of_whole_utterances(method, world, pretrained,
+                                                              tmp_path):
+    """model.cache_voice: training batches carry no audio, and what the method trains on is
+    the frozen embedder's output for the whole utterance, computed here sample by sample."""
+    from voice2face.train import make_datamodule
+    cfg = quick_config(method, world, tmp_path, "model.cache_voice=true", "eval.judge=null")
+    dm = make_datamodule(cfg, METHODS[method])
+    module = METHODS[method](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+    batch = next(iter(dm.train_dataloader()))
+    assert "mel" not in batch and "mel_lengths" not in batch
+    assert "mel" in next(iter(dm.eval_dataloader("val")))  # evaluation still hears them
+    with pytest.raises(KeyError):  # no cache before fit starts, and no audio to embed
+        module.training_voices(batch)
+
+    class Fit:  # what on_fit_start reads of its trainer
+        datamodule = dm
+    module._trainer = Fit()
+    module.on_fit_start()
+    whole = {s["key"]: s for s in dm.eval_dataset("train")}
+    for key, emb in zip(batch["key"], module.training_voices(batch)):
+        mel = whole[key]["mel"]
+        expected = module.voice(mel[None], torch.tensor([mel.shape[-1]]))[0]
+        torch.testing.assert_close(emb, expected, rtol=1e-5, atol=1e-5)
+    assert len(module._voice_cache) == len(dm.eval_dataset("train"))
+
+
 def test_gan_checkpoint_needs_no_voice_checkpoint(world, pretrained, tmp_path):
     voice = tmp_path / "voice-copy.ckpt"
     shutil.copy(pretrained / "voice.ckpt", voice)

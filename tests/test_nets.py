@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from voice2face import losses
 from voice2face.nets import (CosineClassifier, CovariateHeads, FaceCritic, FaceDecoder,
                              FaceEncoder, FaceGenerator, FaceTrunk, SpectrogramEncoder,
                              VoiceEmbedder, perturb_embedding)
+from voice2face.nets.voice import normalize_mel
 
 B = 3
 
@@ -33,6 +35,8 @@ NETS = {
     "voice_embedder": (lambda: VoiceEmbedder(width=0.1), mel, [(B, 64)]),
     "voice_embedder_paper": (lambda: VoiceEmbedder(), mel, [(B, 64)]),
     "voice_embedder_stats": (lambda: VoiceEmbedder(width=0.1, pooling="stats"), mel, [(B, 64)]),
+    "voice_embedder_utterance_norm": (lambda: VoiceEmbedder(width=0.1, norm="utterance"), mel,
+                                      [(B, 64)]),
     "face_trunk_64": (lambda: FaceTrunk(64, width=0.25), lambda: face(64), [(B, 64)]),
     "face_trunk_16_batchnorm": (lambda: FaceTrunk(16, norm="batch"), lambda: face(16), [(B, 64)]),
     "face_encoder": (lambda: FaceEncoder(32, 7, width=0.25), lambda: face(32),
@@ -81,10 +85,38 @@ def test_forward_backward_every_parameter(name):
     assert not bad, f"{name}: non-finite gradient for {bad}"
 
 
-@pytest.mark.parametrize("pooling", ["mean", "stats"])
-def test_voice_embedding_ignores_padding_and_is_unit(pooling):
+def numpy_normalize(mel: np.ndarray, lengths, norm: str) -> np.ndarray:
+    """The reference: each utterance's valid frames normalised by a loop, padding left 0."""
+    out = np.zeros_like(mel)
+    for b, n in enumerate(lengths):
+        x = mel[b, :, :n]
+        axis = 1 if norm == "bin" else None
+        mean = x.mean(axis=axis, keepdims=True)
+        std = x.std(axis=axis, keepdims=True)
+        out[b, :, :n] = (x - mean) / (std + 1e-5)
+    return out
+
+
+@pytest.mark.parametrize("norm", ["bin", "utterance"])
+def test_normalize_mel_matches_a_loop(norm):
     torch.manual_seed(0)
-    net = VoiceEmbedder(width=0.1, pooling=pooling).eval()
+    x = torch.randn(3, 8, 20, dtype=torch.float64) * 3 + 10 * torch.arange(8.0)[:, None]
+    lengths = torch.tensor([20, 13, 4])
+    got = normalize_mel(x, lengths, norm).numpy()
+    np.testing.assert_allclose(got, numpy_normalize(x.numpy(), lengths.tolist(), norm),
+                               rtol=1e-10, atol=1e-10)
+    # the two differ: per-bin normalisation removes each bin's offset, the other keeps it
+    bins = got[0].mean(axis=1)
+    if norm == "bin":
+        np.testing.assert_allclose(bins, 0, atol=1e-10)
+    else:
+        assert np.all(np.diff(bins) > 0)
+
+
+@pytest.mark.parametrize("pooling,norm", [("mean", "bin"), ("stats", "bin"), ("mean", "utterance")])
+def test_voice_embedding_ignores_padding_and_is_unit(pooling, norm):
+    torch.manual_seed(0)
+    net = VoiceEmbedder(width=0.1, pooling=pooling, norm=norm).eval()
     x = torch.randn(1, 64, 57)
     alone = net(x, torch.tensor([57]))
     padded = net(torch.cat([x, torch.randn(1, 64, 30) * 5], -1), torch.tensor([57]))
@@ -103,7 +135,7 @@ def test_stats_pooling_is_mean_and_std_over_valid_frames():
     plain.load_state_dict({k: v for k, v in net.state_dict().items()
                            if not k.startswith("stats")})
     # the last layer's frames, recomputed without the pooling: 300 frames -> 10 after 5 strides
-    h = x
+    h = torch.from_numpy(numpy_normalize(x.numpy(), [300], "bin"))
     for layer in (*plain.blocks, plain.out):
         h = layer(h)
     # (the variance is floored at 1e-6, so that its square root keeps a finite gradient)

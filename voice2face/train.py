@@ -167,6 +167,7 @@ def make_datamodule(cfg: DictConfig, method_cls=None) -> VoiceFaceDataModule:
         d.root, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers, crop_seconds=d.crop_seconds, spectrogram=d.spectrogram,
         skip_corrupt=d.skip_corrupt, shuffle_buffer=d.shuffle_buffer, audio=d.audio,
+        train_audio=method_cls.reads_training_audio(cfg) if method_cls else True,
         val_gallery=bool(method_cls and method_cls.val_gallery))
 
 

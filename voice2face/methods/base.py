@@ -72,7 +72,7 @@ class Evaluation(enum.Enum):
 class Voices(NamedTuple):
     """A batch of utterances as the methods read them (``datamodules.features``)."""
 
-    mel: Tensor                    # [B, n_mels, T] normalised log-mel, zero-padded
+    mel: Tensor                    # [B, n_mels, T] log-mel, zero-padded (the nets normalise)
     lengths: Tensor | None = None  # [B] valid frames; None: all T
     # [B, F, T] complex STFT on the same frames, for a method whose ``needs_spectrogram``
     # is true (the data then carries it); None otherwise
@@ -196,6 +196,13 @@ class MethodModule(L.LightningModule):
     def embed_faces(self, faces: Tensor) -> Embeddings:
         """Real faces in the same space as ``embed_voices`` (the gallery of evaluation)."""
         raise NotImplementedError(f"{self.method} does not embed faces")
+
+    @classmethod
+    def reads_training_audio(cls, cfg: dict[str, Any]) -> bool:
+        """Whether training batches must carry the utterances (``mel``); false for a method
+        that reads cached voice embeddings (or none) in training. Evaluation batches always
+        carry them."""
+        return True
 
     def reference_faces(self, faces: Tensor) -> Tensor | None:
         """Faces the method makes from real faces ``[B, 3, S, S]`` alone, shown beside them

@@ -176,8 +176,7 @@ class CaeModule(AdversarialModule):
         except ValueError as e:
             rank_zero_warn(f"cae: skipping a training batch: {e}")
             return
-        with torch.no_grad():
-            emb = self.voice(batch["mel"], batch["mel_lengths"])
+        emb = self.training_voices(batch)
         face_b, emb_b, label_b = face[partner], emb[partner], labels[partner]
         fake = self.generator(face, emb_b)  # G(f_A, e_B), used by both steps
         n = len(face)

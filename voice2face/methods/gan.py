@@ -92,9 +92,7 @@ class GanModule(AdversarialModule):
         opt_g, opt_d = self.optimizers()
         m = self.cfg["model"]
         real, labels, gender = batch["face"], batch["label"], batch["gender"]
-        with torch.no_grad():
-            emb = perturb_embedding(self.voice(batch["mel"], batch["mel_lengths"]),
-                                    m["embedding_noise"])
+        emb = perturb_embedding(self.training_voices(batch), m["embedding_noise"])
         cond = emb if self.conditional else None
         fake = self.generator(emb)  # generated once, used by both steps
         n = len(real)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from tqdm.auto import tqdm
 
 from voice2face.grid import GridCollector, log_grid
 from voice2face.methods.base import Evaluation, MethodModule, Voices, proposal_faces
@@ -114,6 +115,19 @@ class GeneratorModule(MethodModule, abstract=True):
                  folder / f"val-step{step:06d}.png")
 
 
+@torch.no_grad()
+def embed_utterances(voice, datamodule, split: str, device) -> dict[str, torch.Tensor]:
+    """``{sample key: unit embedding}`` of every utterance of ``split``, each whole, by the
+    frozen ``voice`` embedder (every rank embeds the whole split)."""
+    cache = {}
+    loader = datamodule.eval_dataloader(split, rank=0, world_size=1)
+    for batch in tqdm(loader, desc=f"voice cache ({split})", leave=False,
+                      disable=rank_zero_only.rank != 0):
+        emb = voice(batch["mel"].to(device), batch["mel_lengths"].to(device)).cpu()
+        cache.update(zip(batch["key"], emb))
+    return cache
+
+
 class AdversarialModule(GeneratorModule, abstract=True):
     """A generator trained against a critic from a frozen voice embedder (the GAN, the CAE).
 
@@ -124,7 +138,15 @@ class AdversarialModule(GeneratorModule, abstract=True):
     ``model.voice`` (a ``voice`` or ``dimnet`` checkpoint) on the first construction, or is
     rebuilt from ``voice_net`` (saved in the hyperparameters) when a checkpoint is loaded; it
     stays in eval mode, whatever ``train()`` the loops call. A subclass builds
-    ``self.generator`` and ``self.critic`` and writes ``training_step`` with ``_update``.
+    ``self.generator`` and ``self.critic`` and writes ``training_step`` with ``_update`` and
+    ``training_voices``.
+
+    ``model.cache_voice``: the frozen embedder's outputs are computed once, at the start of
+    training, for every training utterance as a whole (as evaluation sees utterances), and
+    training batches then carry no audio (``reads_training_audio``): decoding and embedding
+    random crops in every batch is most of a narrow GAN's step on a CPU. The embedder is
+    frozen, so the cache is exact for whole utterances; it trades the crops' variety for
+    speed (the embedding noise of the GAN stays).
     """
 
     steps_per_batch = 2
@@ -135,6 +157,28 @@ class AdversarialModule(GeneratorModule, abstract=True):
         self.automatic_optimization = False
         self.voice = voice_embedder_for(self.method, cfg["model"]["voice"], voice_net)
         self.hparams["voice_net"] = self.voice.config
+        self._voice_cache: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def reads_training_audio(cls, cfg) -> bool:
+        return not cfg["model"]["cache_voice"]
+
+    def on_fit_start(self) -> None:
+        if self.cfg["model"]["cache_voice"] and self._voice_cache is None:
+            self._voice_cache = embed_utterances(self.voice, self.trainer.datamodule, "train",
+                                                 self.device)
+
+    @torch.no_grad()
+    def training_voices(self, batch: dict) -> torch.Tensor:
+        """The frozen unit voice embeddings of a training batch: from the cache (whole
+        utterances) with ``model.cache_voice``, else of the batch's crops."""
+        if self._voice_cache is None:
+            return self.voice(batch["mel"], batch["mel_lengths"])
+        try:
+            return torch.stack([self._voice_cache[k] for k in batch["key"]]).to(self.device)
+        except KeyError as e:
+            raise KeyError(f"{self.method}: training sample {e} is not in the voice cache "
+                           f"made from the training split at the start of fit") from None
 
     def train(self, mode: bool = True):
         super().train(mode)

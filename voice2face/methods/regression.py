@@ -100,7 +100,7 @@ class RegressionModule(GeneratorModule):
             self.encoder = SpectrogramEncoder(dim, m["width"], freq_bins=N_FFT // 2 + 1,
                                               hidden=m["hidden"])
         elif self.encoder_kind == "mel":
-            self.encoder = VoiceEmbedder(dim=dim, width=m["width"])
+            self.encoder = VoiceEmbedder(dim=dim, width=m["width"], norm="utterance")
         else:
             raise ValueError(f"regression: unknown model.encoder {self.encoder_kind!r}; valid: "
                              f"{', '.join(ENCODERS)}")

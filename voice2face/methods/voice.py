@@ -26,7 +26,8 @@ class VoiceModule(MethodModule):
     def __init__(self, cfg, data):
         super().__init__(cfg, data)
         m = cfg["model"]
-        self.voice = VoiceEmbedder(dim=m["dim"], width=m["width"], pooling=m["pooling"])
+        self.voice = VoiceEmbedder(dim=m["dim"], width=m["width"], pooling=m["pooling"],
+                                   norm=m["norm"])
         self.classifier = CosineClassifier(m["dim"], data["num_train_identities"], m["scale"])
         self.val_recall = SplitHalfRecall("val")
 

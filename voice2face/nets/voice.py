@@ -5,6 +5,12 @@ stride 2), batch norm and ReLU after the first four, average pooling over time, 
 normalised 64-d embedding. Pooling is masked with the utterance lengths, and padded frames are
 zeroed after every layer, so an utterance gets the same embedding alone or in a padded batch.
 
+The net normalises its log-mel input itself over the valid frames (``norm``):
+``"bin"``, every mel bin to zero mean and unit variance over the utterance (Wen et al.; it
+removes the channel's colouring, and with it the speaker's long-term spectral envelope:
+vocal-tract length and the mean pitch's harmonics), or ``"utterance"``, one mean and
+variance over all bins and frames (loudness goes, the envelope stays).
+
 ``pooling="stats"`` replaces the average by statistics pooling (Snyder et al. 2018,
 x-vectors): the mean and standard deviation over time of the last layer's ``dim`` channels,
 mapped back to ``dim`` by a linear layer. The spread over time is where a voice's
@@ -19,6 +25,7 @@ from torch import nn
 
 PAPER_CHANNELS = (256, 384, 576, 864)
 POOLINGS = ("mean", "stats")
+NORMS = ("bin", "utterance")
 
 
 def scaled(channels: tuple[int, ...], width: float) -> tuple[int, ...]:
@@ -37,22 +44,46 @@ def time_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     return (frames[None, :] < lengths[:, None]).unsqueeze(1).float()
 
 
+def normalize_mel(mel: torch.Tensor, lengths: torch.Tensor, norm: str) -> torch.Tensor:
+    """Log-mel ``[B, n_mels, T]`` normalised over each utterance's valid frames, padding 0.
+
+    ``"bin"``: per mel bin (mean and population std over time); ``"utterance"``: one mean and
+    std over every bin and valid frame. A constant input (zero variance) maps to zeros.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose from {NORMS}")
+    mask = time_mask(lengths, mel.shape[-1])                   # [B, 1, T]
+    dims = (-1,) if norm == "bin" else (-2, -1)
+    frames = mask.sum(-1, keepdim=True)                        # [B, 1, 1]
+    count = frames if norm == "bin" else frames * mel.shape[-2]
+    mean = (mel * mask).sum(dims, keepdim=True) / count
+    centred = (mel - mean) * mask
+    std = (centred.pow(2).sum(dims, keepdim=True) / count).sqrt()
+    return centred / (std + 1e-5)
+
+
 class VoiceEmbedder(nn.Module):
     """Log-mel ``[B, n_mels, T]`` (+ lengths ``[B]``) -> embedding ``[B, dim]``.
+
+    ``norm`` defaults to ``"bin"``, the paper's, which is also what checkpoints saved before
+    the option existed were trained with.
 
     ``forward`` returns the L2-normalised embedding; ``features`` the pooled, unnormalised one
     (what a classifier head is trained on during pretraining).
     """
 
     def __init__(self, n_mels: int = 64, dim: int = 64, width: float = 1.0,
-                 channels: tuple[int, ...] = PAPER_CHANNELS, pooling: str = "mean"):
+                 channels: tuple[int, ...] = PAPER_CHANNELS, pooling: str = "mean",
+                 norm: str = "bin"):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose from {POOLINGS}")
-        self.dim, self.pooling = dim, pooling
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; choose from {NORMS}")
+        self.dim, self.pooling, self.norm = dim, pooling, norm
         # the constructor's arguments: what a checkpoint needs to rebuild the net
         self.config = {"n_mels": n_mels, "dim": dim, "width": width, "channels": list(channels),
-                       "pooling": pooling}
+                       "pooling": pooling, "norm": norm}
         widths = (n_mels, *scaled(tuple(channels), width))
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Conv1d(c_in, c_out, 3, stride=2, padding=1, bias=False),
@@ -66,7 +97,7 @@ class VoiceEmbedder(nn.Module):
             lengths = torch.full((mel.shape[0],), mel.shape[-1], dtype=torch.long,
                                  device=mel.device)
         lengths = lengths.clamp(min=1)
-        x = mel * time_mask(lengths, mel.shape[-1])
+        x = normalize_mel(mel, lengths, self.norm)
         for layer in (*self.blocks, self.out):
             x = layer(x)
             lengths = conv_lengths(lengths)
