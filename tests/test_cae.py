@@ -99,7 +99,7 @@ def test_configs_hold_the_papers_settings():
 
 def make_cae(world, tmp_path, *overrides) -> CaeModule:
     cfg = quick_config("cae", world, tmp_path, "model.width=0.25", "model.critic_width=0.25",
-                       "eval.judge=null", *overrides)
+                       "eval.judge=null", "model.cache_voice=false", *overrides)
     dm = VoiceFaceDataModule(world, num_workers=0)
     return CaeModule(OmegaConf.to_container(cfg, resolve=True), data_info(dm))
 

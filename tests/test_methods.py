@@ -102,7 +102,7 @@ def test_gan_steps_reduce_the_classifier_loss_and_keep_the_voice_frozen(world, p
                                                                         tmp_path):
     import lightning as L
     cfg = quick_config("gan", world, tmp_path, "model.width=0.25", "eval.judge=null",
-                       "optim.lr=1e-3")
+                       "optim.lr=1e-3", "model.cache_voice=false")  # fits a plain DataLoader
     dm = VoiceFaceDataModule(world, batch_size=6, num_workers=0, crop_seconds=0.3)
     gan = METHODS["gan"](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
     batch = fixed_batch(world)
@@ -133,7 +133,8 @@ def test_gan_gender_head_learns_gender_and_trains_the_generator(world, pretraine
     assert METHODS["gan"](OmegaConf.to_container(base, resolve=True),
                           data_info(dm)).critic.gender is None  # the paper's critic
     cfg = quick_config("gan", world, tmp_path, "model.width=0.25", "eval.judge=null",
-                       "optim.lr=1e-3", "model.gender_weight=1", "model.identity_weight=0")
+                       "optim.lr=1e-3", "model.gender_weight=1", "model.identity_weight=0",
+                       "model.cache_voice=false")
     gan = METHODS["gan"](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
     batch = fixed_batch(world)
 

@@ -34,7 +34,8 @@ class DimnetModule(MethodModule):
         super().__init__(cfg, data)
         m = cfg["model"]
         self.voice = VoiceEmbedder(dim=m["dim"], width=m["voice_width"],
-                                   pooling=m["voice_pooling"], norm=m["voice_norm"])
+                                   pooling=m.get("voice_pooling", "mean"),
+                                   norm=m.get("voice_norm", "bin"))  # older checkpoints
         self.face = FaceTrunk(data["face_size"], m["dim"], m["face_width"], norm="batch")
         self.heads = CovariateHeads(m["dim"], data["num_train_identities"], m["scale"])
         self.val_match = CrossModalMatching(n_way=2, exhaustive=True)

@@ -165,8 +165,12 @@ class AdversarialModule(GeneratorModule, abstract=True):
 
     def on_fit_start(self) -> None:
         if self.cfg["model"]["cache_voice"] and self._voice_cache is None:
-            self._voice_cache = embed_utterances(self.voice, self.trainer.datamodule, "train",
-                                                 self.device)
+            dm = self.trainer.datamodule
+            if dm is None:
+                raise ValueError(f"{self.method}: model.cache_voice embeds the training split "
+                                 f"of the trainer's VoiceFaceDataModule, and this fit has "
+                                 f"none; fit with datamodule=..., or model.cache_voice=false")
+            self._voice_cache = embed_utterances(self.voice, dm, "train", self.device)
 
     @torch.no_grad()
     def training_voices(self, batch: dict) -> torch.Tensor:

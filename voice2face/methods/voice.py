@@ -27,7 +27,7 @@ class VoiceModule(MethodModule):
         super().__init__(cfg, data)
         m = cfg["model"]
         self.voice = VoiceEmbedder(dim=m["dim"], width=m["width"], pooling=m["pooling"],
-                                   norm=m["norm"])
+                                   norm=m.get("norm", "bin"))  # older checkpoints: bin
         self.classifier = CosineClassifier(m["dim"], data["num_train_identities"], m["scale"])
         self.val_recall = SplitHalfRecall("val")
 
