@@ -221,6 +221,9 @@ def ensure_run(entry: Entry, cfg: DictConfig, identity: dict[str, Any], fingerpr
         log(f"voice2face results: {entry.key}: reusing {folder} (finished; trained in "
             f"{record['train_seconds']:.1f} s)")
         return folder, record, False
+    if folder.exists() and why == "its config.yaml differs":  # the digest names this config
+        raise UserError(f"{folder}: its config.yaml is not the config of the row "
+                        f"{entry.key}; move the folder away")
     resumed = (folder / "checkpoints" / "last.ckpt").is_file()
     log(f"voice2face results: {entry.key}: {'resuming' if resumed else 'training'} in {folder} "
         f"({why})")
