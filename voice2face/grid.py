@@ -1,7 +1,8 @@
 """The sample grid: per identity, real faces beside faces generated from its utterances.
 
 Made by the validation of every face-generating method (``methods.generator``) and by
-``voice2face evaluate``; saved as PNG and logged to W&B.
+``voice2face evaluate``; saved as PNG and logged to W&B. ``column_grid`` puts one titled
+column per method beside the real face (``voice2face results``' figure).
 """
 
 from __future__ import annotations
