@@ -98,3 +98,13 @@ bench: $(STAMP) ## print the benchmarks' numbers
 
 clean: ## remove runs and generated data (keeps .venv)
 	rm -rf runs data wandb
+
+# Every evaluable method and variant trained (or reused: `voice2face results --help` says
+# when a run counts as finished) and evaluated under one protocol: $(RESULTS) and its figure.
+# ARGS go to every method's run, PRETRAIN_ARGS to the pretrained nets built first.
+RESULTS ?= docs/results.md
+RESULTS_STARTED := $(shell date +%s)
+.PHONY: results
+results: $(STAMP) $(DATA)/manifest.json $(PRETRAINED)/voice.ckpt $(NEEDS_regression) ## train or reuse every method on DATA, evaluate alike, write docs/results.md; ARGS, PRETRAIN_ARGS
+	$(BIN)/voice2face results --data $(DATA) --out $(RESULTS) --started $(RESULTS_STARTED) \
+		--pretrain-args '$(PRETRAIN_ARGS)' $(ARGS)

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("voice2face", "datamodules")
 # modules with a command-line main: they use the library, the library never uses them
 ENTRY_POINTS = {"voice2face.cli", "voice2face.train", "voice2face.evaluate", "voice2face.generate",
-                "voice2face.synth.cli", "voice2face.prepare", "voice2face.prepare.run"}
+                "voice2face.synth.cli", "voice2face.prepare", "voice2face.prepare.run",
+                "voice2face.results"}
 # layers below the methods: they know nothing of methods or entry points
 LOWER = ("voice2face.nets", "voice2face.metrics", "voice2face.losses", "voice2face.grid",
          "voice2face.splits", "datamodules")

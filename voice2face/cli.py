@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("voice2face.train", "train a method: voice2face train <method> key=value ..."),
     "evaluate": ("voice2face.evaluate", "metrics table and sample grid of a trained checkpoint"),
     "generate": ("voice2face.generate", "generate a face image from an audio file"),
+    "results": ("voice2face.results", "train or reuse every method, evaluate alike, write one table"),
 }
 
 

@@ -1,12 +1,14 @@
 """The sample grid: per identity, real faces beside faces generated from its utterances.
 
 Made by the validation of every face-generating method (``methods.generator``) and by
-``voice2face evaluate``; saved as PNG and logged to W&B.
+``voice2face evaluate``; saved as PNG and logged to W&B. ``column_grid`` puts one titled
+column per method beside the real face (``voice2face results``' figure).
 """
 
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import torch
@@ -153,3 +155,32 @@ def log_grid(image: Image.Image | None, loggers, key: str, step: int, path: Path
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[image], step=step)
+
+
+def column_grid(titles: list[str], rows: list[tuple[str, list[torch.Tensor | None]]],
+                pad: int = 2, min_size: int = 64) -> Image.Image:
+    """One face per column and title: ``rows`` are ``(name, faces)`` with one face (or None:
+    an empty cell) per title. Faces smaller than ``min_size`` are enlarged (nearest), so that
+    a title of about ten characters a line fits above its column."""
+    faces = [f for _, row in rows for f in row if f is not None]
+    size = max(min_size, faces[0].shape[-1]) if faces else min_size
+    chars = max(4, size // 6)  # the default bitmap font is about 6 pixels a character
+    wrapped = [textwrap.wrap(t, chars) or [""] for t in titles]
+    label_w, line = 96, 11
+    head = 4 + line * max(len(w) for w in wrapped)
+    canvas = Image.new("RGB", (label_w + len(titles) * (size + pad), head + len(rows) * (size + pad)),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, lines in enumerate(wrapped):
+        for k, text in enumerate(lines):
+            draw.text((label_w + c * (size + pad), 1 + k * line), text, fill="black")
+    for r, (name, row) in enumerate(rows):
+        y = head + r * (size + pad)
+        draw.text((2, y + size // 2 - 6), name[:15], fill="black")
+        for c, face in enumerate(row):
+            if face is not None:
+                image = Image.fromarray(tensor_to_face(face.detach().cpu()))
+                if image.size[0] != size:
+                    image = image.resize((size, size), Image.NEAREST)
+                canvas.paste(image, (label_w + c * (size + pad), y))
+    return canvas

@@ -1,0 +1,275 @@
+"""``voice2face results`` / ``make results``: every method and variant in one table, the
+numbers from each run's metrics.json, finished runs reused and changed configs retrained.
+
+The fast tests check the rows, the table writer (on fake metrics.json files) and the
+finished-run rule; the slow one runs ``make results`` on a tiny synthetic world."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from voice2face.config import load_config
+from voice2face.losses import FEATURE_LOSSES
+from voice2face.methods import evaluable_methods, get_method
+from voice2face.methods.base import CHECKPOINT_FORMAT
+from voice2face.nets.cae import GATINGS
+from voice2face.results import (COLUMNS, EVAL, MATCHING, RECORD, REFERENCES, TABLE_HEADER,
+                                Entry, Protocol, RowResult, digest, entries, finished,
+                                results_markdown, row_label, run_identity)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- reading the written table back ------------------------------------------------------------
+
+def md_table(text: str, first_header: str) -> tuple[list[str], dict[str, list[str]]]:
+    """(header, {first cell: the other cells}) of the Markdown table whose header starts with
+    ``| first_header |``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    split = lambda line: [c.strip() for c in line.strip().strip("|").split(" | ")]  # noqa: E731
+    body = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = split(line)
+        body[cells[0]] = cells[1:]
+    return split(lines[start]), body
+
+
+def expected_cells(row: dict, ceiling: dict, matching_only: bool) -> list[float | None]:
+    out = []
+    for key, _ in COLUMNS:
+        if matching_only and key not in MATCHING:
+            out.append(None)
+        elif key.startswith("fraction:"):
+            base = key.split(":", 1)[1]
+            out.append((row[base] - 0.5) / (ceiling[base] - 0.5) if base in row and base in ceiling
+                       else None)
+        else:
+            out.append(row.get(key))
+    return out
+
+
+def check_cells(cells: list[str], expected: list[float | None], what: str) -> None:
+    for (key, _), cell, value in zip(COLUMNS, cells, expected):
+        if value is None:
+            assert cell == "—", (what, key, cell)
+        else:
+            assert math.isclose(float(cell), value, abs_tol=5.1e-4), (what, key, cell, value)
+
+
+def check_table(text: str, rows: list[RowResult]) -> None:
+    """Every row and column is there, and every number is its metrics.json's (read from the
+    file), rounded to three decimals."""
+    header, body = md_table(text, "method")
+    assert header == TABLE_HEADER
+    saved = {r.entry.key: json.loads(r.metrics_path.read_text()) for r in rows}
+    ceiling = next(iter(saved.values()))["rows"].get("ceiling", {})
+    for r in rows:
+        label = row_label(r)
+        assert label in body, (label, list(body))
+        own_space = get_method(r.entry.method).evaluation.name == "OWN_SPACE"
+        cells = body[label]
+        check_cells(cells[:len(COLUMNS)], expected_cells(saved[r.entry.key]["rows"]["method"],
+                                                          ceiling, own_space), label)
+        assert cells[len(COLUMNS):] != ["—", "—"]  # training time and parameters
+    # the reference rows: from the first row evaluated by its faces that has each
+    judged = [r for r in rows if get_method(r.entry.method).evaluation.name != "OWN_SPACE"]
+    for name, label in REFERENCES:
+        source = next((r for r in judged if name in saved[r.entry.key]["rows"]), None)
+        if source is None:
+            assert label not in body
+            continue
+        check_cells(body[label][:len(COLUMNS)],
+                    expected_cells(saved[source.entry.key]["rows"][name], ceiling, False), label)
+    assert len(body) == len(rows) + sum(1 for n, _ in REFERENCES
+                                        if any(n in saved[r.entry.key]["rows"] for r in judged))
+
+
+# --- fast: the rows, the table writer, the finished-run rule -----------------------------------
+
+def test_a_row_for_every_evaluable_method_and_variant():
+    keys = [e.key for e in entries()]
+    assert len(keys) == len(set(keys))
+    assert {e.method for e in entries()} == set(evaluable_methods())
+    assert {f"cae-{g}" for g in GATINGS if g != "concat"} | {"cae-concat"} <= set(keys)
+    assert {f"regression-{loss}" for loss in FEATURE_LOSSES} <= set(keys)
+    assert {"gan", "cgan", "dimnet"} <= set(keys)
+    assert keys[:2] == ["gan", "cgan"] and keys[-1] == "dimnet"
+    # the variant's override comes last, after the user's: it holds
+    cae = next(e for e in entries() if e.key == "cae-channel")
+    assert load_config("cae", ["model.gating=full", *cae.overrides]).model.gating == "channel"
+
+
+def fake_metrics(entry: Entry, rng: random.Random) -> dict:
+    cls = get_method(entry.method)
+    keys = ["match_1to2", "match_1to2_gender", "recall@1", "recall@5", "recall@10",
+            "recall@20", "gender_acc", "cosine", "identity_top1", "identity_top5"]
+    rows = {"method": {k: rng.random() for k in keys}}
+    if cls.evaluation.name != "OWN_SPACE":
+        rows["method"]["frechet"] = 3 * rng.random()
+    if cls.needs_proposal:
+        rows["proposal_faces"] = {k: rng.random() for k in keys}
+    rows["real_faces"] = {**{k: rng.random() for k in keys}, "frechet": rng.random()}
+    rows["chance"] = {"match_1to2": 0.5, "match_1to2_gender": 0.5, "recall@1": 0.1}
+    rows["ceiling"] = {"match_1to2": 0.87, "match_1to2_gender": 0.78}
+    return {"label": f"{entry.method} ({entry.key})", "rows": rows, "seconds": 2.0,
+            "counts": {"test_utterances": 24, "test_identities": 6, "test_gallery_images": 18,
+                       "known_utterances": 60}}
+
+
+def fake_rows(tmp_path: Path) -> list[RowResult]:
+    rng, rows = random.Random(0), []
+    for e in entries():
+        folder = tmp_path / "runs" / f"results-{e.key}"
+        (folder / EVAL).mkdir(parents=True)
+        path = folder / EVAL / "metrics.json"
+        path.write_text(json.dumps(fake_metrics(e, rng)))
+        record = {"train_seconds": 100 * rng.random(), "max_steps": 3,
+                  "parameters": {"trained": 123456, "by_net": {"net": 123456}}}
+        rows.append(RowResult(e, folder, json.loads(path.read_text()), path, record,
+                              evaluation=get_method(e.method).evaluation.name))
+    return rows
+
+
+def test_the_table_shows_every_row_and_column_from_the_metrics_json(tmp_path):
+    rows = fake_rows(tmp_path)
+    protocol = Protocol(tmp_path / "world", tmp_path / "world" / "pretrained" / "face.ckpt")
+    text = results_markdown(rows, {"protocol": protocol, "command": "voice2face results",
+                                   "seconds": 75.0, "figure": "images/results-grid.png"})
+    check_table(text, rows)
+    _, body = md_table(text, "method")
+    dimnet = body["dimnet (dimnet), own space"]
+    assert dimnet[[k for k, _ in COLUMNS].index("frechet")] == "—"  # matching only
+    assert body["gan (gan)"][-1] == "123.5 K"
+    # every row's run, and the papers' numbers in a table of their own
+    _, runs = md_table(text, "row")
+    assert set(runs) == {e.key for e in entries()}
+    header, published = md_table(text, "paper")
+    assert header == ["paper", "method here", "measure", "reported"] and published
+    assert "not comparable" in text and "![" in text and "voice2face results" in text
+
+
+def fake_checkpoint(path: Path, method: str, fingerprint: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"voice2face": {"method": method, "format": CHECKPOINT_FORMAT,
+                               "data": {"fingerprint": fingerprint}}}, path)
+
+
+def test_a_run_is_finished_when_config_record_and_final_checkpoint_agree(tmp_path):
+    from omegaconf import OmegaConf
+    data = tmp_path / "world"
+    (data / "pretrained").mkdir(parents=True)
+    (data / "pretrained" / "voice.ckpt").write_bytes(b"voice v1")
+    cfg = load_config("gan", [f"data.root={data}", "trainer.max_steps=3"])
+    identity = run_identity(cfg, "manifest-sha")
+    folder = tmp_path / "runs" / "r"
+    assert finished(folder, identity, "gan", "fp") == (False, "no run folder")
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(load_config(
+        "gan", [f"data.root={data}", "trainer.max_steps=4"])))
+    assert finished(folder, identity, "gan", "fp")[1] == "its config.yaml differs"
+    # where the run is kept and how it logs are not part of what it learns
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(load_config(
+        "gan", [f"data.root={data}", "trainer.max_steps=3", "run.name=r", "logger.wandb=false"])))
+    assert "did not finish" in finished(folder, identity, "gan", "fp")[1]
+    (folder / RECORD).write_text(json.dumps({"identity": {**identity, "manifest_sha1": "other"}}))
+    assert "other data" in finished(folder, identity, "gan", "fp")[1]
+    (folder / RECORD).write_text(json.dumps({"identity": identity}))
+    assert "does not exist" in finished(folder, identity, "gan", "fp")[1]
+    fake_checkpoint(folder / "checkpoints" / "final.ckpt", "cgan", "fp")
+    assert "another method" in finished(folder, identity, "gan", "fp")[1]
+    fake_checkpoint(folder / "checkpoints" / "final.ckpt", "gan", "other fingerprint")
+    assert "another method or data" in finished(folder, identity, "gan", "fp")[1]
+    fake_checkpoint(folder / "checkpoints" / "final.ckpt", "gan", "fp")
+    assert finished(folder, identity, "gan", "fp") == (True, "finished")
+
+
+def test_the_run_identity_follows_config_data_and_pretrained_nets(tmp_path):
+    data = tmp_path / "world"
+    (data / "pretrained").mkdir(parents=True)
+    voice = data / "pretrained" / "voice.ckpt"
+    voice.write_bytes(b"voice v1")
+    same = lambda *o: digest(run_identity(load_config("gan", [f"data.root={data}", *o]), "m"))  # noqa: E731
+    base = same()
+    assert same("run.name=x", "logger.wandb=false", "run.checkpoint_every=7") == base
+    assert same("trainer.max_steps=3") != base
+    assert digest(run_identity(load_config("gan", [f"data.root={data}"]), "m2")) != base
+    voice.write_bytes(b"voice v2")
+    os.utime(voice, ns=(1, 1))  # another version of the pretrained voice embedder
+    assert same() != base
+
+
+# --- slow: make results on a tiny world, twice, and once changed --------------------------------
+
+QUICK = ["data.batch_size=4", "data.num_workers=0", "data.crop_seconds=0.3", "logger.wandb=false",
+         "trainer.val_check_interval=100", "run.checkpoint_every=100", "profile=cpu"]
+
+
+def rows_on_disk(text: str) -> list[RowResult]:
+    """The rows of a written file, rebuilt from the run folders its Runs table names."""
+    _, runs = md_table(text, "row")
+    by_key = {e.key: e for e in entries()}
+    out = []
+    for key, cells in runs.items():
+        folder = Path(cells[0].strip("`"))
+        path = folder / EVAL / "metrics.json"
+        out.append(RowResult(by_key[key], folder, json.loads(path.read_text()), path,
+                             json.loads((folder / RECORD).read_text()),
+                             evaluation=get_method(by_key[key].method).evaluation.name))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_results_on_a_tiny_world_reuses_finished_runs_and_retrains_changed_ones(tmp_path):
+    world, runs, out = tmp_path / "world", tmp_path / "runs", tmp_path / "docs" / "results.md"
+    args = " ".join([*QUICK, "trainer.max_steps=2", f"run.root={runs}"])
+    pretrain = " ".join([*QUICK, "trainer.max_steps=3", f"run.root={runs}"])
+    done = subprocess.run(["make", "--no-print-directory", "results", f"DATA={world}",
+                           "PRESET=tiny", f"RESULTS={out}", f"ARGS={args}",
+                           f"PRETRAIN_ARGS={pretrain}"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = out.read_text()
+    rows = rows_on_disk(text)
+    assert [r.entry.key for r in rows] == [e.key for e in entries()]
+    check_table(text, rows)
+    assert (out.parent / "images" / "results-grid.png").is_file()
+    assert "make results DATA=" in text  # the command that regenerates it
+    finals = {r.entry.key: (r.folder / "checkpoints" / "final.ckpt").stat().st_mtime_ns
+              for r in rows}
+
+    # again: every run is reused, nothing is trained
+    command = [str(REPO / ".venv" / "bin" / "voice2face"), "results", "--data", str(world),
+               "--out", str(out), *args.split()]
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for r in rows:
+        assert f"voice2face results: {r.entry.key}: reusing {r.folder} (finished" in again.stdout
+        assert (r.folder / "checkpoints" / "final.ckpt").stat().st_mtime_ns == finals[r.entry.key]
+    assert f"({len(rows)} rows; 0 trained, {len(rows)} reused)" in again.stdout
+    assert "training in" not in again.stdout
+    check_table(out.read_text(), rows_on_disk(out.read_text()))
+
+    # a changed config trains a new run; the old one stays
+    changed = subprocess.run([*command[:-len(args.split())], *args.replace(
+        "trainer.max_steps=2", "trainer.max_steps=3").split(), "--only", "gan"],
+        cwd=REPO, capture_output=True, text=True)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "voice2face results: gan: training in" in changed.stdout
+    (gan,) = rows_on_disk(out.read_text())
+    old = next(r for r in rows if r.entry.key == "gan")
+    assert gan.folder != old.folder and old.folder.is_dir()
+    assert gan.record["max_steps"] == 3 and gan.record["train_seconds"] > 0
+    assert torch.load(gan.folder / "checkpoints" / "final.ckpt", weights_only=False,
+                      map_location="cpu")["global_step"] == 3 * get_method("gan").steps_per_batch

@@ -1,0 +1,681 @@
+"""``voice2face results [--data DIR] [--out docs/results.md] [key=value ...]``: every method,
+one protocol, one table.
+
+For every evaluable method of the registry and each of its variants (``ENTRIES``: the CAE
+once per gating granularity, the regression once per feature loss), this trains the method
+on ``--data`` with the ``key=value`` overrides (or reuses a finished run of the same
+settings), evaluates it with ``voice2face.evaluate.evaluate`` under one protocol (the same
+judge, test trials, batch size and seed for every row), and writes one Markdown table with
+the reference rows, a table of the papers' published numbers, and a figure of one test
+speaker per row with each method's face (``--figure``).
+
+The pretrained nets (``DATA/pretrained/{voice,face,face-target,decoder}.ckpt``) are the
+Makefile's targets: ``make results`` builds the missing ones first, with ``PRETRAIN_ARGS``;
+this command only checks that they exist.
+
+**Reuse.** Each row trains in ``<run.root>/results-<row>-<data>-<digest>/``, where the
+digest is of the run's identity: its resolved config (the ``run`` and ``logger`` sections
+aside: where a run is kept and how it logs change nothing it learns), the SHA-1 of the
+data's ``manifest.json`` and the SHA-1 of each file the config's ``model`` section names (the
+pretrained voice embedder, target network, decoder). A run folder is **finished** when
+
+1. its ``config.yaml`` is that config (same comparison),
+2. its ``results-run.json`` exists and records the same identity: the record is written only
+   after training returned, i.e. after ``trainer.max_steps`` were reached and
+   ``checkpoints/final.ckpt`` was saved, and it holds the training's wall time, and
+3. its ``checkpoints/final.ckpt`` exists and says the row's method and the data's
+   fingerprint.
+
+A finished run is reused with its recorded training time; an unfinished one (interrupted) is
+resumed from its last checkpoint; a changed config, data or pretrained net gives another
+digest, so a new run (the old folder stays, and is reused if the settings come back). The
+evaluation is reused likewise when ``results-eval/key.json`` records the same checkpoint,
+judge, data, seed, batch size and device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import os
+import random
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from voice2face.errors import UserError, reports_errors
+
+RECORD = "results-run.json"  # in a run folder: written when its training has finished
+EVAL = "results-eval"        # in a run folder: the evaluation of this protocol
+ORDER = ("gan", "cgan", "cae", "cae-concat", "regression", "dimnet")  # rows first in this order
+
+
+# --- what is compared ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    """One row: a registered method and the overrides that make its variant."""
+
+    key: str                         # the row's name in logs, folders and --only
+    method: str                      # registry name
+    overrides: tuple[str, ...] = ()  # applied after the user's, so the variant holds
+
+
+def entries() -> list[Entry]:
+    """Every evaluable method of the registry, in ``ORDER`` (others after, by name); the CAE
+    once per gating granularity of ``nets.cae.GATINGS`` (``concat`` is ``cae-concat``) and the
+    regression once per loss of ``losses.FEATURE_LOSSES``."""
+    from voice2face.losses import FEATURE_LOSSES
+    from voice2face.methods import evaluable_methods
+    from voice2face.nets.cae import GATINGS
+
+    variants = {
+        "cae": [("model.gating", g) for g in GATINGS if g != "concat"],
+        "regression": [("model.loss", loss) for loss in FEATURE_LOSSES],
+    }
+    methods = sorted(evaluable_methods(), key=lambda m: (ORDER.index(m) if m in ORDER else
+                                                         len(ORDER), m))
+    out = []
+    for m in methods:
+        for key, value in variants.get(m, [(None, None)]):
+            out.append(Entry(f"{m}-{value}" if key else m, m, (f"{key}={value}",) if key else ()))
+    return out
+
+
+def select(all_entries: list[Entry], only: str | None) -> list[Entry]:
+    if not only:
+        return all_entries
+    keys = [k.strip() for k in only.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in {e.key for e in all_entries}]
+    if unknown:
+        raise UserError(f"--only: unknown row(s) {', '.join(unknown)}; the rows are "
+                        f"{', '.join(e.key for e in all_entries)}")
+    return [e for e in all_entries if e.key in keys]
+
+
+# --- run identity and the finished-run rule --------------------------------------------------
+
+def sha1_file(path: str | Path) -> str:
+    st = os.stat(path)
+    return _sha1(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _sha1(path: str, mtime_ns: int, size: int) -> str:  # once per file version
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that decides what a run learns."""
+    return {k: v for k, v in config.items() if k not in ("run", "logger")}
+
+
+def _strings(tree) -> list[str]:
+    if isinstance(tree, dict):
+        return [s for v in tree.values() for s in _strings(v)]
+    if isinstance(tree, list):
+        return [s for v in tree for s in _strings(v)]
+    return [tree] if isinstance(tree, str) else []
+
+
+def run_identity(cfg: DictConfig, manifest_sha1: str) -> dict[str, Any]:
+    config = comparable(OmegaConf.to_container(cfg, resolve=True))
+    inputs = {p: sha1_file(p) for p in sorted(set(_strings(config.get("model", {}))))
+              if Path(p).is_file()}
+    return {"config": config, "manifest_sha1": manifest_sha1, "inputs": inputs}
+
+
+def digest(identity: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def finished(folder: Path, identity: dict[str, Any], method: str, fingerprint: str
+             ) -> tuple[bool, str]:
+    """Whether ``folder`` holds a finished run of ``identity`` (the module docstring's rule),
+    and why not."""
+    from voice2face.methods.base import CheckpointError, read_checkpoint_meta
+
+    if not (folder / "config.yaml").is_file():
+        return False, "no run folder" if not folder.exists() else "no config.yaml"
+    saved = comparable(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=True))
+    if saved != identity["config"]:
+        return False, "its config.yaml differs"
+    record = folder / RECORD
+    if not record.is_file():
+        return False, f"no {RECORD}: its training did not finish"
+    if json.loads(record.read_text()).get("identity") != identity:
+        return False, f"{RECORD} records other data or pretrained nets"
+    final = folder / "checkpoints" / "final.ckpt"
+    try:
+        meta = read_checkpoint_meta(final)
+    except CheckpointError as e:
+        return False, str(e)
+    if meta["method"] != method or meta.get("data", {}).get("fingerprint") != fingerprint:
+        return False, f"{final} is of another method or data"
+    return True, "finished"
+
+
+# --- one row: train or reuse, then evaluate or reuse -----------------------------------------
+
+@dataclass
+class RowResult:
+    """What the table shows of one row, and where it came from."""
+
+    entry: Entry
+    folder: Path
+    metrics: dict[str, Any]          # the row's metrics.json
+    metrics_path: Path
+    record: dict[str, Any]           # the run's results-run.json
+    trained_now: bool = False
+    evaluated_now: bool = False
+    evaluation: str = ""             # the method's Evaluation name
+
+    @property
+    def train_seconds(self) -> float:
+        return float(self.record["train_seconds"])
+
+    @property
+    def parameters(self) -> int:
+        return int(self.record["parameters"]["trained"])
+
+
+def trained_parameters(module) -> dict[str, Any]:
+    """The parameters a run optimises (``requires_grad``): frozen pretrained parts (voice
+    embedder, target network, decoder) are not counted; critics and classifiers are. By
+    top-level net, and the total (shared parameters once)."""
+    by_net = {name: sum(p.numel() for p in child.parameters() if p.requires_grad)
+              for name, child in module.named_children()}
+    return {"trained": sum(p.numel() for p in module.parameters() if p.requires_grad),
+            "by_net": {k: v for k, v in by_net.items() if v}}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def ensure_run(entry: Entry, cfg: DictConfig, identity: dict[str, Any], fingerprint: str,
+               command: str, log=print) -> tuple[Path, dict[str, Any], bool]:
+    """The finished run folder of ``entry`` (trained now unless one exists), its record, and
+    whether it was trained now. ``command``: the equivalent ``voice2face train`` line."""
+    from voice2face.methods import load_method
+    from voice2face.train import train
+
+    folder = Path(cfg.run.root) / cfg.run.name
+    done, why = finished(folder, identity, entry.method, fingerprint)
+    if done:
+        record = json.loads((folder / RECORD).read_text())
+        log(f"voice2face results: {entry.key}: reusing {folder} (finished; trained in "
+            f"{record['train_seconds']:.1f} s)")
+        return folder, record, False
+    if folder.exists() and why == "its config.yaml differs":  # the digest names this config
+        raise UserError(f"{folder}: its config.yaml is not the config of the row "
+                        f"{entry.key}; move the folder away")
+    resumed = (folder / "checkpoints" / "last.ckpt").is_file()
+    log(f"voice2face results: {entry.key}: {'resuming' if resumed else 'training'} in {folder} "
+        f"({why})")
+    started = time.time()
+    final = train(cfg)
+    seconds = time.time() - started
+    module = load_method(final, expect=entry.method)
+    record = {
+        "entry": entry.key, "method": entry.method, "label": module.label,
+        "identity": identity, "digest": digest(identity),
+        "train_seconds": round(seconds, 1), "resumed": resumed,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "max_steps": int(cfg.trainer.max_steps), "parameters": trained_parameters(module),
+        "command": command,
+    }
+    _write_json(folder / RECORD, record)
+    return folder, record, True
+
+
+@dataclass
+class Protocol:
+    """What every row is evaluated with."""
+
+    data: Path
+    judge: Path
+    seed: int = 0
+    batch_size: int = 64
+    workers: int = 0
+    device: str = "cpu"
+    manifest_sha1: str = ""
+    judge_sha1: str = field(default="", repr=False)
+
+    def key(self, checkpoint: Path) -> dict[str, Any]:
+        return {"checkpoint_sha1": sha1_file(checkpoint), "judge_sha1": self.judge_sha1,
+                "manifest_sha1": self.manifest_sha1, "data": str(self.data), "seed": self.seed,
+                "batch_size": self.batch_size, "device": self.device}
+
+
+def ensure_evaluation(entry: Entry, folder: Path, protocol: Protocol, log=print
+                      ) -> tuple[Path, dict[str, Any], bool]:
+    from voice2face.evaluate import evaluate
+
+    out = folder / EVAL
+    final = folder / "checkpoints" / "final.ckpt"
+    key = protocol.key(final)
+    metrics = out / "metrics.json"
+    if metrics.is_file() and (out / "key.json").is_file() and \
+            json.loads((out / "key.json").read_text()) == key:
+        log(f"voice2face results: {entry.key}: reusing the evaluation {metrics}")
+        return metrics, json.loads(metrics.read_text()), False
+    log(f"voice2face results: {entry.key}: evaluating on the test split of {protocol.data}")
+    (out / "key.json").unlink(missing_ok=True)
+    evaluate(final, out, protocol.data, protocol.judge, batch_size=protocol.batch_size,
+             num_workers=protocol.workers, seed=protocol.seed, device=protocol.device, log=log)
+    _write_json(out / "key.json", key)
+    return metrics, json.loads(metrics.read_text()), True
+
+
+# --- the table -------------------------------------------------------------------------------
+
+# (key in metrics.json rows, header); "fraction:<key>" is (x - 0.5) / (ceiling - 0.5)
+COLUMNS = [
+    ("match_1to2", "1:2"), ("match_1to2_gender", "1:2 same gender"),
+    ("fraction:match_1to2", "1:2, chance→ceiling"),
+    ("fraction:match_1to2_gender", "same gender, chance→ceiling"),
+    ("frechet", "Fréchet (judge)"),
+    ("recall@1", "R@1"), ("recall@5", "R@5"), ("recall@10", "R@10"),
+    ("gender_acc", "gender acc"), ("identity_top1", "known top-1"),
+    ("identity_top5", "known top-5"),
+]
+# the columns a method measured in its own space (no faces) is shown in: matching only
+MATCHING = {"match_1to2", "match_1to2_gender", "fraction:match_1to2",
+            "fraction:match_1to2_gender", "recall@1", "recall@5", "recall@10"}
+REFERENCES = [  # (row in metrics.json, label, from a run that has it)
+    ("proposal_faces", "proposal faces, unchanged (the voice ignored)"),
+    ("real_faces", "real faces (judge, held-out photo)"),
+    ("chance", "chance"),
+    ("ceiling", "ceiling of the world"),
+]
+TABLE_HEADER = ["method"] + [h for _, h in COLUMNS] + ["training time", "trained parameters"]
+
+# The papers' own numbers on VoxCeleb/VGGFace (or AVSpeech), with their own encoders, judges
+# and splits: not comparable with a synthetic world. None: not confirmed from the paper in
+# this repository's sources, shown as "—" rather than guessed.
+PUBLISHED = [
+    # (paper, method, what is reported, value)
+    ("Wen, Singh & Raj, NeurIPS 2019", "GAN (gan)",
+     "1:2 matching of generated faces, unstratified", None),
+    ("Wen, Singh & Raj, NeurIPS 2019", "GAN (gan)",
+     "1:2 matching of generated faces, same gender", None),
+    ("Liang et al., ISVC 2020", "CAE (cae, full gating)",
+     "face retrieval top-5 in a 500-image gallery", None),
+    ("Oh et al., CVPR 2019 (Speech2Face)", "regression (l1)",
+     "retrieval of the true face from its reconstruction (recall@K)", None),
+]
+
+
+def fraction(x: float, ceiling: float | None) -> float | None:
+    """How far from chance (0.5) toward the world's ceiling ``x`` is: 0 at chance, 1 at the
+    ceiling."""
+    if ceiling is None or ceiling <= 0.5:
+        return None
+    return (x - 0.5) / (ceiling - 0.5)
+
+
+def cell_values(row: dict[str, float], ceiling: dict[str, float], matching_only: bool = False
+                ) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, _ in COLUMNS:
+        if matching_only and key not in MATCHING:
+            out[key] = None
+        elif key.startswith("fraction:"):
+            base = key.split(":", 1)[1]
+            out[key] = fraction(row[base], ceiling.get(base)) if base in row else None
+        else:
+            out[key] = row.get(key)
+    return out
+
+
+def fmt(v: float | None) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else (f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h")
+
+
+def fmt_count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else (f"{n / 1e3:.1f} K" if n >= 1e3 else str(n))
+
+
+def row_label(r: RowResult) -> str:
+    label = r.metrics.get("label") or r.entry.key
+    return f"{label}, own space" if r.evaluation == "OWN_SPACE" else label
+
+
+def references(rows: list[RowResult]) -> list[tuple[str, str, dict[str, float], RowResult]]:
+    """The reference rows, each from the first row whose metrics.json has it (every run's
+    are the same: one judge, one test split, one seed); real faces and chance from a row
+    evaluated by its generated faces, so their gender and identity columns are the judge's."""
+    out = []
+    judged = [r for r in rows if r.evaluation != "OWN_SPACE"] or rows
+    for name, label in REFERENCES:
+        source = next((r for r in judged if name in r.metrics["rows"]), None)
+        if source is not None:
+            out.append((name, label, source.metrics["rows"][name], source))
+    return out
+
+
+def table_rows(rows: list[RowResult]) -> list[tuple[str, list[str]]]:
+    """(label, cells) per row of the main table, methods first, then the references."""
+    ceiling = next((r.metrics["rows"].get("ceiling", {}) for r in rows), {})
+    out = []
+    for r in rows:
+        values = cell_values(r.metrics["rows"]["method"], ceiling, r.evaluation == "OWN_SPACE")
+        out.append((row_label(r), [fmt(values[k]) for k, _ in COLUMNS]
+                    + [fmt_seconds(r.train_seconds), fmt_count(r.parameters)]))
+    for name, label, row, _ in references(rows):
+        values = cell_values(row, ceiling)
+        out.append((label, [fmt(values[k]) for k, _ in COLUMNS] + ["—", "—"]))
+    return out
+
+
+def _md_table(header: list[str], rows: list[list[str]], align: str = "---:") -> list[str]:
+    return (["| " + " | ".join(header) + " |",
+             "|---|" + "|".join([align] * (len(header) - 1)) + "|"]
+            + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def results_markdown(rows: list[RowResult], context: dict[str, Any]) -> str:
+    """docs/results.md: the table, how it was made, the runs, the papers' numbers, the
+    figure. ``context``: ``command``, ``seconds`` (this invocation), ``figure`` (path
+    relative to the file, or None), ``protocol`` (a ``Protocol``), ``started`` (optional)."""
+    if not rows:
+        raise UserError("no rows to write")
+    p: Protocol = context["protocol"]
+    first = rows[0].metrics
+    counts = first["counts"]
+    ceiling = first["rows"].get("ceiling")
+    trained = [r for r in rows if r.trained_now]
+    total_train = sum(r.train_seconds for r in rows)
+    total_eval = sum(float(r.metrics.get("seconds", 0)) for r in rows)
+    lines = [
+        "# Results: every method under one protocol", "",
+        f"<!-- written by `{context['command']}`; regenerate rather than edit -->", "",
+        f"Test split of `{p.data}`: {counts['test_utterances']} utterances of "
+        f"{counts['test_identities']} identities against {counts['test_gallery_images']} "
+        f"gallery images; known speakers: {counts['known_utterances']} utterances. Every row "
+        f"is evaluated by `voice2face evaluate` with the judge `{p.judge}`, seed {p.seed} and "
+        f"batch size {p.batch_size}: the same test trials and proposal faces for every method.",
+        "",
+    ]
+    lines += _md_table(TABLE_HEADER, [[label, *cells] for label, cells in table_rows(rows)])
+    lines += [
+        "",
+        "- **1:2**: exhaustive 1:2 matching (the speaker's face against another test "
+        "identity's), unstratified and with same-gender imposters (Wen et al. 2019, Table 3); "
+        "**chance→ceiling**: (x − 0.5) / (ceiling − 0.5), 0 at chance and 1 at the world's "
+        "Bayes ceiling"
+        + (f" ({ceiling['match_1to2']:.3f} and {ceiling['match_1to2_gender']:.3f})"
+           if ceiling and "match_1to2_gender" in ceiling else "")
+        + "; real faces can pass 1 (face against face needs no voice).",
+        "- **Fréchet (judge)**: Fréchet distance between the judge's features of the faces and "
+        "of half the real test gallery; lower is better.",
+        "- **R@K**: recall@K of the speaker among the test identities (one mean judge "
+        "embedding each); **gender acc**: the judge's gender head on the faces; **known "
+        "top-1/top-5**: the judge's identity head on faces made from held-out utterances of "
+        "training speakers.",
+        "- A row marked **own space** (`dimnet`) makes no faces: its voice embedding is "
+        "matched against its own face embeddings, so only the matching columns apply (its "
+        "own gender and identity heads' numbers are in its `metrics.json`).",
+        "- **training time**: wall time of the training run (`voice2face train`: data set-up, "
+        "fit with its validations, final checkpoint), recorded in the run folder when it "
+        "finished; the pretrained nets and the evaluation are not included. **trained "
+        "parameters**: what the run optimises (`requires_grad`), critics and classifiers "
+        "included, the frozen pretrained voice embedder, target network and decoder not; per "
+        "net below.",
+        "- The reference rows come from one run's `metrics.json` (every run measures the same "
+        "ones); the proposal-faces row is what a CAE that ignored the voice would score.",
+        "",
+        "## Runs", "",
+    ]
+    run_rows = []
+    for r in rows:
+        nets = ", ".join(f"{k} {fmt_count(v)}" for k, v in r.record["parameters"]["by_net"].items())
+        run_rows.append([r.entry.key, f"`{r.folder}`", str(r.record.get("max_steps", "—")),
+                         fmt_seconds(r.train_seconds), nets or "—",
+                         ("trained" if r.trained_now else "reused")
+                         + (", evaluated" if r.evaluated_now else ", evaluation reused")])
+    lines += _md_table(["row", "run folder", "steps", "training time", "trained parameters by net",
+                        "this invocation"], run_rows, align="---")
+    lines += ["", "Each row's numbers are its run's `results-eval/metrics.json`; the run's "
+              "`results-run.json` holds its training time, parameters and the command that "
+              "trained it.", "", "## Regenerate", "",
+              "```bash", context.get("make_command") or context["command"], "```", "",
+              f"This invocation took {fmt_seconds(context['seconds'])}"
+              + (" from the start of `make` (data and pretrained nets it built included)"
+                 if context.get("started") else "")
+              + f", training {len(trained)} of {len(rows)} runs and reusing the others. From "
+              f"scratch, the runs' recorded training times add up to {fmt_seconds(total_train)} "
+              f"and their evaluations to {fmt_seconds(total_eval)}, plus the synthetic world and "
+              "the four pretrained nets (`make data`, `DATA/pretrained/*.ckpt`).", ""]
+    lines += ["## Published numbers (the papers' own, not comparable)", "",
+              "What the papers report on real data (VoxCeleb voices, VGGFace or AVSpeech faces), "
+              "with their own encoders, judges and splits. They are not comparable with the "
+              "table above, which measures a synthetic world with its own judge; they say only "
+              "what each method reached where it was published. \"—\": not confirmed from the "
+              "paper here, left out rather than guessed.", ""]
+    lines += _md_table(["paper", "method here", "measure", "reported"],
+                       [[paper, method, what, "—" if v is None else v]
+                        for paper, method, what, v in PUBLISHED], align="---")
+    if context.get("figure"):
+        lines += ["", "## Faces", "",
+                  "One test speaker per row: a real face of the speaker, the proposal face the "
+                  "CAE rows morph (a real face of the next row's speaker), then each method's "
+                  "face from the same utterance.", "",
+                  f"![one test speaker per row: real face, proposal, each method's face]"
+                  f"({context['figure']})"]
+    return "\n".join(lines) + "\n"
+
+
+# --- the figure ------------------------------------------------------------------------------
+
+def figure(rows: list[RowResult], protocol: Protocol, n_identities: int = 6):
+    """One test speaker per row (``n_identities``, drawn by the seed as evaluation draws its
+    grid): a real face, the proposal face, then each face-generating row's face from the
+    speaker's first test utterance, through the method contract."""
+    import torch
+
+    from datamodules import VoiceFaceDataModule
+    from voice2face.grid import column_grid
+    from voice2face.methods import Voices, load_method
+    from voice2face.methods.base import proposal_faces
+
+    makers = [r for r in rows if r.evaluation == "GENERATED_FACES"]
+    if not makers:
+        return None
+    dm = VoiceFaceDataModule(protocol.data, eval_batch_size=protocol.batch_size, num_workers=0,
+                             spectrogram=True)
+    names = {i["index"]: i["name"] for i in dm.identities}
+    test_ids = sorted(i["index"] for i in dm.identities if i["split"] == "test")
+    chosen = sorted(random.Random(protocol.seed).sample(test_ids, min(n_identities, len(test_ids))))
+    first: dict[int, tuple[Voices, torch.Tensor]] = {}
+    for batch in dm.eval_dataloader("test", rank=0, world_size=1):
+        for i, identity in enumerate(batch["identity"].tolist()):
+            if identity in chosen and identity not in first:
+                n = int(batch["mel_lengths"][i])
+                spec = batch.get("spec")
+                first[identity] = (Voices(batch["mel"][i:i + 1, :, :n], batch["mel_lengths"][i:i + 1],
+                                          None if spec is None else spec[i:i + 1, :, :n]),
+                                   batch["face"][i])
+        if len(first) == len(chosen):
+            break
+    ids = [i for i in chosen if i in first]
+    real = torch.stack([first[i][1] for i in ids])
+    proposal = proposal_faces(real, torch.tensor(ids)) if len(ids) > 1 else None
+    columns: list[list[torch.Tensor | None]] = [list(real)]
+    titles = ["real face"]
+    if proposal is not None and any(_needs_proposal(r) for r in makers):
+        columns.append(list(proposal))
+        titles.append("proposal (CAE input)")
+    for r in makers:
+        module = load_method(r.folder / "checkpoints" / "final.ckpt").to(protocol.device)
+        module.check_ready()
+        faces = []
+        torch.manual_seed(protocol.seed)  # a method that draws noise draws the same
+        with torch.no_grad():
+            for k, i in enumerate(ids):
+                p = None
+                if module.needs_proposal:
+                    if proposal is None:
+                        break
+                    p = proposal[k:k + 1].to(protocol.device)
+                faces.append(module.generate_faces(first[i][0].to(protocol.device), p)[0].cpu())
+        columns.append(faces + [None] * (len(ids) - len(faces)))
+        titles.append(row_label(r))
+        del module
+    return column_grid(titles, [(names.get(i, str(i)), [c[k] for c in columns])
+                                for k, i in enumerate(ids)])
+
+
+def _needs_proposal(r: RowResult) -> bool:
+    from voice2face.methods import get_method
+    return get_method(r.entry.method).needs_proposal
+
+
+# --- the command -----------------------------------------------------------------------------
+
+def train_overrides(entry: Entry, data: Path, overrides: list[str]) -> list[str]:
+    """What ``entry`` trains with: the data, the user's overrides, then the variant's (so
+    that it holds); the evaluation after training is this command's."""
+    return [f"data.root={data}", *overrides, *entry.overrides, "run.evaluate=false"]
+
+
+def configure(entry: Entry, data: Path, overrides: list[str]) -> tuple[DictConfig, dict, str]:
+    """The config ``entry`` trains with, its identity, and the equivalent command line; the
+    run folder is named after the identity, and an unfinished one is resumed."""
+    from voice2face.config import load_config
+    extra = train_overrides(entry, data, overrides)
+    cfg = load_config(entry.method, extra)
+    identity = run_identity(cfg, sha1_file(data / "manifest.json"))
+    cfg.run.name = f"results-{entry.key}-{data.name}-{digest(identity)}"
+    cfg.run.resume = "auto"
+    command = shlex.join(["voice2face", "train", entry.method, *extra,
+                          f"run.name={cfg.run.name}", "run.resume=auto"])
+    return cfg, identity, command
+
+
+def check_pretrained(cfgs: list[DictConfig], judge: Path) -> None:
+    """Every pretrained net a run or the evaluation loads exists (the Makefile makes them)."""
+    missing = sorted({p for cfg in cfgs for p in _strings(OmegaConf.to_container(cfg.model))
+                      if p.endswith(".ckpt") and not Path(p).is_file()} |
+                     ({str(judge)} if not judge.is_file() else set()))
+    if missing:
+        raise UserError(f"missing pretrained net(s): {', '.join(missing)}; `make results "
+                        f"DATA=...` builds them (PRETRAIN_ARGS='key=value ...' for their runs)")
+
+
+def run(args, argv: list[str]) -> int:
+    import torch
+
+    from datamodules import VoiceFaceDataModule
+    from voice2face.methods import get_method
+    from voice2face.methods.base import data_info
+
+    started = time.time()
+    data = Path(args.data)
+    if not (data / "manifest.json").is_file():
+        raise UserError(f"--data {data}: no manifest.json; make a synthetic world with `make "
+                        f"data DATA={data}` or `voice2face synth --out {data}`")
+    chosen = select(entries(), args.only)
+    overrides = list(args.overrides)
+    manifest_sha1 = sha1_file(data / "manifest.json")
+    info = data_info(VoiceFaceDataModule(data, num_workers=0))
+    judge = Path(args.judge) if args.judge else data / "pretrained" / "face.ckpt"
+    configured = [configure(e, data, overrides) for e in chosen]
+    check_pretrained([cfg for cfg, _, _ in configured], judge)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    protocol = Protocol(data, judge, seed=args.seed, batch_size=args.batch_size,
+                        workers=args.workers, device=device, manifest_sha1=manifest_sha1,
+                        judge_sha1=sha1_file(judge))
+
+    rows = []
+    for entry, (cfg, identity, command) in zip(chosen, configured):
+        folder, record, trained_now = ensure_run(entry, cfg, identity, info["fingerprint"],
+                                                 command)
+        metrics_path, metrics, evaluated_now = ensure_evaluation(entry, folder, protocol)
+        rows.append(RowResult(entry, folder, metrics, metrics_path, record, trained_now,
+                              evaluated_now, get_method(entry.method).evaluation.name))
+
+    out = Path(args.out)
+    figure_path = Path(args.figure) if args.figure else out.parent / "images" / "results-grid.png"
+    image = figure(rows, protocol, args.figure_identities)
+    if image is not None:
+        from voice2face.grid import save_png
+        save_png(image, figure_path)
+        print(f"voice2face results: wrote {figure_path}")
+    since = args.started if args.started else started
+    context = {"protocol": protocol, "command": shlex.join(["voice2face", "results", *argv]),
+               "make_command": make_command(args, overrides) if args.started else None,
+               "seconds": time.time() - since, "started": args.started,
+               "figure": os.path.relpath(figure_path, out.parent) if image is not None else None}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(results_markdown(rows, context))
+    os.replace(tmp, out)
+    print(f"voice2face results: wrote {out} ({len(rows)} rows; "
+          f"{sum(r.trained_now for r in rows)} trained, {sum(not r.trained_now for r in rows)} "
+          f"reused) in {fmt_seconds(time.time() - started)}")
+    return 0
+
+
+def make_command(args, overrides: list[str]) -> str:
+    """The ``make results`` line that regenerates the file (``make results`` passes
+    ``--started``, and ``--pretrain-args``: its PRETRAIN_ARGS)."""
+    words = ["make", "results", f"DATA={args.data}"]
+    if args.out != "docs/results.md":
+        words.append(f"RESULTS={args.out}")
+    if overrides:
+        words.append(f"ARGS={' '.join(overrides)}")
+    if (args.pretrain_args or "").strip():
+        words.append(f"PRETRAIN_ARGS={args.pretrain_args.strip()}")
+    return shlex.join(words)
+
+
+@reports_errors("voice2face results")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voice2face results", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value overrides for every row's run (e.g. trainer.max_steps=5)")
+    parser.add_argument("--data", default="data/synth-default", help="dataset folder")
+    parser.add_argument("--out", default="docs/results.md", help="the Markdown file to write")
+    parser.add_argument("--figure", help="the figure's PNG (default: OUT's folder/images/"
+                        "results-grid.png)")
+    parser.add_argument("--figure-identities", type=int, default=6,
+                        help="test speakers (rows) in the figure")
+    parser.add_argument("--only", help="comma-separated rows to run and show (default: all): "
+                        + ", ".join(e.key for e in entries()))
+    parser.add_argument("--judge", help="face checkpoint (default: DATA/pretrained/face.ckpt)")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed, every row")
+    parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    parser.add_argument("--workers", type=int, default=0, help="evaluation DataLoader workers")
+    parser.add_argument("--device", default="auto", help="evaluation device: cpu, cuda or auto")
+    parser.add_argument("--started", type=float, help="epoch seconds the whole run started "
+                        "(make results passes when make started, before data and pretraining)")
+    parser.add_argument("--pretrain-args", help="the PRETRAIN_ARGS of `make results`, to print "
+                        "with the command that regenerates the file")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_intermixed_args(argv)
+    return run(args, [a for a in argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
