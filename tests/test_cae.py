@@ -90,9 +90,10 @@ def test_configs_hold_the_papers_settings():
     assert [cfg.model.weights[t] for t in TERMS] == [1, 10, 1, 1, 10]  # λ1..λ5
     assert (cfg.model.width, cfg.model.gating, cfg.model.up_kernel) == (1.0, "full", 2)
     assert cfg.model.voice.endswith("/pretrained/voice.ckpt")
-    ablation = load_config("cae-concat", ["profile=cpu"])
-    assert ablation.model.gating == "concat" and ablation.model.width == load_config(
-        "cae", ["profile=cpu"]).model.width  # the same scaffold, only the conditioning differs
+    for profile in ("cpu", "paper"):  # a profile never overrides the ablation's conditioning
+        ablation = load_config("cae-concat", [f"profile={profile}"])
+        assert ablation.model.gating == "concat" and ablation.model.width == load_config(
+            "cae", [f"profile={profile}"]).model.width  # the same scaffold otherwise
 
 
 # --- the module ----------------------------------------------------------------------------
