@@ -13,8 +13,13 @@ PRETRAINED := $(DATA)/pretrained
 PYTEST_ARGS ?=
 PRETRAIN_ARGS ?=   # overrides for the pretraining runs, e.g. trainer.max_steps=50
 
+# The frozen voice embedder of the GAN and the CAE: DIMNet's voice branch in the `cpu`
+# profiles (it hears the world's shared attributes best: README, "The voice side"), the
+# speaker-recognition `voice` net in the `paper` profiles, which profile=auto picks on a GPU.
+VOICE_NET ?= $(if $(shell nvidia-smi -L 2>/dev/null),voice,dimnet)
+
 # Pretrained nets each method needs before it trains (built when missing).
-NEEDS_gan    := $(PRETRAINED)/voice.ckpt $(PRETRAINED)/face.ckpt
+NEEDS_gan    := $(PRETRAINED)/$(VOICE_NET).ckpt $(PRETRAINED)/face.ckpt
 NEEDS_cgan   := $(NEEDS_gan)
 NEEDS_cae    := $(NEEDS_gan)
 NEEDS_cae-concat := $(NEEDS_gan)
@@ -69,7 +74,7 @@ data: $(DATA)/manifest.json ## generate the default synthetic world (data/synth-
 # Pretrained nets: resumable runs with fixed names, exported to $(PRETRAINED).
 $(PRETRAINED)/%.ckpt: $(DATA)/manifest.json
 	$(BIN)/voice2face train $* data.root=$(DATA) run.name=pretrain-$*-$(notdir $(DATA)) \
-		run.resume=auto $(PRETRAIN_ARGS) --export $@
+		run.resume=auto run.evaluate=false $(PRETRAIN_ARGS) --export $@
 
 # The regression's target: trained like the judge but from another seed, so that it is not
 # the network that measures it (the methods refuse the judge's weights as a target).
@@ -105,6 +110,6 @@ clean: ## remove runs and generated data (keeps .venv)
 RESULTS ?= docs/results.md
 RESULTS_STARTED := $(shell date +%s)
 .PHONY: results
-results: $(STAMP) $(DATA)/manifest.json $(PRETRAINED)/voice.ckpt $(NEEDS_regression) ## train or reuse every method on DATA, evaluate alike, write docs/results.md; ARGS, PRETRAIN_ARGS
+results: $(STAMP) $(DATA)/manifest.json $(PRETRAINED)/$(VOICE_NET).ckpt $(NEEDS_regression) ## train or reuse every method on DATA, evaluate alike, write docs/results.md; ARGS, PRETRAIN_ARGS
 	$(BIN)/voice2face results --data $(DATA) --out $(RESULTS) --started $(RESULTS_STARTED) \
 		--pretrain-args '$(PRETRAIN_ARGS)' $(ARGS)

@@ -42,12 +42,13 @@ def train_quick(method: str, root: Path, runs: Path, *overrides: str) -> Path:
 
 # the pretrained nets of the Makefile, in the order it makes them: file -> (method, overrides)
 PRETRAINED = {"voice": ("voice", ()), "face": ("face", ()),
+              "dimnet": ("dimnet", ()),  # the cpu profiles' voice embedder of gan and cae
               "face-target": ("face", ("seed=1",)),  # the regression's target: not the judge
               "decoder": ("face_decoder", ())}
 
 
 def pretrained_nets(root: Path) -> Path:
-    """``root/pretrained/{voice,face,face-target,decoder}.ckpt``, as the Makefile makes them;
+    """``root/pretrained/{voice,face,dimnet,face-target,decoder}.ckpt``, as the Makefile makes them;
     trained once per world."""
     folder = root / "pretrained"
     for name, (method, overrides) in PRETRAINED.items():
@@ -134,7 +135,9 @@ def test_gan_gender_head_learns_gender_and_trains_the_generator(world, pretraine
                           data_info(dm)).critic.gender is None  # the paper's critic
     cfg = quick_config("gan", world, tmp_path, "model.width=0.25", "eval.judge=null",
                        "optim.lr=1e-3", "model.gender_weight=1", "model.identity_weight=0",
-                       "model.cache_voice=false")
+                       "model.cache_voice=false",
+                       # the 6-step speaker embedder of the fixture already tells the genders apart
+                       f"model.voice={pretrained / 'voice.ckpt'}")
     gan = METHODS["gan"](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
     batch = fixed_batch(world)
 

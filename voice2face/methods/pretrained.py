@@ -86,7 +86,8 @@ def voice_embedder_for(method: str, path: str | Path,
     except CheckpointError as e:
         raise CheckpointError(
             f"{e}; {method} needs a pretrained voice embedder at model.voice ({path}): make one "
-            f"with `voice2face train voice --export {path}` (the Makefile does this), or point "
+            f"with `voice2face train voice --export {path}` or `voice2face train dimnet "
+            f"--export {path}` (`make train` makes the one its profile names), or point "
             f"model.voice at a voice or dimnet checkpoint") from e
 
 
