@@ -33,6 +33,10 @@ Validation: ``val/loss``, ``val/feature_{l1,l2,cosine}`` between the predicted a
 feature of the validation speakers, ``val/feature_recall@K`` of the speaker among the
 validation identities' true features (cosine); with a decoder also ``GeneratorModule``'s judged
 metrics, and a grid real | decoded from the true feature | decoded from the voice.
+
+Generation: the contract's code of an utterance is its predicted feature, normalised;
+several utterances of one speaker are fused by their mean, renormalised, which the decoder
+renders (``voice2face generate --ckpt REG.ckpt a.wav b.wav``).
 """
 
 from __future__ import annotations
@@ -205,11 +209,17 @@ class RegressionModule(GeneratorModule):
                               f"--export {path}` or pass --decoder PATH (a face_decoder checkpoint)")
 
     @torch.no_grad()
-    def generate_faces(self, voices: Voices, proposal: torch.Tensor | None = None
-                       ) -> torch.Tensor:
-        """The decoder's rendering of the voice's predicted feature."""
+    def encode_voices(self, voices: Voices) -> torch.Tensor:
+        """The predicted feature, L2-normalised as every loss and the decoder normalise it
+        (so ``fuse_codes``, the mean renormalised, is the mean predicted unit feature)."""
+        return F.normalize(self.predict(voices), dim=-1)
+
+    @torch.no_grad()
+    def faces_from_codes(self, codes: torch.Tensor, proposal: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """The decoder's rendering of (predicted) features."""
         self.check_ready()
-        return self.decoder(self.predict(voices))
+        return self.decoder(codes)
 
     @torch.no_grad()
     def reference_faces(self, faces: torch.Tensor) -> torch.Tensor | None:
