@@ -266,11 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         titles = [f"fused ({len(waves)} files)", *(Path(a).name for a in args.audio)]
         if proposal is not None:
             columns, titles = [proposal, *columns], ["proposal", *titles]
-        if args.size:
-            import torch.nn.functional as F
-            columns = [F.interpolate(c[None], size=(args.size, args.size), mode="bicubic",
-                                     align_corners=False)[0].clamp(-1, 1) for c in columns]
-        save_png(titled_row(columns, titles), grid_path)
+        save_png(titled_row([image_of(c) for c in columns], titles), grid_path)
         print(f"voice2face: wrote {grid_path}: the fused face, then the face of each file")
     return 0
 

@@ -136,9 +136,9 @@ def face_grid(rows: list[tuple], n_real: int, n_fake: int, pad: int = 2,
     return canvas
 
 
-def titled_row(faces: list[torch.Tensor], titles: list[str], pad: int = 4,
+def titled_row(faces: list[torch.Tensor | Image.Image], titles: list[str], pad: int = 4,
                max_chars: int = 24) -> Image.Image:
-    """Faces side by side, each under its title (``voice2face generate --grid``: one face per
+    """Faces (tensors in [-1, 1] or images) side by side, each under its title (``voice2face generate --grid``: one face per
     recording beside the fused one). A column is as wide as its face or its title, whichever
     is wider; titles longer than ``max_chars`` are cut in the middle."""
     if len(faces) != len(titles) or not faces:
@@ -146,7 +146,8 @@ def titled_row(faces: list[torch.Tensor], titles: list[str], pad: int = 4,
                          f"{len(titles)} titles")
     titles = [t if len(t) <= max_chars else t[:max_chars // 2 - 2] + "..." + t[-(max_chars // 2 - 1):]
               for t in titles]
-    images = [Image.fromarray(tensor_to_face(f)) for f in faces]
+    images = [f if isinstance(f, Image.Image) else Image.fromarray(tensor_to_face(f))
+              for f in faces]
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     widths = [max(im.size[0], int(measure.textlength(t)) + 2) for im, t in zip(images, titles)]
     head = 14
