@@ -57,7 +57,7 @@ from voice2face.methods.common import adam
 from voice2face.methods.face_decoder import FaceDecoderModule, unit_features
 from voice2face.methods.generator import GeneratorModule
 from voice2face.methods.pretrained import freeze, load_target, same_weights
-from voice2face.metrics import RecallAtK
+from voice2face.metrics import RecallAtK, applicable
 from voice2face.nets import FaceTrunk, SpectrogramEncoder, VoiceEmbedder
 from voice2face.nets.speech2face import FaceDecoder
 
@@ -233,7 +233,7 @@ class RegressionModule(GeneratorModule):
         and true features on the training speakers' held-out utterances (``known/``) and on the
         test speakers (``test/``); recall@K of the test speaker's true feature with each of
         the three similarities, the gallery being one mean feature per test identity (its
-        size is stated as ``test/feature_gallery_identities``)."""
+        size is stated as ``test/feature_gallery_identities``; a K at or above it is left out)."""
         loader = dict(rank=0, world_size=1)
         out: dict[str, float] = {}
         recalls = {s: RecallAtK(EXTRA_TOP_K, similarity=s, distributed_available_fn=_no_sync)
@@ -260,8 +260,9 @@ class RegressionModule(GeneratorModule):
                 r.update(g, batch["identity"], index=batch["index"], role="gallery")
             ids.update(batch["identity"].tolist())
             images += len(g)
-        for r in recalls.values():
-            out.update({f"test/feature_{k}": float(v) for k, v in r.compute().items()})
+        for r in recalls.values():  # a K at or above the gallery size is left out (warned)
+            out.update({f"test/feature_{k}": float(v)
+                        for k, v in applicable(r, r.compute()).items()})
         out["test/feature_gallery_identities"] = float(len(ids))
         out["test/feature_gallery_images"] = float(images)
         return out
@@ -315,8 +316,8 @@ class RegressionModule(GeneratorModule):
             for k, metric in self.val_distance.items():
                 self.log(f"val/feature_{k}", metric)
             try:
-                self.log_dict({f"val/feature_{k}": v
-                               for k, v in self.val_feature_recall.compute().items()})
+                r = self.val_feature_recall
+                self.log_dict({f"val/feature_{k}": v for k, v in applicable(r, r.compute()).items()})
             except ValueError as e:
                 rank_zero_warn(f"regression: no feature recall ({e})")
         else:
