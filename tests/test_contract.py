@@ -47,8 +47,23 @@ def test_every_method_is_evaluable_or_pretraining_only(name, world, pretrained, 
     n, size = len(test_batch["identity"]), test_batch["face"].shape[-1]
     if cls.evaluation is Evaluation.GENERATED_FACES:
         proposal = proposal_faces(test_batch["face"], test_batch["identity"]) if cls.needs_proposal else None
+        torch.manual_seed(0)
         faces = module.generate_faces(voices, proposal)
         assert faces.shape == (n, 3, size, size) and faces.abs().max() <= 1
+        # generate_faces is faces_from_codes(encode_voices(...)); codes are unit vectors, and
+        # several utterances' codes fuse into their renormalised mean
+        codes = module.encode_voices(voices)
+        assert codes.dim() == 2 and len(codes) == n
+        assert torch.allclose(codes.norm(dim=-1), torch.ones(n), atol=1e-4)
+        torch.manual_seed(0)
+        assert torch.allclose(module.faces_from_codes(codes, proposal), faces, atol=1e-6)
+        fused = module.fuse_codes(codes[:3])
+        mean = codes[:3].double().mean(0)
+        assert fused.shape == (1, codes.shape[1])
+        assert torch.allclose(fused[0].double(), mean / mean.norm(), atol=1e-6)
+        assert torch.allclose(module.fuse_codes(codes[:1]), codes[:1], atol=1e-6)
+        one = module.faces_from_codes(fused, None if proposal is None else proposal[:1])
+        assert one.shape == (1, 3, size, size)
     else:
         v, f = module.embed_voices(voices), module.embed_faces(test_batch["face"])
         assert isinstance(v, Embeddings) and v.embedding.shape == f.embedding.shape
@@ -75,10 +90,21 @@ def test_a_method_declares_and_implements_what_it_offers():
 
             def embed_voices(self, voices):
                 return Embeddings(voices.mel.mean(-1))
-    with pytest.raises(TypeError, match="needs `generate_faces`"):
+    with pytest.raises(TypeError, match="needs `generate_faces`: implement `encode_voices` and "
+                                        "`faces_from_codes`"):
         class NoFaces(MethodModule):
             evaluation = Evaluation.PRETRAINING
             generates = True
+    with pytest.raises(TypeError, match="needs `generate_faces`: implement `faces_from_codes`"):
+        class OnlyCodes(MethodModule):  # generate_faces alone cannot fuse several utterances
+            evaluation = Evaluation.GENERATED_FACES
+            generates = True
+
+            def encode_voices(self, voices):
+                return voices.mel.mean(-1)
+
+            def generate_faces(self, voices, proposal=None):
+                return torch.zeros(len(voices.mel), 3, 8, 8)
     with pytest.raises(TypeError, match="so generates=True"):
         class Quiet(MethodModule):
             evaluation = Evaluation.GENERATED_FACES

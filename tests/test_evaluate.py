@@ -15,8 +15,9 @@ from test_prepare import speechlike
 from voice2face import cli
 from voice2face.evaluate import evaluate
 
-KEYS = ["match_1to2", "match_1to2_gender", "recall@1", "recall@5", "recall@10", "gender_acc",
-        "cosine", "identity_top1", "identity_top5"]
+# the tiny world has 4 test identities: recall@5 and above are not applicable there
+KEYS = ["match_1to2", "match_1to2_gender", "recall@1", "gender_acc", "cosine", "identity_top1",
+        "identity_top5"]
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +53,19 @@ def test_evaluate_writes_table_json_and_grid(world, cgan, tmp_path):
             low = -1.0 if key == "cosine" else 0.0
             assert low <= value <= 1.0, (name, key, value)
     assert saved["rows"]["chance"]["match_1to2"] == 0.5
+    # K at or above the 4 test identities (or 12 images): no row reports it, the JSON says why
+    for key in ("recall@5", "recall@10", "recall@50", "recall@20_image"):
+        assert all(key not in row for row in saved["rows"].values()), key
+        assert "not applicable" in saved["not_computed"][key], key
+    assert saved["not_computed"]["recall@5"] == (
+        "recall@5 not applicable: K=5 is at least the gallery size, 4 identities, so every "
+        "probe would score 1")
+    assert "recall@10_image" in saved["rows"]["method"]  # 10 of 12 images: a real number
     assert saved["counts"]["test_utterances"] == 16 and saved["counts"]["known_utterances"] == 6
     table = (tmp_path / "eval" / "metrics.md").read_text()
-    for label in ("| cgan (conditional) |", "| real faces", "| chance |", "1:2 match", "R@10"):
+    for label in ("| cgan (conditional) |", "| real faces", "| chance |", "1:2 match", "R@1"):
         assert label in table
+    assert "R@5" not in table and "R@10" not in table
     grid = Image.open(tmp_path / "eval" / "grid.png")
     assert grid.size[1] >= 3 * 16 and grid.mode == "RGB"
 

@@ -147,9 +147,11 @@ def ref_recall(d: dict, top_k, similarity: str, gallery: str, block_size: int | 
     else:
         blocks = [with_probes[i : i + block_size] for i in range(0, len(with_probes) - block_size + 1, block_size)]
     recall = {k: [] for k in top_k}
+    sizes = []
     for block in blocks:
         hits = {k: [] for k in top_k}
         cols = [j for j, c in enumerate(entry_id) if c in block]
+        sizes.append(len(cols))
         for p, c in enumerate(probe_id):
             if c not in block:
                 continue
@@ -165,7 +167,8 @@ def ref_recall(d: dict, top_k, similarity: str, gallery: str, block_size: int | 
                     hits[k].append(1.0 - math.comb(others, m) / math.comb(others + true, min(m, others + true)))
         for k in top_k:
             recall[k].append(np.mean(hits[k]))
-    return {k: float(np.mean(v)) for k, v in recall.items()}
+    # K at or above the gallery size ranks every entry in the top K: not applicable
+    return {k: float(np.mean(v)) if k < min(sizes) else math.nan for k, v in recall.items()}
 
 
 # -- CrossModalMatching -----------------------------------------------------
@@ -270,7 +273,8 @@ def test_recall_equals_reference_with_ties(gallery, similarity, block_size):
     suffix = metric.suffix
     assert set(got) == {f"recall@{k}{suffix}" for k in TOP_K}
     for k in TOP_K:
-        assert got[f"recall@{k}{suffix}"].item() == pytest.approx(expected[k], abs=1e-6)
+        assert got[f"recall@{k}{suffix}"].item() == pytest.approx(expected[k], abs=1e-6, nan_ok=True)
+    assert not math.isnan(expected[1])
 
 
 @pytest.mark.parametrize("gallery", ["image", "identity"])
@@ -327,11 +331,28 @@ def all_metrics() -> list:
 
 
 def results(metrics) -> list:
+    """Every value as a float (NaN for a recall@K that is not applicable), comparable with
+    ``same``."""
     out = []
     for m in metrics:
         value = m.compute()
-        out.append(sorted(value.items()) if isinstance(value, dict) else value)
+        out.append([(k, float(v)) for k, v in sorted(value.items())] if isinstance(value, dict)
+                   else float(value))
     return out
+
+
+def same(a: list, b: list) -> bool:
+    """Results equal value for value, NaN equal to NaN."""
+    return np.array_equal(np.array(_flat(a)), np.array(_flat(b)), equal_nan=True) and \
+        [k for k, _ in _pairs(a)] == [k for k, _ in _pairs(b)]
+
+
+def _pairs(r: list) -> list:
+    return [p for x in r for p in (x if isinstance(x, list) else [("", x)])]
+
+
+def _flat(r: list) -> list[float]:
+    return [v for _, v in _pairs(r)]
 
 
 @pytest.mark.parametrize("index", [True, False])
@@ -343,7 +364,7 @@ def test_results_ignore_update_order_and_batching(index):
     shuffled = all_metrics()
     for m in shuffled:
         feed(m, d, batch=3, index=index, seed=1)
-    assert results(shuffled) == results(reference)
+    assert same(results(shuffled), results(reference))
 
 
 def test_results_ignore_chunk_size():
@@ -353,10 +374,8 @@ def test_results_ignore_chunk_size():
         feed(a, d)
         feed(b, d)
         b.chunk_elements = 1  # one probe row at a time
-    for a, b in zip(results(reference), results(chunked)):
-        if isinstance(a, list):
-            a, b = torch.stack([v for _, v in a]), torch.stack([v for _, v in b])
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    a, b = torch.tensor(_flat(results(reference))), torch.tensor(_flat(results(chunked)))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6, equal_nan=True)
 
 
 def test_duplicates_with_the_same_index_count_once():
@@ -371,7 +390,7 @@ def test_duplicates_with_the_same_index_count_once():
         m.update(d["probe"][:3], d["probe_id"][:3], d["probe_gender"][:3], torch.arange(3), role="probe")
         m.update(d["face"][-2:], d["face_id"][-2:], d["face_gender"][-2:], torch.arange(len(d["face_id"]))[-2:],
                  role="gallery")
-    assert results(padded) == results(reference)
+    assert same(results(padded), results(reference))
 
 
 def test_similarities_are_computed_in_chunks(monkeypatch):
@@ -490,12 +509,6 @@ def test_other_compute_errors():
     with pytest.raises(ValueError, match="different widths"):
         m.compute()
 
-    m = RecallAtK()
-    feed(m, d)
-    m.update(torch.full((1, 16), float("nan")), d["probe_id"][:1], role="probe", index=torch.tensor([900]))
-    with pytest.raises(ValueError, match="NaN"):
-        m.compute()
-
     m = RecallAtK(block_size=100)
     feed(m, d)
     with pytest.raises(ValueError, match="blocks of 100 identities"):
@@ -511,6 +524,102 @@ def test_other_compute_errors():
     m.update(d["face"][:1], d["face_id"][:1], 1 - d["face_gender"][:1], role="gallery", index=torch.tensor([900]))
     with pytest.raises(ValueError, match="two genders"):
         m.compute()
+
+
+@pytest.mark.parametrize("make", [lambda: CrossModalMatching(exhaustive=True), lambda: RecallAtK(),
+                                  lambda: make_metrics("val", top_k=(1,), recall_block_size=None)["embedding"]])
+@pytest.mark.parametrize("role", ["probe", "gallery"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_embeddings_are_rejected_at_update_naming_the_rows(make, role, bad):
+    d = small()
+    m = make()
+    feed(m, d)
+    emb = d["probe"][:12].clone()
+    emb[3, 5] = bad
+    emb[7] = bad
+    with pytest.raises(ValueError) as e:
+        m.update(emb, d["probe_id"][:12], role=role, index=torch.arange(900, 912))
+    msg = str(e.value)
+    assert msg.startswith(("CrossModalMatching: ", "RecallAtK: ")), msg
+    assert f"{role} embeddings of this batch hold NaN or infinity in 2 of its 12 rows" in msg
+    assert "(batch positions 3, 7);" in msg
+    # nothing of the rejected batch was kept: the metric gives what it gave before
+    fresh = make()
+    feed(fresh, d)
+    assert same(results([m]), results([fresh]))
+
+
+def test_many_bad_rows_are_listed_briefly():
+    m = RecallAtK()
+    with pytest.raises(ValueError, match=r"in 30 of its 30 rows \(batch positions 0, 1, 2, 3, 4, 5, 6, "
+                                         r"7, 8, 9, \.\.\.\)"):
+        m.update(torch.full((30, 4), float("nan")), torch.zeros(30, dtype=torch.long))
+
+
+@pytest.mark.parametrize("gallery", ["identity", "image"])
+def test_recall_at_or_above_the_gallery_size_is_not_applicable(gallery):
+    """K below the gallery size: the brute-force recall; K at or above it: NaN with a warning
+    naming K and the size, never a silent 1.0."""
+    d = gauss_split(seed=5, n_ids=6)
+    size = 6 if gallery == "identity" else len(d["face_id"])
+    top_k = (1, size - 1, size, size + 3)
+    m = RecallAtK(top_k, gallery=gallery)
+    feed(m, d)
+    with pytest.warns(UserWarning) as caught:
+        got = m.compute()
+    what = "identities" if gallery == "identity" else "images"
+    expected = ref_recall(d, top_k, "cosine", gallery, None)
+    for k in top_k[:2]:
+        assert got[f"recall@{k}{m.suffix}"].item() == pytest.approx(expected[k], abs=1e-6)
+    for k in top_k[2:]:
+        key = f"recall@{k}{m.suffix}"
+        assert math.isnan(got[key].item()) and math.isnan(expected[k])
+        assert m.not_applicable[key] == (f"{key} not applicable: K={k} is at least the gallery "
+                                         f"size, {size} {what}, so every probe would score 1")
+    (warning,) = caught
+    assert str(warning.message).startswith("RecallAtK: ")
+    assert f"K={size} is at least the gallery size, {size} {what}" in str(warning.message)
+    assert f"K={size + 3} is at least" in str(warning.message)
+
+
+def test_recall_blocks_are_the_gallery_of_their_probes():
+    d = exact_split(seed=21, same_faces=True)
+    m = RecallAtK((1, 2, 3), block_size=3)
+    feed(m, d)
+    with pytest.warns(UserWarning, match="K=3 is at least the gallery size, 3 identities per block"):
+        got = m.compute()
+    assert got["recall@2_block3"].item() == pytest.approx(ref_recall(d, (2,), "cosine", "identity", 3)[2])
+    assert math.isnan(got["recall@3_block3"].item())
+
+
+def test_compute_each_lists_recall_that_is_not_applicable_without_warning():
+    import warnings
+
+    from voice2face.metrics import compute_each
+    d = gauss_split(seed=5, n_ids=6)
+    group = make_metrics("val", top_k=(1, 5, 6, 10), recall_similarities=("cosine",),
+                         recall_image_gallery=False, recall_block_size=None)["embedding"]
+    feed(group, d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the dict reports it; no warning besides
+        values, errors = compute_each(group, "val/")
+    assert {"val/recall@1", "val/recall@5", "val/match_1to2"} <= set(values)
+    assert "val/recall@6" not in values and "val/recall@10" not in values
+    assert errors == {f"val/recall@{k}": f"recall@{k} not applicable: K={k} is at least the "
+                                         f"gallery size, 6 identities, so every probe would score 1"
+                      for k in (6, 10)}
+
+
+def test_split_half_recall_reports_only_applicable_k():
+    from voice2face.methods.common import SplitHalfRecall
+    d = gauss_split(seed=5, n_ids=6)
+    r = SplitHalfRecall("val", top_k=(1, 5, 6))
+    emb = torch.cat([d["probe"], d["face"]])
+    ids = torch.cat([d["probe_id"], d["face_id"]])
+    r.update(emb, ids, torch.arange(len(ids)))
+    with pytest.warns(UserWarning, match="K=6 is at least the gallery size"):
+        got = r.compute()
+    assert set(got) == {"val/recall@1", "val/recall@5"}
 
 
 # -- make_metrics and Lightning ---------------------------------------------
@@ -531,7 +640,9 @@ def test_make_metrics_keys_values_and_shared_state():
     feed(alone, d)
     assert got["test/match_1to2_gender"] == alone.compute()
     assert got["test/match_1to2"].item() == pytest.approx(ref_matching(d, 2, False), abs=1e-6)
-    assert got["test/recall@3_block3"].item() == pytest.approx(ref_recall(d, (3,), "cosine", "identity", 3)[3])
+    assert got["test/recall@2_block3"].item() == pytest.approx(ref_recall(d, (2,), "cosine", "identity", 3)[2])
+    # K at or above the block's 3 identities: not applicable, never a silent 1.0
+    assert all(math.isnan(got[f"test/recall@{k}_block3"].item()) for k in TOP_K if k >= 3)
 
     logits = torch.tensor([[0.1, 0.9, 0.0, 0.0, 0.0], [0.8, 0.1, 0.3, 0.2, 0.0]])
     metrics["identity"].update(logits, torch.tensor([1, 2]))
@@ -665,7 +776,8 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
             want = expected["no_index" not in name]
             assert got[name].keys() == want.keys()
             for key, value in want.items():
-                assert torch.equal(got[name][key], value), (rank, name, key)
+                torch.testing.assert_close(got[name][key], value, rtol=0, atol=0, equal_nan=True,
+                                           msg=lambda m: f"{rank} {name} {key}: {m}")
 
 
 # -- Fréchet distance in a face net's feature space ---------------------------

@@ -570,3 +570,45 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tree, tmp_path, monkeypatch
     calls["n"] = -10**9  # and the same command does continue
     assert R.main(argv) == 0 and (out / "manifest.json").is_file()
     assert "already written" in capsys.readouterr().out
+
+
+def test_a_real_ctrl_c_with_worker_processes(tree, tmp_path, capsys):
+    """SIGINT to the whole process group, as a terminal sends it, while worker processes
+    write shards: one line, no traceback from any worker, and the rerun continues."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    root, _ = tree
+    out = tmp_path / "data"
+    argv = ["--vox1", str(root / "vox1"), "--faces", str(root / "VGG_ALL_FRONTAL"),
+            "--out", str(out), "--workers", "2", "--no-progress", "--shard-size", "4",
+            "--min-seconds", "0.5"]
+    # each utterance slowed down (the forked workers inherit the patch), so that the run is
+    # still busy when its first shard is finished
+    script = ("import sys, time\n"
+              "import voice2face.prepare.run as R\n"
+              "real = R.prepare_utterance\n"
+              "def slow(path, settings):\n"
+              "    time.sleep(0.3)\n"
+              "    return real(path, settings)\n"
+              "R.prepare_utterance = slow\n"
+              "sys.exit(R.main(sys.argv[1:]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not list((out / "shards").glob("*.tar")) and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "prepare finished before the signal could be sent"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"voice2face prepare: interrupted; the shards finished so far are kept in {out}: run "
+        f"the same command again to continue from them")
+    assert not (out / "manifest.json").exists()
+    assert R.main([*argv[:7], "0", *argv[8:]]) == 0 and (out / "manifest.json").is_file()
+    assert "already written" in capsys.readouterr().out

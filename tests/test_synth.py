@@ -396,6 +396,10 @@ def test_ctrl_c_says_nothing_was_written(tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("voice2face synth: interrupted; no world was written")
     assert not (out / "manifest.json").exists() and not list(out.rglob("*.tmp"))
+    # "run the same command again to write it": over what the interrupted run left
+    calls["n"] = -10**9
+    assert cli.main([*SMALL_ARGS, "--out", str(out)]) == 0
+    assert (out / "manifest.json").is_file()
 
 
 def test_sigint_with_worker_processes_prints_no_traceback(tmp_path):

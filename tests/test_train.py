@@ -157,6 +157,12 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(toy_cli, tmp_path, monkeypa
     assert err.strip().splitlines()[-1] == (
         f"voice2face train: interrupted; kept {folder} (last.ckpt, step000002.ckpt): continue "
         f"with `voice2face train toy run.resume={folder}`")
+    # and the command it names does continue, from the kept step
+    monkeypatch.setattr(FailingToy, "fail_at", 10**9)
+    assert toy_cli("trainer.max_steps=6", f"run.resume={folder}") == 0
+    final = torch.load(folder / "checkpoints" / "final.ckpt", weights_only=False)
+    assert final["global_step"] == 6
+    assert len(list(folder.glob("csv/version_*/metrics.csv"))) == 2  # resumed, not restarted
 
     monkeypatch.setattr(FailingToy, "fail_at", 1)  # before the first checkpoint
     assert toy_cli("trainer.max_steps=6", "run.name=early") == 130

@@ -1,12 +1,21 @@
-"""``voice2face generate --ckpt CKPT AUDIO --out face.png``: a face from a recording.
+"""``voice2face generate --ckpt CKPT AUDIO... --out face.png``: a face from recordings.
 
-The audio file is decoded with soundfile (WAV, FLAC, OGG, ...), mixed down to mono,
-resampled to the 16 kHz the methods are trained at, and turned into the same normalised
-log-mel features as the training data (``datamodules.features``). Silences are trimmed with
-the voice activity detector ``voice2face prepare`` uses, and what is left must be as long as
-the shortest utterance prepare keeps (1 s): that is the whole utterance the method sees.
-Any method that generates faces (``gan``, ``cgan``, ...) can be used; the conditional GAN
-draws its noise from ``--seed``.
+Each audio file is decoded as ``voice2face prepare`` decodes VoxCeleb (``prepare.audio``):
+WAV, FLAC, OGG and MP3 with soundfile (libsndfile >= 1.1 reads MP3), M4A/MP4/AAC and other
+containers with PyAV; any sample rate and channel count, mixed down to mono and resampled to
+the 16 kHz the methods are trained at, then turned into the same normalised log-mel features
+as the training data (``datamodules.features``). Silences are trimmed with the voice
+activity detector ``voice2face prepare`` uses, and what is left must be as long as the
+shortest utterance prepare keeps (1 s): that is the whole utterance the method sees.
+Any method that generates faces (``gan``, ``cgan``, ``cae``, ``regression``, ...) can be
+used; the conditional GAN draws its noise from ``--seed`` (the same noise for every face of
+one command, so faces differ only by their voices).
+
+Several files of one speaker are fused into one face: each file is encoded on its own
+(``encode_voices``), the codes are fused (``fuse_codes``: the mean of the unit voice
+embeddings, or of the regression's predicted features, renormalised) and the fused code is
+rendered (``faces_from_codes``). ``--grid PATH`` also writes the face of each file beside
+the fused one, each column titled.
 
 A method that morphs a proposal face toward the voice (``needs_proposal``, the CAE) takes it
 from ``--proposal face.png`` (any size: centre-cropped to a square and resized to the
@@ -27,6 +36,7 @@ import torch
 from voice2face.errors import UserError, reports_errors
 
 SAMPLE_RATE = 16_000
+FORMATS = "WAV, FLAC, OGG, MP3, M4A/MP4/AAC or another format FFmpeg reads"
 
 
 class AudioError(UserError, ValueError):
@@ -34,25 +44,23 @@ class AudioError(UserError, ValueError):
 
 
 def load_audio(path: str | Path) -> torch.Tensor:
-    """Mono float waveform at 16 kHz of an audio file; ``AudioError`` names the file."""
-    import soundfile as sf
+    """Mono float waveform at 16 kHz of an audio file, decoded as ``voice2face prepare``
+    decodes (``prepare.audio.read_audio``); ``AudioError`` names the file."""
+    from voice2face.prepare.audio import read_audio, resample
+    from voice2face.prepare.report import EMPTY_AUDIO, Skip
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"audio file {path} is a folder; expected an audio file ({FORMATS})")
     if not path.is_file():
         raise AudioError(f"audio file {path} does not exist")
     try:
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises several types for corrupt or unknown data
-        raise AudioError(f"cannot decode audio file {path}: {e} (expected WAV, FLAC, OGG or "
-                         f"another format libsndfile reads)") from e
-    if audio.size == 0:
-        raise AudioError(f"audio file {path} holds no samples")
-    wave = torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1)))
-    if not torch.isfinite(wave).all():
-        raise AudioError(f"audio file {path} holds NaN or infinite samples")
-    if sr != SAMPLE_RATE:
-        import torchaudio.functional as AF
-        wave = AF.resample(wave, sr, SAMPLE_RATE)
-    return wave
+        wave, sr = read_audio(path)
+    except Skip as e:
+        if e.reason == EMPTY_AUDIO:
+            raise AudioError(f"audio file {path} holds no samples ({e.detail})") from None
+        raise AudioError(f"cannot decode audio file {path}: {e.detail or e.reason} (expected "
+                         f"{FORMATS})") from None
+    return torch.from_numpy(np.ascontiguousarray(resample(wave, sr, SAMPLE_RATE)))
 
 
 def load_speech(path: str | Path) -> torch.Tensor:
@@ -133,30 +141,66 @@ def default_proposal(data_root: str | Path, seed: int = 0) -> tuple[torch.Tensor
     return sample["face"], f"training gallery image {i} of {data_root} ({name}, {sample['key']})"
 
 
-def generate_face(method, wave: torch.Tensor, seed: int = 0,
-                  proposal: torch.Tensor | None = None) -> torch.Tensor:
-    """One face ``[3, S, S]`` in [-1, 1] from a 16 kHz waveform (and, for a method that
-    needs one, a proposal face ``[3, S, S]``)."""
+def voice_codes(method, waves: list[torch.Tensor]) -> torch.Tensor:
+    """The method's codes ``[N, D]`` of N 16 kHz waveforms, one utterance each
+    (``encode_voices``)."""
     from datamodules.features import AudioFeatures
     from voice2face.methods import Voices
+    extract = AudioFeatures(spectrogram=method.needs_spectrogram)
+    codes = []
+    with torch.no_grad():
+        for wave in waves:
+            features = extract(wave)
+            mel, spec = features["mel"][None], features.get("spec")
+            voices = Voices(mel, torch.tensor([mel.shape[-1]]),
+                            None if spec is None else spec[None])
+            codes.append(method.encode_voices(voices))
+    return torch.cat(codes)
+
+
+def faces_from_codes(method, codes: torch.Tensor, seed: int = 0,
+                     proposal: torch.Tensor | None = None) -> torch.Tensor:
+    """Faces ``[N, 3, S, S]`` in [-1, 1] from codes ``[N, D]``, each drawn with the noise of
+    ``seed`` (the same for every face) and, for a method that needs one, the proposal face
+    ``[3, S, S]``."""
     if method.needs_proposal and proposal is None:
         raise ValueError(f"{method.label} generates from a voice and a proposal face; "
                          f"give a proposal face")
-    features = AudioFeatures(spectrogram=method.needs_spectrogram)(wave)
-    mel, spec = features["mel"][None], features.get("spec")
-    torch.manual_seed(seed)
+    faces = []
     with torch.no_grad():
-        voices = Voices(mel, torch.tensor([mel.shape[-1]]), None if spec is None else spec[None])
-        return method.generate_faces(voices, None if proposal is None else proposal[None])[0]
+        for code in codes:
+            torch.manual_seed(seed)
+            faces.append(method.faces_from_codes(code[None], None if proposal is None
+                                                 else proposal[None])[0])
+    return torch.stack(faces)
+
+
+def generate_face(method, waves: torch.Tensor | list[torch.Tensor], seed: int = 0,
+                  proposal: torch.Tensor | None = None) -> torch.Tensor:
+    """One face ``[3, S, S]`` in [-1, 1] from one 16 kHz waveform or the fused codes of
+    several of one speaker (and, for a method that needs one, a proposal face ``[3, S, S]``)."""
+    waves = [waves] if isinstance(waves, torch.Tensor) else list(waves)
+    fused = method.fuse_codes(voice_codes(method, waves))
+    return faces_from_codes(method, fused, seed, proposal)[0]
+
+
+def _check_png_path(option: str, path: Path) -> None:
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; expected the PNG file to write "
+                        f"(e.g. {option} {path / 'face.png'})")
 
 
 @reports_errors("voice2face generate")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voice2face generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("audio", help="audio file (WAV, FLAC, ...), any sample rate")
+    parser.add_argument("audio", nargs="+", help="audio files of one speaker (WAV, FLAC, OGG, "
+                        "MP3, M4A, ...), any sample rate and channels; several are fused into "
+                        "one face")
     parser.add_argument("--ckpt", required=True, help="checkpoint of a face-generating method")
     parser.add_argument("--out", default="face.png", help="PNG to write (default face.png)")
+    parser.add_argument("--grid", metavar="PNG", help="also write the face of each audio file "
+                        "beside the fused one, titled, to this PNG")
     parser.add_argument("--size", type=_int_in(1, 4096), help="resize the face to SIZE pixels")
     parser.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0,
                         help="noise of conditional methods")
@@ -167,20 +211,24 @@ def main(argv: list[str] | None = None) -> int:
                         "(methods with a `decoder` part: regression)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; expected the PNG file to write "
-                        f"(e.g. --out {out / 'face.png'})")
+    _check_png_path("--out", out)
+    grid_path = Path(args.grid) if args.grid else None
+    if grid_path is not None:
+        _check_png_path("--grid", grid_path)
+        if grid_path.resolve() == out.resolve():
+            raise UserError(f"--grid {grid_path} is also --out; give the grid a file of its own")
 
     from PIL import Image
 
     from datamodules import DataFormatError
     from datamodules.features import tensor_to_face
+    from voice2face.grid import save_png, titled_row
     from voice2face.methods import generating_methods, load_method
-    wave = load_speech(args.audio)
     method = load_method(args.ckpt, expect=generating_methods())
     if args.decoder:
         method.replace_part("decoder", args.decoder)
     method.check_ready()
+    waves = [load_speech(a) for a in args.audio]
     proposal, where = None, ""
     if method.needs_proposal:
         size = method.data_info["face_size"]
@@ -196,13 +244,30 @@ def main(argv: list[str] | None = None) -> int:
     elif args.proposal:
         raise ImageError(f"{method.label} generates from the voice alone; it takes no "
                          f"--proposal")
-    image = Image.fromarray(tensor_to_face(generate_face(method, wave, args.seed, proposal)))
-    if args.size:
-        image = image.resize((args.size, args.size), Image.BICUBIC)
+
+    codes = voice_codes(method, waves)
+    fused = faces_from_codes(method, method.fuse_codes(codes), args.seed, proposal)[0]
+
+    def image_of(face: torch.Tensor) -> Image.Image:
+        image = Image.fromarray(tensor_to_face(face))
+        return image.resize((args.size, args.size), Image.BICUBIC) if args.size else image
+
+    image = image_of(fused)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, format="PNG")
-    print(f"voice2face: wrote {out} ({image.size[0]}x{image.size[1]}) from {args.audio} "
-          f"({len(wave) / SAMPLE_RATE:.1f} s of speech)" + (f", proposal {where}" if where else ""))
+    speech = " + ".join(f"{len(w) / SAMPLE_RATE:.1f}" for w in waves)
+    source = (args.audio[0] if len(waves) == 1
+              else f"{len(waves)} files of one speaker, their voice codes fused")
+    print(f"voice2face: wrote {out} ({image.size[0]}x{image.size[1]}) from {source} "
+          f"({speech} s of speech)" + (f", proposal {where}" if where else ""))
+    if grid_path is not None:
+        singles = faces_from_codes(method, codes, args.seed, proposal) if len(waves) > 1 else fused[None]
+        columns = [fused, *singles]
+        titles = [f"fused ({len(waves)} files)", *(Path(a).name for a in args.audio)]
+        if proposal is not None:
+            columns, titles = [proposal, *columns], ["proposal", *titles]
+        save_png(titled_row([image_of(c) for c in columns], titles), grid_path)
+        print(f"voice2face: wrote {grid_path}: the fused face, then the face of each file")
     return 0
 
 

@@ -138,6 +138,32 @@ def face_grid(rows: list[tuple], n_real: int, n_fake: int, pad: int = 2,
     return canvas
 
 
+def titled_row(faces: list[torch.Tensor | Image.Image], titles: list[str], pad: int = 4,
+               max_chars: int = 24) -> Image.Image:
+    """Faces (tensors in [-1, 1] or images) side by side, each under its title (``voice2face generate --grid``: one face per
+    recording beside the fused one). A column is as wide as its face or its title, whichever
+    is wider; titles longer than ``max_chars`` are cut in the middle."""
+    if len(faces) != len(titles) or not faces:
+        raise ValueError(f"titled_row needs one title per face, got {len(faces)} faces and "
+                         f"{len(titles)} titles")
+    titles = [t if len(t) <= max_chars else t[:max_chars // 2 - 2] + "..." + t[-(max_chars // 2 - 1):]
+              for t in titles]
+    images = [f if isinstance(f, Image.Image) else Image.fromarray(tensor_to_face(f))
+              for f in faces]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widths = [max(im.size[0], int(measure.textlength(t)) + 2) for im, t in zip(images, titles)]
+    head = 14
+    canvas = Image.new("RGB", (sum(widths) + pad * (len(images) + 1),
+                               head + max(im.size[1] for im in images) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = pad
+    for im, title, w in zip(images, titles, widths):
+        draw.text((x, 1), title, fill="black")
+        canvas.paste(im, (x + (w - im.size[0]) // 2, head))
+        x += w + pad
+    return canvas
+
+
 def save_png(image: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

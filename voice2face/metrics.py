@@ -70,7 +70,11 @@ call ``compute()`` (Lightning's epoch-end hooks do), since it gathers.
 
 Traps: ``compute()`` raises on a probe identity with no face in the gallery and on
 too few identities, which a sanity-check run of two validation batches can hit
-(``num_sanity_val_steps=0``, or give the sanity check a gallery). Exhaustive matching
+(``num_sanity_val_steps=0``, or give the sanity check a gallery). ``update`` raises on a
+NaN or infinite embedding, naming the metric, the role and the rows of the batch: a model
+that diverged is never scored. Recall@K with K at or above the gallery size (every probe
+would score 1) is NaN with a warning, not an error, so that a tiny world's validation
+still reports its other K; ``compute_each`` lists it among the values not computed. Exhaustive matching
 and the image-gallery recall cost seconds at VoxCeleb test scale (see
 ``benchmarks/metrics.py``); similarities are computed ``chunk_elements`` at a time,
 so memory does not grow with probes x gallery.
@@ -79,6 +83,7 @@ so memory does not grow with probes x gallery.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -299,6 +304,15 @@ class _EmbeddingMetric(Metric):
             raise ValueError(f"embeddings must be a float tensor of shape (n, dim), got {got}")
         n, dim = embeddings.shape
         device = embeddings.device
+        finite = torch.isfinite(embeddings).all(dim=1)
+        if not bool(finite.all()):
+            rows = torch.nonzero(~finite).flatten().tolist()
+            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+            raise ValueError(
+                f"{type(self).__name__}: {role} embeddings of this batch hold NaN or infinity in "
+                f"{len(rows)} of its {n} rows (batch positions {shown}); a model whose outputs "
+                f"are not finite cannot be scored"
+            )
         identity = _labels("identity", identity, n, device)
         unknown = torch.full((n,), -1, dtype=torch.int64, device=device)
         gender = unknown if gender is None else _labels("gender", gender, n, device).clamp_min(-1)
@@ -645,6 +659,12 @@ class RecallAtK(_EmbeddingMetric):
     naming the variant: ``_l1``/``_l2`` (similarity), ``_image`` (gallery),
     ``_block<size>``; cosine on the identity gallery has none.
 
+    A K at or above the gallery size (the entries each probe is ranked among: identities,
+    images, or a block's entries; for blocks of images the smallest block) puts every
+    entry in the top K, so every probe would score 1: its value is NaN, with a warning
+    naming K and the gallery size, and ``not_applicable`` maps its key to that reason
+    until the next ``compute``.
+
     Args:
         top_k: the K values.
         similarity: ``"cosine"``, ``"l1"`` or ``"l2"``.
@@ -673,6 +693,7 @@ class RecallAtK(_EmbeddingMetric):
         self.top_k = top_k
         self.gallery_mode = gallery
         self.block_size = block_size
+        self.not_applicable: dict[str, str] = {}
 
     @property
     def suffix(self) -> str:
@@ -710,7 +731,7 @@ class RecallAtK(_EmbeddingMetric):
         # Grouped by identity, a chunk of probes shares its true entries: one slice.
         order = torch.argsort(slot, stable=True)
         probe, slot = probe[order], slot[order]
-        recalls = []
+        recalls, sizes = [], []
         for block in blocks:
             if block is None:
                 p, ps, e, es = probe, slot, entries, entry_slot
@@ -718,8 +739,23 @@ class RecallAtK(_EmbeddingMetric):
                 pm, em = torch.isin(slot, block), torch.isin(entry_slot, block)
                 p, ps, e, es = probe[pm], slot[pm], entries[em], entry_slot[em]
             recalls.append(self._hits(p, ps, e, es) / ps.numel())
+            sizes.append(e.shape[0])
         recall = torch.stack(recalls).mean(0).to(device=self.device, dtype=torch.float32)
+        self.not_applicable = self._not_applicable(min(sizes))
+        if self.not_applicable:
+            recall[[self.output_keys.index(key) for key in self.not_applicable]] = float("nan")
+            warnings.warn(f"{type(self).__name__}: " + "; ".join(self.not_applicable.values()),
+                          stacklevel=2)
         return {key: recall[i] for i, key in enumerate(self.output_keys)}
+
+    def _not_applicable(self, size: int) -> dict[str, str]:
+        """``{key: why}`` for each K that puts the whole gallery of ``size`` entries in the top K."""
+        what = "images" if self.gallery_mode == "image" else "identities"
+        if self.block_size:
+            what += " in the smallest block" if self.gallery_mode == "image" else " per block"
+        return {key: f"{key} not applicable: K={k} is at least the gallery size, {size} {what}, "
+                     f"so every probe would score 1"
+                for k, key in zip(self.top_k, self.output_keys) if k >= size}
 
     def _hits(self, probe: Tensor, slot: Tensor, entries: Tensor, entry_slot: Tensor) -> Tensor:
         """Summed probability of a hit, per K (float64); probes and entries sorted by slot.
@@ -847,23 +883,34 @@ def make_metrics(
 def compute_each(group, prefix: str = "") -> tuple[dict[str, Tensor], dict[str, str]]:
     """Compute every metric of a ``MetricCollection`` on its own: a protocol the split
     cannot support (e.g. no same-gender imposter in a tiny world) is reported in the second
-    dict ({name: why}) instead of taking the others down with it."""
+    dict ({name: why}) instead of taking the others down with it, and so is a recall@K that
+    is not applicable (K at or above the gallery size; its warning is this dict's entry)."""
     values: dict[str, Tensor] = {}
     errors: dict[str, str] = {}
     for name, metric in group.items(keep_base=True):
         if not metric.update_count:
             continue
         try:
-            value = metric.compute()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*not applicable: K=")
+                value = metric.compute()
         except ValueError as e:
             errors[prefix + name] = str(e)
             _unsync(metric)
             continue
+        skip = metric.not_applicable if isinstance(metric, RecallAtK) else {}
+        errors.update({prefix + k: why for k, why in skip.items()})
         if isinstance(value, dict):
-            values.update({prefix + k: v for k, v in value.items()})
+            values.update({prefix + k: v for k, v in value.items() if k not in skip})
         else:
             values[prefix + name] = value
     return values, errors
+
+
+def applicable(metric: RecallAtK, values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``values`` of ``metric.compute()`` without the recall@K that are not applicable (K at or
+    above the gallery size: NaN, and warned about by ``compute``)."""
+    return {k: v for k, v in values.items() if k not in metric.not_applicable}
 
 
 def _unsync(metric) -> None:

@@ -5,8 +5,12 @@ The contract (``MethodModule``): a method declares, as class attributes, how it 
 measured (``evaluation``, an ``Evaluation``) and whether it makes faces (``generates``,
 ``needs_proposal``), and implements the calls that go with the declaration:
 
-* ``generate_faces(voices, proposal=None) -> faces``: ``Evaluation.GENERATED_FACES`` and
-  every method with ``generates = True``; the judge then embeds and classifies the faces;
+* ``encode_voices(voices) -> codes`` and ``faces_from_codes(codes, proposal=None) ->
+  faces``: ``Evaluation.GENERATED_FACES`` and every method with ``generates = True``; the
+  judge then embeds and classifies the faces. ``generate_faces(voices, proposal=None)`` is
+  their composition, one face per utterance; ``fuse_codes(codes) -> code`` turns the codes of
+  several utterances of one speaker into one (by default their mean, renormalised: the
+  codes are unit vectors), which ``voice2face generate`` renders as the speaker's face;
 * ``embed_voices(voices)`` and ``embed_faces(faces) -> Embeddings``:
   ``Evaluation.OWN_SPACE``, a method measured in its own shared voice–face space;
 * neither: ``Evaluation.PRETRAINING``, a part of other methods (or the judge) that
@@ -147,15 +151,20 @@ class MethodModule(L.LightningModule):
         if not isinstance(evaluation, Evaluation):
             raise TypeError(f"{cls.__name__}: declare `evaluation = Evaluation.<...>` "
                             f"(PRETRAINING for a method that evaluation does not measure)")
-        needs = {"generate_faces": cls.generates or evaluation is Evaluation.GENERATED_FACES,
-                 "embed_voices": evaluation is Evaluation.OWN_SPACE,
-                 "embed_faces": evaluation is Evaluation.OWN_SPACE}
-        for call, needed in needs.items():
-            if needed and getattr(cls, call) is getattr(MethodModule, call):
-                raise TypeError(f"{cls.__name__}: evaluation={evaluation.name}, generates="
-                                f"{cls.generates} needs `{call}`")
         if evaluation is Evaluation.GENERATED_FACES and not cls.generates:
             raise TypeError(f"{cls.__name__}: evaluated by its generated faces, so generates=True")
+        declared = f"{cls.__name__}: evaluation={evaluation.name}, generates={cls.generates}"
+        if cls.generates:
+            # generate_faces is the composition of the two calls that make fusing possible
+            missing = [c for c in ("encode_voices", "faces_from_codes")
+                       if getattr(cls, c) is getattr(MethodModule, c)]
+            if missing:
+                raise TypeError(f"{declared} needs `generate_faces`: implement "
+                                f"{' and '.join(f'`{c}`' for c in missing)} (generate_faces "
+                                f"is faces_from_codes(encode_voices(voices)))")
+        for call in ("embed_voices", "embed_faces"):
+            if evaluation is Evaluation.OWN_SPACE and getattr(cls, call) is getattr(MethodModule, call):
+                raise TypeError(f"{declared} needs `{call}`")
         if cls.replaceable_parts and cls.replace_part is MethodModule.replace_part:
             raise TypeError(f"{cls.__name__}: replaceable_parts={cls.replaceable_parts} needs "
                             f"`replace_part`")
@@ -187,7 +196,27 @@ class MethodModule(L.LightningModule):
         """Faces ``[B, 3, S, S]`` in [-1, 1], one per utterance. ``proposal``: ``[B, 3, S, S]``
         real faces, given exactly when the class has ``needs_proposal``. A method that draws
         noise draws it from the global RNG: seed it for the same faces."""
+        return self.faces_from_codes(self.encode_voices(voices), proposal)
+
+    def encode_voices(self, voices: Voices) -> Tensor:
+        """The code ``[B, D]`` the method makes a face from, one per utterance (a method that
+        ``generates``): what ``fuse_codes`` averages over the utterances of one speaker."""
         raise NotImplementedError(f"{self.method} does not generate faces")
+
+    def faces_from_codes(self, codes: Tensor, proposal: Tensor | None = None) -> Tensor:
+        """Faces ``[B, 3, S, S]`` from codes ``[B, D]`` of ``encode_voices`` (or of
+        ``fuse_codes``); ``proposal`` and noise as in ``generate_faces``."""
+        raise NotImplementedError(f"{self.method} does not generate faces")
+
+    def fuse_codes(self, codes: Tensor) -> Tensor:
+        """One code ``[1, D]`` from the codes ``[N, D]`` of N utterances of one speaker (the
+        papers' averaging of several utterances' embeddings). By default the mean,
+        renormalised to unit length, for methods whose codes are unit vectors (all of ours);
+        a method whose codes live elsewhere overrides it."""
+        if codes.dim() != 2 or not len(codes):
+            raise ValueError(f"fuse_codes takes codes [N, D] of N >= 1 utterances, got "
+                             f"{tuple(codes.shape)}")
+        return torch.nn.functional.normalize(codes.mean(0, keepdim=True), dim=-1)
 
     def embed_voices(self, voices: Voices) -> Embeddings:
         """The voices in the method's own space (``Evaluation.OWN_SPACE``)."""

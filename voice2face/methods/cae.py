@@ -31,7 +31,9 @@ a sample B of another identity, so each row has f_A, v_A and f_B, v_B. Per batch
 The voice embedder is a ``voice`` or ``dimnet`` checkpoint (``model.voice``), frozen. In
 validation and evaluation the proposal of each utterance is the real face of another
 identity (``methods.base.proposal_faces``); ``voice2face generate`` takes one from
-``--proposal`` or the training gallery.
+``--proposal`` or the training gallery. The contract's code of an utterance is ``e_B``, its
+unit voice embedding; several utterances of one speaker are fused by their mean,
+renormalised, and morph the proposal together.
 
 Traps of manual optimization (as in ``methods/gan.py``): ``global_step`` counts two optimizer
 steps per batch (``steps_per_batch = 2``; ``trainer.max_steps`` in the config counts
@@ -134,13 +136,20 @@ class CaeModule(AdversarialModule):
         return self.gating
 
     @torch.no_grad()
-    def generate_faces(self, voices: Voices, proposal: torch.Tensor | None = None
-                       ) -> torch.Tensor:
-        """The proposal faces morphed toward the voices' speakers: ``G(proposal, e(voice))``."""
+    def encode_voices(self, voices: Voices) -> torch.Tensor:
+        """``e(voice)``: the frozen embedder's unit voice embeddings (``fuse_codes``: their
+        mean, renormalised)."""
+        return self.voice(voices.mel, voices.lengths)
+
+    @torch.no_grad()
+    def faces_from_codes(self, codes: torch.Tensor, proposal: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """The proposal faces morphed toward the speakers of the voice embeddings:
+        ``G(proposal, e)``."""
         if proposal is None:
             raise ValueError("the CAE morphs a proposal face toward the voice: give one per "
                              "utterance")
-        return self.generator(proposal, self.voice(voices.mel, voices.lengths))
+        return self.generator(proposal, codes)
 
     # --- training ------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from voice2face.metrics import RecallAtK
+from voice2face.metrics import RecallAtK, applicable
 
 
 def adam(params, optim: dict[str, Any]) -> torch.optim.Adam:
@@ -21,7 +21,8 @@ class SplitHalfRecall(nn.Module):
     ``index`` are probes, samples with an even one the gallery (one entry per identity, the
     mean). Distinct samples on both sides, so an embedding never finds itself.
 
-    A thin wrapper of ``RecallAtK`` (correct under DDP); ``compute`` gives ``{stage/recall@K}``.
+    A thin wrapper of ``RecallAtK`` (correct under DDP); ``compute`` gives ``{stage/recall@K}``
+    for each K below the number of identities (``RecallAtK`` warns about the others).
     """
 
     def __init__(self, stage: str, top_k=(1, 5)):
@@ -36,7 +37,8 @@ class SplitHalfRecall(nn.Module):
 
     def compute(self) -> dict[str, torch.Tensor]:
         try:
-            return {f"{self.stage}/{k}": v for k, v in self.recall.compute().items()}
+            values = applicable(self.recall, self.recall.compute())
+            return {f"{self.stage}/{k}": v for k, v in values.items()}
         finally:
             self.recall.reset()
 

@@ -18,7 +18,9 @@ before the 924-way identity classifier has learnt anything, so this is what lets
 Gen"): noise z (``model.noise_dim``) is concatenated to the embedding and the discriminator
 is a projection discriminator on the embedding. ``experiments/cgan.yaml`` sets it.
 
-Validation (judge metrics and the sample grid) is ``GeneratorModule``'s.
+Validation (judge metrics and the sample grid) is ``GeneratorModule``'s. The contract's
+code of an utterance is its unit voice embedding; several utterances of one speaker are
+fused by their mean, renormalised (``voice2face generate a.wav b.wav``).
 
 Traps of manual optimization, and what this module does about them:
 
@@ -80,11 +82,17 @@ class GanModule(AdversarialModule):
         return "conditional" if self.conditional else None
 
     @torch.no_grad()
-    def generate_faces(self, voices: Voices, proposal: torch.Tensor | None = None
-                       ) -> torch.Tensor:
-        """Faces for utterances, without embedding noise (the conditional variant draws z
-        from the global RNG)."""
-        return self.generator(self.voice(voices.mel, voices.lengths))
+    def encode_voices(self, voices: Voices) -> torch.Tensor:
+        """The frozen embedder's unit voice embeddings (``fuse_codes``: their mean,
+        renormalised)."""
+        return self.voice(voices.mel, voices.lengths)
+
+    @torch.no_grad()
+    def faces_from_codes(self, codes: torch.Tensor, proposal: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """Faces from voice embeddings, without embedding noise (the conditional variant
+        draws z from the global RNG)."""
+        return self.generator(codes)
 
     # --- training ------------------------------------------------------------------------
 

@@ -33,6 +33,10 @@ Validation: ``val/loss``, ``val/feature_{l1,l2,cosine}`` between the predicted a
 feature of the validation speakers, ``val/feature_recall@K`` of the speaker among the
 validation identities' true features (cosine); with a decoder also ``GeneratorModule``'s judged
 metrics, and a grid real | decoded from the true feature | decoded from the voice.
+
+Generation: the contract's code of an utterance is its predicted feature, normalised;
+several utterances of one speaker are fused by their mean, renormalised, which the decoder
+renders (``voice2face generate --ckpt REG.ckpt a.wav b.wav``).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from voice2face.methods.common import adam
 from voice2face.methods.face_decoder import FaceDecoderModule, unit_features
 from voice2face.methods.generator import GeneratorModule
 from voice2face.methods.pretrained import freeze, load_target, same_weights
-from voice2face.metrics import RecallAtK
+from voice2face.metrics import RecallAtK, applicable
 from voice2face.nets import FaceTrunk, SpectrogramEncoder, VoiceEmbedder
 from voice2face.nets.speech2face import FaceDecoder
 
@@ -205,11 +209,17 @@ class RegressionModule(GeneratorModule):
                               f"--export {path}` or pass --decoder PATH (a face_decoder checkpoint)")
 
     @torch.no_grad()
-    def generate_faces(self, voices: Voices, proposal: torch.Tensor | None = None
-                       ) -> torch.Tensor:
-        """The decoder's rendering of the voice's predicted feature."""
+    def encode_voices(self, voices: Voices) -> torch.Tensor:
+        """The predicted feature, L2-normalised as every loss and the decoder normalise it
+        (so ``fuse_codes``, the mean renormalised, is the mean predicted unit feature)."""
+        return F.normalize(self.predict(voices), dim=-1)
+
+    @torch.no_grad()
+    def faces_from_codes(self, codes: torch.Tensor, proposal: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """The decoder's rendering of (predicted) features."""
         self.check_ready()
-        return self.decoder(self.predict(voices))
+        return self.decoder(codes)
 
     @torch.no_grad()
     def reference_faces(self, faces: torch.Tensor) -> torch.Tensor | None:
@@ -223,7 +233,7 @@ class RegressionModule(GeneratorModule):
         and true features on the training speakers' held-out utterances (``known/``) and on the
         test speakers (``test/``); recall@K of the test speaker's true feature with each of
         the three similarities, the gallery being one mean feature per test identity (its
-        size is stated as ``test/feature_gallery_identities``)."""
+        size is stated as ``test/feature_gallery_identities``; a K at or above it is left out)."""
         loader = dict(rank=0, world_size=1)
         out: dict[str, float] = {}
         recalls = {s: RecallAtK(EXTRA_TOP_K, similarity=s, distributed_available_fn=_no_sync)
@@ -250,8 +260,9 @@ class RegressionModule(GeneratorModule):
                 r.update(g, batch["identity"], index=batch["index"], role="gallery")
             ids.update(batch["identity"].tolist())
             images += len(g)
-        for r in recalls.values():
-            out.update({f"test/feature_{k}": float(v) for k, v in r.compute().items()})
+        for r in recalls.values():  # a K at or above the gallery size is left out (warned)
+            out.update({f"test/feature_{k}": float(v)
+                        for k, v in applicable(r, r.compute()).items()})
         out["test/feature_gallery_identities"] = float(len(ids))
         out["test/feature_gallery_images"] = float(images)
         return out
@@ -305,8 +316,8 @@ class RegressionModule(GeneratorModule):
             for k, metric in self.val_distance.items():
                 self.log(f"val/feature_{k}", metric)
             try:
-                self.log_dict({f"val/feature_{k}": v
-                               for k, v in self.val_feature_recall.compute().items()})
+                r = self.val_feature_recall
+                self.log_dict({f"val/feature_{k}": v for k, v in applicable(r, r.compute()).items()})
             except ValueError as e:
                 rank_zero_warn(f"regression: no feature recall ({e})")
         else:

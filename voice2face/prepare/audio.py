@@ -1,11 +1,14 @@
 """One utterance from a VoxCeleb file to the FLAC a shard stores.
 
-decode (WAV and FLAC with soundfile, VoxCeleb2's AAC ``.m4a`` with PyAV) -> downmix ->
+decode (WAV, FLAC, OGG and, where libsndfile reads it, MP3 with soundfile; VoxCeleb2's AAC
+``.m4a`` and anything else FFmpeg reads with PyAV) -> downmix ->
 resample to 16 kHz -> trim silence with WebRTC's voice activity detector -> minimum length
 -> 16-bit FLAC. Wen et al. (NeurIPS 2019) trimmed VoxCeleb's silences with webrtcvad at
 aggressiveness 2 on 20 ms frames; those are the defaults.
 
 Every failure of a single file is a :class:`Skip` with its reason, never a crash.
+``voice2face generate`` reads its recordings with the same ``read_audio``, ``resample`` and
+``trim_silence``.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from datamodules.shards import SAMPLE_RATE, encode_flac
 
 from .report import EMPTY_AUDIO, NO_SPEECH, TOO_SHORT, UNREADABLE_AUDIO, Skip
 
-# formats libsndfile reads directly; anything else (m4a, aac, mp4, ...) goes through PyAV
-SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg"}
+# formats libsndfile reads directly (MP3 since libsndfile 1.1, when built with it); anything
+# else (m4a, aac, mp4, ...) goes through PyAV
+SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg"} | ({".mp3"} if "MP3" in sf.available_formats() else set())
 
 
 @dataclass(frozen=True)
