@@ -198,7 +198,7 @@ def test_a_run_is_finished_when_config_record_and_final_checkpoint_agree(tmp_pat
 def test_the_run_identity_follows_config_data_and_pretrained_nets(tmp_path):
     data = tmp_path / "world"
     (data / "pretrained").mkdir(parents=True)
-    voice = data / "pretrained" / "voice.ckpt"
+    voice = Path(load_config("gan", [f"data.root={data}"]).model.voice)  # the profile's embedder
     voice.write_bytes(b"voice v1")
     same = lambda *o: digest(run_identity(load_config("gan", [f"data.root={data}", *o]), "m"))  # noqa: E731
     base = same()
