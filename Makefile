@@ -24,7 +24,7 @@ NEEDS_face_decoder := $(PRETRAINED)/face.ckpt $(PRETRAINED)/face-target.ckpt
 NEEDS_regression   := $(NEEDS_face_decoder) $(PRETRAINED)/decoder.ckpt
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock data train test test-all bench clean slurm test-slurm sweep
+.PHONY: help install lock data train test test-all bench clean slurm test-slurm sweep sweep-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -108,6 +108,14 @@ slurm: $(STAMP) ## sbatch METHOD on NODES x GPUS (ARGS, NAME, TIME, SBATCH='--pa
 
 test-slurm: $(STAMP) ## a real one-node SLURM (apt, root): 2-task CPU DDP job, requeued and resumed
 	tests/slurm/run.sh
+
+# W&B: the W&B set-up is checked before the data and pretrained nets the trials need are made.
+sweep: $(STAMP) sweep-check $(DATA)/manifest.json $(NEEDS_$(METHOD)) ## W&B sweep of METHOD (experiments/sweeps/) and an agent; COUNT=N trials; needs a W&B login
+	$(BIN)/python -m voice2face.sweep $(METHOD) --data $(DATA) $(if $(COUNT),--count $(COUNT)) \
+		$(if $(SWEEP_ID),--sweep-id $(SWEEP_ID))
+
+sweep-check: $(STAMP)
+	@$(BIN)/python -m voice2face.sweep $(METHOD) --check
 
 clean: ## remove runs and generated data (keeps .venv)
 	rm -rf runs data wandb

@@ -233,7 +233,7 @@ def train(cfg: DictConfig) -> Path:
     if trainer.is_global_zero:
         print(f"voice2face: trained {cfg.method}; checkpoint {final}")
         if cfg.run.evaluate and module.evaluation is not Evaluation.PRETRAINING:
-            print(post_fit_evaluation(module, folder, final, dm))
+            print(post_fit_evaluation(module, folder, final, dm, trainer.loggers))
     if cfg.logger.wandb:  # close the run, or the next WandbLogger in this process reuses it
         import wandb
         wandb.finish()
