@@ -100,10 +100,10 @@ bench: $(STAMP) ## print the benchmarks' numbers
 NODES ?= 1
 GPUS  ?= 1
 TASKS ?= 2
-SLURM_FLAGS = --nodes $(NODES) --gpus $(GPUS) --tasks $(TASKS) $(if $(NAME),--name '$(NAME)') \
-	$(if $(TIME),--time '$(TIME)') $(if $(SBATCH),--sbatch '$(SBATCH)') $(if $(DRY),--dry-run)
+SLURM_FLAGS = --nodes $(NODES) --gpus $(GPUS) --tasks $(TASKS) $(if $(RUN_NAME),--name '$(RUN_NAME)') \
+	$(if $(WALLTIME),--time '$(WALLTIME)') $(if $(SBATCH),--sbatch '$(SBATCH)') $(if $(DRY),--dry-run)
 
-slurm: $(STAMP) ## sbatch METHOD on NODES x GPUS (ARGS, NAME, TIME, SBATCH='--partition=..'); DRY=1 prints it
+slurm: $(STAMP) ## sbatch METHOD on NODES x GPUS (ARGS, RUN_NAME, WALLTIME, SBATCH='--partition=..'); DRY=1 prints it
 	$(BIN)/python -m voice2face.slurm $(METHOD) $(SLURM_FLAGS) -- data.root=$(DATA) $(ARGS)
 
 test-slurm: $(STAMP) ## a real one-node SLURM (apt, root): 2-task CPU DDP job, requeued and resumed

@@ -76,7 +76,7 @@ def test_requeue_callback_checkpoints_requeues_and_stops(no_slurm, tmp_path):
             return obj
 
     class FakeTrainer:
-        strategy, is_global_zero, global_step = FakeStrategy(), True, 7
+        strategy, is_global_zero, global_step, loggers = FakeStrategy(), True, 7, []
         saved = []
 
         def save_checkpoint(self, path):
@@ -124,7 +124,7 @@ def srun_line(script: str) -> list[str]:
 @pytest.mark.parametrize("nodes,gpus", [(2, 4), (1, 1), (3, 8)])
 def test_gpu_script_directives(nodes, gpus):
     script = make_slurm("DRY=1", "METHOD=gan", f"NODES={nodes}", f"GPUS={gpus}",
-                        "NAME=gan-test", "ARGS=trainer.max_steps=100").stdout
+                        "RUN_NAME=gan-test", "ARGS=trainer.max_steps=100").stdout
     d = directives(script)
     assert d["nodes"] == str(nodes)
     assert d["ntasks-per-node"] == str(gpus)        # one task per GPU
@@ -165,7 +165,7 @@ def fake_sbatch(tmp_path: Path) -> tuple[dict, Path]:
 def test_dry_run_prints_and_submits_nothing(tmp_path):
     env, record = fake_sbatch(tmp_path)
     before = set((REPO / "slurm").glob("*")) if (REPO / "slurm").is_dir() else set()
-    proc = make_slurm("DRY=1", "METHOD=cae", "GPUS=2", "NAME=dry-test", env=env)
+    proc = make_slurm("DRY=1", "METHOD=cae", "GPUS=2", "RUN_NAME=dry-test", env=env)
     assert proc.stdout.startswith("#!/bin/bash") and "srun " in proc.stdout
     assert not record.exists()
     after = set((REPO / "slurm").glob("*")) if (REPO / "slurm").is_dir() else set()
@@ -177,7 +177,7 @@ def test_submit_writes_the_script_and_calls_sbatch(tmp_path):
     name = f"submit-test-{os.getpid()}"
     script = REPO / "slurm" / f"{name}.sbatch"
     try:
-        proc = make_slurm("METHOD=gan", "GPUS=2", f"NAME={name}", env=env)
+        proc = make_slurm("METHOD=gan", "GPUS=2", f"RUN_NAME={name}", env=env)
         assert "submitted job 77" in proc.stdout and script.is_file()
         assert record.read_text().split() == ["--parsable", f"slurm/{name}.sbatch"]
     finally:
@@ -190,7 +190,7 @@ def test_submit_writes_the_script_and_calls_sbatch(tmp_path):
 ])
 def test_bad_arguments_fail_before_submitting(tmp_path, args, message):
     env, record = fake_sbatch(tmp_path)
-    proc = make_slurm("METHOD=gan", f"ARGS={args}", "NAME=bad-test", env=env, check=False)
+    proc = make_slurm("METHOD=gan", f"ARGS={args}", "RUN_NAME=bad-test", env=env, check=False)
     assert proc.returncode != 0 and message in proc.stderr
     assert not record.exists()
 

@@ -57,7 +57,7 @@ def train_overrides(nodes: int, gpus: int, tasks: int, name: str,
     clash = [o for o in overrides if o.split("=", 1)[0].lstrip("-") in MANAGED_KEYS]
     if clash:
         raise ConfigError(f"{' '.join(clash)}: set by the SLURM script from the allocation "
-                          f"(NODES, GPUS, TASKS, NAME); leave {', '.join(MANAGED_KEYS)} out of ARGS")
+                          f"(NODES, GPUS, TASKS, RUN_NAME); leave {', '.join(MANAGED_KEYS)} out of ARGS")
     per_node = gpus or tasks
     ours = [f"trainer.accelerator={'gpu' if gpus else 'cpu'}", f"trainer.devices={per_node}",
             f"trainer.num_nodes={nodes}"]
