@@ -29,7 +29,7 @@ NEEDS_face_decoder := $(PRETRAINED)/face.ckpt $(PRETRAINED)/face-target.ckpt
 NEEDS_regression   := $(NEEDS_face_decoder) $(PRETRAINED)/decoder.ckpt
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock data train test test-all bench clean
+.PHONY: help install lock data train test test-all bench clean slurm test-slurm sweep sweep-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -100,6 +100,27 @@ bench: $(STAMP) ## print the benchmarks' numbers
 	$(BIN)/python benchmarks/datamodule.py
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/cae.py --threads 1
+
+# SLURM: one task per GPU (GPUS=0: TASKS CPU processes per node), srun, requeue on SIGUSR1.
+NODES ?= 1
+GPUS  ?= 1
+TASKS ?= 2
+SLURM_FLAGS = --nodes $(NODES) --gpus $(GPUS) --tasks $(TASKS) $(if $(RUN_NAME),--name '$(RUN_NAME)') \
+	$(if $(WALLTIME),--time '$(WALLTIME)') $(if $(SBATCH),--sbatch '$(SBATCH)') $(if $(DRY),--dry-run)
+
+slurm: $(STAMP) ## sbatch METHOD on NODES x GPUS (ARGS, RUN_NAME, WALLTIME, SBATCH='--partition=..'); DRY=1 prints it
+	$(BIN)/python -m voice2face.slurm $(METHOD) $(SLURM_FLAGS) -- data.root=$(DATA) $(ARGS)
+
+test-slurm: $(STAMP) ## a real one-node SLURM (apt, root): 2-task CPU DDP job, requeued and resumed
+	tests/slurm/run.sh
+
+# W&B: the W&B set-up is checked before the data and pretrained nets the trials need are made.
+sweep: $(STAMP) sweep-check $(DATA)/manifest.json $(NEEDS_$(METHOD)) ## W&B sweep of METHOD (experiments/sweeps/) and an agent; COUNT=N trials; needs a W&B login
+	$(BIN)/python -m voice2face.sweep $(METHOD) --data $(DATA) $(if $(COUNT),--count $(COUNT)) \
+		$(if $(SWEEP_ID),--sweep-id $(SWEEP_ID))
+
+sweep-check: $(STAMP)
+	@$(BIN)/python -m voice2face.sweep $(METHOD) --check
 
 clean: ## remove runs and generated data (keeps .venv)
 	rm -rf runs data wandb

@@ -450,9 +450,30 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def post_fit_evaluation(module, run_dir: Path, checkpoint: Path, datamodule) -> str:
+def log_evaluation(results: dict[str, Any], loggers) -> None:
+    """The evaluation to every W&B logger of the run: the table of metrics.md as a
+    ``wandb.Table`` (``eval/table``, one row per row: the method, real faces, chance, ...),
+    the grid (``eval/grid``) and the method's row and own measures as ``test/<key>`` in the
+    run summary, where the W&B run table and sweeps can compare them."""
+    from lightning.pytorch.loggers import WandbLogger
+    targets = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if not targets:
+        return
+    rows = results["rows"]
+    keys = list(dict.fromkeys(k for row in rows.values() for k in row))
+    data = [[name, *(row.get(k) for k in keys)] for name, row in rows.items()]
+    summary = {f"test/{k}": v for k, v in {**rows["method"], **results.get("extra", {})}.items()}
+    for logger in targets:
+        logger.log_table(key="eval/table", columns=["row", *keys], data=data)
+        if results["files"].get("grid"):
+            logger.log_image(key="eval/grid", images=[results["files"]["grid"]])
+        logger.experiment.summary.update(summary)
+
+
+def post_fit_evaluation(module, run_dir: Path, checkpoint: Path, datamodule, loggers=()) -> str:
     """The evaluation after training (``run.evaluate``) of an evaluable method, into
-    ``run_dir/eval``; returns the line ``voice2face train`` prints."""
+    ``run_dir/eval`` and to the run's W&B loggers; returns the line ``voice2face train``
+    prints."""
     cfg = module.cfg
     judge = cfg.get("eval", {}).get("judge")
     if not judge or not Path(judge).is_file():
@@ -468,6 +489,7 @@ def post_fit_evaluation(module, run_dir: Path, checkpoint: Path, datamodule) -> 
                      grid_utterances=cfg["eval"]["grid_utterances"])
     except CheckpointError as e:  # e.g. a part that the method was trained without
         return f"voice2face: no evaluation ({e})"
+    log_evaluation(r, loggers)
     row = r["rows"]["method"]
     grid = f", grid {r['files']['grid']}" if r["files"]["grid"] else ""
     return (f"voice2face: evaluated on the test split: 1:2 match {row['match_1to2']:.3f} "

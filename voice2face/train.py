@@ -12,6 +12,9 @@ seen twice; optimizer state and step counts carry on exactly.
 
 Under several processes (DDP), only rank zero writes into the run folder, and every process
 derives the same folder name (``run_name``) without relying on Lightning re-launching it.
+Under srun, SIGUSR1 (``--signal=SIGUSR1@90``) saves ``checkpoints/last.ckpt`` at a batch
+boundary and requeues the job (``voice2face/requeue.py``); the requeued job, with the same
+``run.name`` and ``run.resume=auto`` (``make slurm``), continues from it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from voice2face.errors import Interrupted, report
 from voice2face.evaluate import post_fit_evaluation
 from voice2face.methods import METHODS, Evaluation, get_method
 from voice2face.methods.base import CheckpointError, data_info, read_checkpoint_meta
+from voice2face.requeue import Requeued, SlurmRequeue, cluster_plugins
 
 
 # Each launcher says which process is which in its own variables: torchrun RANK, Lightning's
@@ -230,7 +234,7 @@ def train(cfg: DictConfig) -> Path:
     if trainer.is_global_zero:
         print(f"voice2face: trained {cfg.method}; checkpoint {final}")
         if cfg.run.evaluate and module.evaluation is not Evaluation.PRETRAINING:
-            print(post_fit_evaluation(module, folder, final, dm))
+            print(post_fit_evaluation(module, folder, final, dm, trainer.loggers))
     if cfg.logger.wandb:  # close the run, or the next WandbLogger in this process reuses it
         import wandb
         wandb.finish()
@@ -261,8 +265,11 @@ def fit(cfg: DictConfig, method_cls, module, dm, folder: Path, ckpt_path: str | 
         devices=t.devices, num_nodes=t.num_nodes, strategy=strategy, precision=t.precision,
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
-        logger=make_loggers(cfg, folder, folder.name), callbacks=[checkpoints],
-        default_root_dir=folder, use_distributed_sampler=False, enable_model_summary=True)
+        logger=make_loggers(cfg, folder, folder.name),
+        # under srun: SIGUSR1 -> last.ckpt at a batch boundary, scontrol requeue, Requeued
+        callbacks=[checkpoints, SlurmRequeue(folder / "checkpoints" / "last.ckpt")],
+        default_root_dir=folder, use_distributed_sampler=False, enable_model_summary=True,
+        plugins=cluster_plugins())
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     trainer.save_checkpoint(folder / "checkpoints" / "final.ckpt")
     return trainer
@@ -300,7 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
-        final = train(cfg)
+        try:
+            final = train(cfg)
+        except Requeued as e:  # the requeued job continues this run; nothing to export yet
+            if rank_zero_only.rank == 0:
+                print(f"voice2face: {e}")
+            return 0
         if args.export and rank_zero_only.rank == 0:
             export(final, args.export)
             print(f"voice2face: exported {args.export}")
