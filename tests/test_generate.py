@@ -13,7 +13,7 @@ import torch
 import torchaudio.functional as AF
 from PIL import Image
 
-from test_methods import pretrained_nets, train_quick
+from test_methods import train_quick
 from test_prepare import speechlike
 from voice2face import cli
 from voice2face.generate import FORMATS, faces_from_codes, load_speech, voice_codes
@@ -85,15 +85,7 @@ def test_every_format_decodes_to_the_speech_at_16k(name, tmp_path):
 
 # --- a world and checkpoints ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def world(fake_root) -> Path:
-    pretrained_nets(fake_root)
-    return fake_root
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("generate-runs")
+from test_evaluate import runs, world  # noqa: E402,F401 (fixtures: the tiny world, its nets)
 
 
 def quick(method: str, world: Path, runs: Path, *overrides: str) -> Path:
