@@ -520,7 +520,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress-bar", action="store_true",
                    help="suite without its progress bar (voice2face train has one)")
     p.add_argument("--data-batches", type=int, default=0,
-                   help="also time N batches of each method's training stream")
+                   help="also time N batches of each method's training stream (N well above "
+                        "2 x data.num_workers: the workers prefetch while the first batch is read)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every method (e.g. data.batch_size=64)")
     args = p.parse_args(argv)
