@@ -314,7 +314,7 @@ class PlainLoop:
         opt_g, opt_d = adam(G.parameters(), self.cfg["optim"]), adam(D.parameters(), self.cfg["optim"])
         voices = self._voice_embeddings()
         real, labels, gender = b["face"], b["label"], b["gender"]
-        gw, n = float(mc["gender_weight"]), len(real)
+        gw, fw, n = float(mc["gender_weight"]), float(mc["face_weight"]), len(real)
 
         def step(i):
             emb = perturb_embedding(voices(), mc["embedding_noise"])
@@ -332,6 +332,8 @@ class PlainLoop:
                           + mc["identity_weight"] * identity_loss(out["identity"], labels))
                 if gw:
                     loss_g = loss_g + gw * gender_loss(out["gender"], gender)
+                if fw:
+                    loss_g = loss_g + fw * image_l1_loss(fake, real)
                 update(opt_g, loss_g, self.clip)
             return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
         return step

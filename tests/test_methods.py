@@ -135,7 +135,7 @@ def test_gan_gender_head_learns_gender_and_trains_the_generator(world, pretraine
                           data_info(dm)).critic.gender is None  # the paper's critic
     cfg = quick_config("gan", world, tmp_path, "model.width=0.25", "eval.judge=null",
                        "optim.lr=1e-3", "model.gender_weight=1", "model.identity_weight=0",
-                       "model.cache_voice=false",
+                       "model.cache_voice=false", "model.face_weight=0",
                        # the 6-step speaker embedder of the fixture already tells the genders apart
                        f"model.voice={pretrained / 'voice.ckpt'}")
     gan = METHODS["gan"](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
@@ -183,6 +183,35 @@ def test_cached_voices_are_the_embeddings_of_whole_utterances(method, world, pre
         expected = module.voice(mel[None], torch.tensor([mel.shape[-1]]))[0]
         torch.testing.assert_close(emb, expected, rtol=1e-5, atol=1e-5)
     assert len(module._voice_cache) == len(dm.eval_dataset("train"))
+
+
+def test_gan_face_term_pulls_generated_faces_to_the_speakers(world, pretrained, tmp_path):
+    import lightning as L
+    from voice2face.losses import image_l1_loss
+    cfg = quick_config("gan", world, tmp_path, "model.width=0.25", "eval.judge=null",
+                       "optim.lr=1e-3", "model.cache_voice=false", "model.face_weight=100",
+                       "model.identity_weight=0", "model.gender_weight=0")
+    dm = VoiceFaceDataModule(world, batch_size=6, num_workers=0, crop_seconds=0.3)
+    gan = METHODS["gan"](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+    batch = fixed_batch(world)
+
+    def face_l1():
+        with torch.no_grad():
+            fake = gan.generator(gan.voice(batch["mel"], batch["mel_lengths"]))
+            return float(image_l1_loss(fake, batch["face"]))
+
+    before = face_l1()
+    # the best face for voices that say nothing: the pixel-wise median of the batch's faces
+    # (the fixture's 6-step voice embedder tells these speakers apart little)
+    floor = float(image_l1_loss(batch["face"].median(0).values.expand_as(batch["face"]),
+                                batch["face"]))
+    trainer = L.Trainer(max_steps=2 * 30, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(gan, DataLoader(Repeat(batch, 30), batch_size=None))
+    assert before > 1.1 * floor and face_l1() < 1.02 * floor
+    assert "train/loss_face" in trainer.logged_metrics
+    assert load_config("gan", ["profile=paper"]).model.face_weight == 0  # not in the paper
 
 
 def test_gan_checkpoint_needs_no_voice_checkpoint(world, pretrained, tmp_path):
