@@ -18,7 +18,8 @@ from voice2face.generate import main as generate_main
 from voice2face.losses import identity_loss
 from voice2face.methods import METHODS, Voices, load_method
 from voice2face.methods.base import data_info, proposal_faces
-from voice2face.methods.cae import TERMS, CaeModule, other_identity_pairing
+from voice2face.methods.cae import (PAIRED_TERMS, TERMS, CaeModule, other_identity_pairing,
+                                   training_pairing)
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +82,19 @@ def test_pairing_needs_two_identities():
         other_identity_pairing(torch.tensor([3, 3, 3]), seeded(0))
     with pytest.raises(ValueError, match="at least two identities"):
         other_identity_pairing(torch.tensor([3]), seeded(0))
+
+
+def test_training_pairing_falls_back_to_the_batch_itself_for_one_identity():
+    """Two identities or more: ``other_identity_pairing``; one: a seeded permutation of the
+    batch, flagged unpaired, so that the batch still trains (under DDP, every rank steps)."""
+    ids = torch.tensor([0, 1, 1, 2, 0, 3])
+    partner, paired = training_pairing(ids, seeded(4))
+    assert paired and torch.equal(partner, other_identity_pairing(ids, seeded(4)))
+    one = torch.tensor([5] * 6)
+    partner, paired = training_pairing(one, seeded(4))
+    assert not paired and sorted(partner.tolist()) == list(range(6))
+    assert torch.equal(partner, training_pairing(one, seeded(4))[0])
+    assert training_pairing(torch.tensor([5]), seeded(0)) == (torch.tensor([0]), False)
 
 
 def test_configs_hold_the_papers_settings():
@@ -173,6 +187,73 @@ def test_training_steps_train_the_critic_and_keep_the_voice_frozen(world, pretra
     for k, v in cae.voice.state_dict().items():
         assert torch.equal(v, voice_before[k]), k
     assert not cae.voice.training
+
+
+def one_identity(batch: dict) -> dict:
+    """``batch`` relabelled as if every sample were of its first sample's identity."""
+    return {**batch, "identity": torch.full_like(batch["identity"], int(batch["identity"][0])),
+            "label": torch.full_like(batch["label"], int(batch["label"][0]))}
+
+
+def fit_one_batch(cae: CaeModule, batch: dict):
+    """Train ``cae`` on ``batch`` once (both optimizer steps); the trainer and the nets'
+    parameters before it."""
+    import lightning as L
+    before = {name: [p.detach().clone() for p in getattr(cae, name).parameters()]
+              for name in ("generator", "critic")}
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(cae, DataLoader(Repeat(batch, 1), batch_size=None))
+    return trainer, before
+
+
+def changed(net: torch.nn.Module, before: list[torch.Tensor]) -> bool:
+    return any(not torch.equal(p, b) for p, b in zip(net.parameters(), before))
+
+
+def test_a_batch_of_one_identity_trains_without_the_paired_terms(world, pretrained, tmp_path):
+    """No pairing exists, yet both optimizer steps run (a skipped step hangs DDP): the critic
+    as usual, the generator on the terms that need no other identity."""
+    torch.manual_seed(0)
+    cae = make_cae(world, tmp_path, "optim.lr=1e-3")
+    batch = one_identity(fixed_batch(world))
+    with pytest.warns(UserWarning, match="one identity"):
+        trainer, before = fit_one_batch(cae, batch)
+    assert trainer.global_step == 2  # both optimizers stepped
+    assert changed(cae.generator, before["generator"]) and changed(cae.critic, before["critic"])
+    logged = set(trainer.logged_metrics)
+    assert float(trainer.logged_metrics["train/paired"]) == 0.0
+    assert {"train/proposal", "train/adversarial", "train/loss_d", "train/loss_c"} <= logged
+    assert not {f"train/{t}" for t in PAIRED_TERMS} & logged  # masked: neither computed nor logged
+
+    # the generator's loss is exactly λ1·proposal + λ4·adversarial on such a batch
+    partner, paired = training_pairing(batch["identity"], seeded(0))
+    with torch.no_grad():
+        emb = cae.voice(batch["mel"], batch["mel_lengths"])
+        fake = cae.generator(batch["face"], emb[partner])
+    terms = cae.generator_terms(fake, batch["face"], batch["face"][partner], emb,
+                                batch["label"][partner], paired)
+    assert set(terms) == {"proposal", "adversarial"}
+    assert set(cae.generator_terms(fake, batch["face"], batch["face"][partner], emb,
+                                   batch["label"][partner])) == set(TERMS)  # paired: all five
+
+
+def test_a_batch_of_one_identity_with_only_paired_terms_still_steps(world, pretrained, tmp_path):
+    """With the weights on masked terms only, the generator's loss is a zero that reaches it:
+    the backward runs with all-zero gradients and the optimizer steps (Adam's first step from
+    zero gradients leaves the weights as they are; later ones follow the momentum)."""
+    torch.manual_seed(0)
+    cae = make_cae(world, tmp_path, *only("speaker"))
+    with pytest.warns(UserWarning, match="one identity"):
+        trainer, before = fit_one_batch(cae, one_identity(fixed_batch(world)))
+    assert trainer.global_step == 2
+    assert float(trainer.logged_metrics["train/loss_g"]) == 0.0
+    assert "train/speaker" not in trainer.logged_metrics
+    # the generator's step comes last: its backward left gradients, all zero
+    assert all(p.grad is not None and not p.grad.any() for p in cae.generator.parameters())
+    assert not changed(cae.generator, before["generator"])
+    assert changed(cae.critic, before["critic"])
 
 
 def test_variant_names_the_gating(world, pretrained, tmp_path):
