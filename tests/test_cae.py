@@ -344,12 +344,26 @@ def test_evaluation_adds_the_unchanged_proposals_and_table_3(cae_ckpt, tmp_path)
     from voice2face.methods.pretrained import load_judge
     judge = load_judge(r["judge"])
     dm = VoiceFaceDataModule(r["data"], eval_batch_size=64, num_workers=0)
-    sims = []
+    sims, queries, speakers = [], {"method": [], "proposal_faces": []}, []
     for batch in dm.eval_dataloader("test", rank=0, world_size=1):
         proposal = proposal_faces(batch["face"], batch["identity"])
         faces = load_method(cae_ckpt).generate_faces(Voices.of(batch), proposal)
         sims.append((judge.embed(faces) * judge.embed(proposal)).sum(-1))
+        queries["method"].append(judge.embed(faces))
+        queries["proposal_faces"].append(judge.embed(proposal))
+        speakers.append(batch["identity"])
     assert s["to_proposal"] == pytest.approx(float(torch.cat(sims).mean()), abs=1e-5)
+    # Liang et al.'s retrieval of the generated faces and of the unchanged proposals, on the
+    # same galleries, recomputed from the metric's functions
+    from voice2face.metrics import gallery_hits, sampled_galleries
+    gallery = [(judge.embed(b["face"]), b["identity"])
+               for b in dm.gallery_dataloader("test", rank=0, world_size=1)]
+    gallery_emb, gallery_ids = torch.cat([e for e, _ in gallery]), torch.cat([i for _, i in gallery])
+    speakers = torch.cat(speakers)
+    galleries = sampled_galleries(speakers, gallery_ids, 500, seed=r["seed"])
+    for row, q in queries.items():
+        hits = gallery_hits(torch.cat(q), speakers, gallery_emb, gallery_ids, galleries, 5)
+        assert r["rows"][row]["retrieval_top5"] == pytest.approx(float(hits.double().mean()))
     table = (tmp_path / "eval" / "metrics.md").read_text()
     # the grid: a row per test identity (4 in this world) and the sweep row, 2 real faces and
     # 4 proposal/generated pairs per row (evaluate's defaults)
@@ -357,6 +371,7 @@ def test_evaluation_adds_the_unchanged_proposals_and_table_3(cae_ckpt, tmp_path)
     grid = Image.open(r["files"]["grid"])
     assert grid.size == (96 + (2 + 8) * (size + pad) + 8, 14 + 5 * (size + pad))
     assert "| proposal faces, unchanged (the voice ignored) |" in table and "Table 3" in table
+    assert "Face retrieval (Liang et al.)" in table and "(the unchanged proposals as queries: " in table
 
 
 def test_grid_pairs_each_face_with_its_proposal_and_adds_a_sweep_row():
