@@ -18,7 +18,8 @@ from voice2face.generate import main as generate_main
 from voice2face.losses import identity_loss
 from voice2face.methods import METHODS, Voices, load_method
 from voice2face.methods.base import data_info, proposal_faces
-from voice2face.methods.cae import TERMS, CaeModule, other_identity_pairing
+from voice2face.methods.cae import (PAIRED_TERMS, TERMS, CaeModule, other_identity_pairing,
+                                   training_pairing)
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +82,19 @@ def test_pairing_needs_two_identities():
         other_identity_pairing(torch.tensor([3, 3, 3]), seeded(0))
     with pytest.raises(ValueError, match="at least two identities"):
         other_identity_pairing(torch.tensor([3]), seeded(0))
+
+
+def test_training_pairing_falls_back_to_the_batch_itself_for_one_identity():
+    """Two identities or more: ``other_identity_pairing``; one: a seeded permutation of the
+    batch, flagged unpaired, so that the batch still trains (under DDP, every rank steps)."""
+    ids = torch.tensor([0, 1, 1, 2, 0, 3])
+    partner, paired = training_pairing(ids, seeded(4))
+    assert paired and torch.equal(partner, other_identity_pairing(ids, seeded(4)))
+    one = torch.tensor([5] * 6)
+    partner, paired = training_pairing(one, seeded(4))
+    assert not paired and sorted(partner.tolist()) == list(range(6))
+    assert torch.equal(partner, training_pairing(one, seeded(4))[0])
+    assert training_pairing(torch.tensor([5]), seeded(0)) == (torch.tensor([0]), False)
 
 
 def test_configs_hold_the_papers_settings():
@@ -175,6 +189,73 @@ def test_training_steps_train_the_critic_and_keep_the_voice_frozen(world, pretra
     assert not cae.voice.training
 
 
+def one_identity(batch: dict) -> dict:
+    """``batch`` relabelled as if every sample were of its first sample's identity."""
+    return {**batch, "identity": torch.full_like(batch["identity"], int(batch["identity"][0])),
+            "label": torch.full_like(batch["label"], int(batch["label"][0]))}
+
+
+def fit_one_batch(cae: CaeModule, batch: dict):
+    """Train ``cae`` on ``batch`` once (both optimizer steps); the trainer and the nets'
+    parameters before it."""
+    import lightning as L
+    before = {name: [p.detach().clone() for p in getattr(cae, name).parameters()]
+              for name in ("generator", "critic")}
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(cae, DataLoader(Repeat(batch, 1), batch_size=None))
+    return trainer, before
+
+
+def changed(net: torch.nn.Module, before: list[torch.Tensor]) -> bool:
+    return any(not torch.equal(p, b) for p, b in zip(net.parameters(), before))
+
+
+def test_a_batch_of_one_identity_trains_without_the_paired_terms(world, pretrained, tmp_path):
+    """No pairing exists, yet both optimizer steps run (a skipped step hangs DDP): the critic
+    as usual, the generator on the terms that need no other identity."""
+    torch.manual_seed(0)
+    cae = make_cae(world, tmp_path, "optim.lr=1e-3")
+    batch = one_identity(fixed_batch(world))
+    with pytest.warns(UserWarning, match="one identity"):
+        trainer, before = fit_one_batch(cae, batch)
+    assert trainer.global_step == 2  # both optimizers stepped
+    assert changed(cae.generator, before["generator"]) and changed(cae.critic, before["critic"])
+    logged = set(trainer.logged_metrics)
+    assert float(trainer.logged_metrics["train/paired"]) == 0.0
+    assert {"train/proposal", "train/adversarial", "train/loss_d", "train/loss_c"} <= logged
+    assert not {f"train/{t}" for t in PAIRED_TERMS} & logged  # masked: neither computed nor logged
+
+    # the generator's loss is exactly λ1·proposal + λ4·adversarial on such a batch
+    partner, paired = training_pairing(batch["identity"], seeded(0))
+    with torch.no_grad():
+        emb = cae.voice(batch["mel"], batch["mel_lengths"])
+        fake = cae.generator(batch["face"], emb[partner])
+    terms = cae.generator_terms(fake, batch["face"], batch["face"][partner], emb,
+                                batch["label"][partner], paired)
+    assert set(terms) == {"proposal", "adversarial"}
+    assert set(cae.generator_terms(fake, batch["face"], batch["face"][partner], emb,
+                                   batch["label"][partner])) == set(TERMS)  # paired: all five
+
+
+def test_a_batch_of_one_identity_with_only_paired_terms_still_steps(world, pretrained, tmp_path):
+    """With the weights on masked terms only, the generator's loss is a zero that reaches it:
+    the backward runs with all-zero gradients and the optimizer steps (Adam's first step from
+    zero gradients leaves the weights as they are; later ones follow the momentum)."""
+    torch.manual_seed(0)
+    cae = make_cae(world, tmp_path, *only("speaker"))
+    with pytest.warns(UserWarning, match="one identity"):
+        trainer, before = fit_one_batch(cae, one_identity(fixed_batch(world)))
+    assert trainer.global_step == 2
+    assert float(trainer.logged_metrics["train/loss_g"]) == 0.0
+    assert "train/speaker" not in trainer.logged_metrics
+    # the generator's step comes last: its backward left gradients, all zero
+    assert all(p.grad is not None and not p.grad.any() for p in cae.generator.parameters())
+    assert not changed(cae.generator, before["generator"])
+    assert changed(cae.critic, before["critic"])
+
+
 def test_variant_names_the_gating(world, pretrained, tmp_path):
     assert make_cae(world, tmp_path).label == "cae (full)"
     assert make_cae(world, tmp_path, "model.gating=channel").label == "cae (channel)"
@@ -263,12 +344,26 @@ def test_evaluation_adds_the_unchanged_proposals_and_table_3(cae_ckpt, tmp_path)
     from voice2face.methods.pretrained import load_judge
     judge = load_judge(r["judge"])
     dm = VoiceFaceDataModule(r["data"], eval_batch_size=64, num_workers=0)
-    sims = []
+    sims, queries, speakers = [], {"method": [], "proposal_faces": []}, []
     for batch in dm.eval_dataloader("test", rank=0, world_size=1):
         proposal = proposal_faces(batch["face"], batch["identity"])
         faces = load_method(cae_ckpt).generate_faces(Voices.of(batch), proposal)
         sims.append((judge.embed(faces) * judge.embed(proposal)).sum(-1))
+        queries["method"].append(judge.embed(faces))
+        queries["proposal_faces"].append(judge.embed(proposal))
+        speakers.append(batch["identity"])
     assert s["to_proposal"] == pytest.approx(float(torch.cat(sims).mean()), abs=1e-5)
+    # Liang et al.'s retrieval of the generated faces and of the unchanged proposals, on the
+    # same galleries, recomputed from the metric's functions
+    from voice2face.metrics import gallery_hits, sampled_galleries
+    gallery = [(judge.embed(b["face"]), b["identity"])
+               for b in dm.gallery_dataloader("test", rank=0, world_size=1)]
+    gallery_emb, gallery_ids = torch.cat([e for e, _ in gallery]), torch.cat([i for _, i in gallery])
+    speakers = torch.cat(speakers)
+    galleries = sampled_galleries(speakers, gallery_ids, 500, seed=r["seed"])
+    for row, q in queries.items():
+        hits = gallery_hits(torch.cat(q), speakers, gallery_emb, gallery_ids, galleries, 5)
+        assert r["rows"][row]["retrieval_top5"] == pytest.approx(float(hits.double().mean()))
     table = (tmp_path / "eval" / "metrics.md").read_text()
     # the grid: a row per test identity (4 in this world) and the sweep row, 2 real faces and
     # 4 proposal/generated pairs per row (evaluate's defaults)
@@ -276,6 +371,7 @@ def test_evaluation_adds_the_unchanged_proposals_and_table_3(cae_ckpt, tmp_path)
     grid = Image.open(r["files"]["grid"])
     assert grid.size == (96 + (2 + 8) * (size + pad) + 8, 14 + 5 * (size + pad))
     assert "| proposal faces, unchanged (the voice ignored) |" in table and "Table 3" in table
+    assert "Face retrieval (Liang et al.)" in table and "(the unchanged proposals as queries: " in table
 
 
 def test_grid_pairs_each_face_with_its_proposal_and_adds_a_sweep_row():

@@ -66,6 +66,15 @@ def test_evaluate_writes_table_json_and_grid(world, cgan, tmp_path):
     for label in ("| cgan (conditional) |", "| real faces", "| chance |", "1:2 match", "R@1"):
         assert label in table
     assert "R@5" not in table and "R@10" not in table
+    # Liang et al.'s retrieval: 12 test images, fewer than 500, so every gallery is all of
+    # them, 3 of the speaker's: chance 1 - C(9, 5) / C(12, 5)
+    assert saved["counts"]["retrieval_gallery_images"] == 12
+    assert saved["rows"]["chance"]["retrieval_top5"] == pytest.approx(1 - 126 / 792)
+    assert "retrieval_top5" in saved["rows"]["method"]
+    assert "retrieval_top5" not in saved["rows"]["real_faces"]
+    assert ("Face retrieval (Liang et al.): an image of the speaker is among the 5 nearest to "
+            "the generated face in a gallery of all 12 test gallery images (the split has "
+            "fewer than 500) for ") in table
     grid = Image.open(tmp_path / "eval" / "grid.png")
     assert grid.size[1] >= 3 * 16 and grid.mode == "RGB"
 
@@ -94,6 +103,10 @@ def test_dimnet_is_evaluated_in_its_own_space(world, runs, tmp_path):
                         "trainer.val_check_interval=100")
     r = evaluate(final, tmp_path / "eval")
     assert set(KEYS) <= set(r["rows"]["method"]) and r["files"]["grid"] is None
+    # no generated face, no face retrieval
+    assert "retrieval_top5" not in r["rows"]["method"]
+    assert "retrieval_gallery_images" not in r["counts"]
+    assert "Face retrieval" not in (tmp_path / "eval" / "metrics.md").read_text()
 
 
 def test_cli_and_its_errors(world, cgan, tmp_path, capsys):

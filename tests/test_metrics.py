@@ -810,3 +810,121 @@ def test_feature_frechet_distance_matches_scipy_reference():
     same.update(real, real=True)
     same.update(real, real=False)
     assert abs(float(same.compute())) < 1e-6  # a distribution is at distance 0 from itself
+
+
+# -- Liang et al.'s retrieval in sampled galleries ----------------------------------------
+
+def retrieval_split(seed: int, n_ids: int = 10, dim: int = 16, queries: int = 40):
+    """Random embeddings: 1-8 gallery images per identity, queries of random speakers."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(1, 9, (n_ids,), generator=g)
+    gallery_identity = torch.repeat_interleave(torch.arange(n_ids) * 3 + 1, counts)  # not 0..n-1
+    gallery_identity = gallery_identity[torch.randperm(len(gallery_identity), generator=g)]
+    query_identity = gallery_identity[torch.randint(len(gallery_identity), (queries,), generator=g)]
+    return (torch.randn(queries, dim, generator=g), query_identity,
+            torch.randn(len(gallery_identity), dim, generator=g), gallery_identity)
+
+
+def reference_hits(query, query_identity, gallery, gallery_identity, galleries, k):
+    """One query at a time: float64 cosines, a stable sort (ties keep the gallery's order)."""
+    q, f = query.double().numpy(), gallery.double().numpy()
+    hits = []
+    for i, rows in enumerate(galleries.tolist()):
+        cos = [float(q[i] @ f[j] / (np.linalg.norm(q[i]) * np.linalg.norm(f[j]))) for j in rows]
+        ranked = sorted(range(len(rows)), key=lambda p: -cos[p])
+        hits.append(any(int(gallery_identity[rows[p]]) == int(query_identity[i])
+                        for p in ranked[:k]))
+    return np.array(hits)
+
+
+def reference_chance(query_identity, gallery_identity, galleries, k):
+    out = []
+    for i, rows in enumerate(galleries.tolist()):
+        g = len(rows)
+        t = sum(int(gallery_identity[j]) == int(query_identity[i]) for j in rows)
+        out.append(1.0 if k >= g else 1 - math.comb(g - t, k) / math.comb(g, k))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sampled_galleries_hold_one_image_of_the_speaker_and_the_rest_of_others(seed):
+    from voice2face.metrics import sampled_galleries
+    _, query_identity, gallery, gallery_identity = retrieval_split(seed)
+    size = 20
+    galleries = sampled_galleries(query_identity, gallery_identity, size, seed=seed)
+    assert galleries.shape == (len(query_identity), size)
+    for identity, rows in zip(query_identity.tolist(), galleries.tolist()):
+        assert len(set(rows)) == size  # drawn without replacement
+        assert sum(int(gallery_identity[j]) == identity for j in rows) == 1
+    assert torch.equal(galleries, sampled_galleries(query_identity, gallery_identity, size,
+                                                    seed=seed))
+    assert not torch.equal(galleries, sampled_galleries(query_identity, gallery_identity, size,
+                                                        seed=seed + 10))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [1, 5])
+def test_gallery_hits_and_chance_equal_a_brute_force_reference(seed, k):
+    from voice2face.metrics import gallery_chance, gallery_hits, sampled_galleries
+    query, query_identity, gallery, gallery_identity = retrieval_split(seed)
+    galleries = sampled_galleries(query_identity, gallery_identity, 25, seed=seed)
+    hits = gallery_hits(query, query_identity, gallery, gallery_identity, galleries, k)
+    assert hits.dtype == torch.bool
+    assert np.array_equal(hits.numpy(), reference_hits(query, query_identity, gallery,
+                                                       gallery_identity, galleries, k))
+    chance = gallery_chance(query_identity, gallery_identity, galleries, k)
+    assert np.allclose(chance.numpy(), reference_chance(query_identity, gallery_identity,
+                                                        galleries, k), rtol=0, atol=1e-12)
+    # one image of the speaker, k / G, unless other identities have too few images to fill it
+    others = (gallery_identity[None, :] != query_identity[:, None]).sum(1)
+    assert np.allclose(chance[others >= 24].numpy(), k / 25) and (others >= 24).any()
+    assert (chance[others < 24] > k / 25).all()
+
+
+def test_a_gallery_set_smaller_than_the_size_is_used_whole():
+    """12 images of 4 identities, a gallery of 500 asked: every gallery is all 12 images,
+    each with the speaker's 3, and chance is 1 - C(9, 5) / C(12, 5)."""
+    from voice2face.metrics import gallery_chance, gallery_hits, sampled_galleries
+    gallery_identity = torch.arange(4).repeat_interleave(3)
+    gallery = torch.nn.functional.one_hot(gallery_identity, 4).float()
+    query_identity = torch.tensor([0, 1, 2, 3, 3])
+    galleries = sampled_galleries(query_identity, gallery_identity, 500, seed=0)
+    assert galleries.shape == (5, 12)
+    assert all(sorted(rows) == list(range(12)) for rows in galleries.tolist())
+    chance = gallery_chance(query_identity, gallery_identity, galleries, 5)
+    assert torch.allclose(chance, torch.full((5,), 1 - 126 / 792, dtype=torch.float64))
+    query = torch.nn.functional.one_hot(query_identity, 4).float()  # its speaker's direction
+    assert gallery_hits(query, query_identity, gallery, gallery_identity, galleries, 1).all()
+    assert not gallery_hits(-query, query_identity, gallery, gallery_identity, galleries, 5).any()
+    assert gallery_chance(query_identity, gallery_identity, galleries, 12).eq(1).all()
+
+
+def test_speaker_images_fill_a_gallery_that_other_identities_cannot():
+    """6 images of the speaker, 4 of others, galleries of 8: the 4 others and 4 of the
+    speaker's."""
+    from voice2face.metrics import sampled_galleries
+    gallery_identity = torch.tensor([7] * 6 + [1, 2, 2, 3])
+    galleries = sampled_galleries(torch.tensor([7] * 30), gallery_identity, 8, seed=1)
+    for rows in galleries.tolist():
+        assert {6, 7, 8, 9} <= set(rows) and len(set(rows)) == 8
+    assert len({tuple(sorted(rows)) for rows in galleries.tolist()}) > 1  # which 4 varies
+
+
+def test_ties_are_broken_at_random_not_for_the_speaker():
+    """Identical embeddings: every query ties with its whole gallery and hits at chance."""
+    from voice2face.metrics import gallery_chance, gallery_hits, sampled_galleries
+    gallery_identity = torch.arange(40)
+    query_identity = torch.arange(40).repeat(50)
+    galleries = sampled_galleries(query_identity, gallery_identity, 20, seed=0)
+    hits = gallery_hits(torch.ones(len(query_identity), 8), query_identity,
+                        torch.ones(40, 8), gallery_identity, galleries, 5)
+    assert float(gallery_chance(query_identity, gallery_identity, galleries, 5).mean()) == 0.25
+    assert abs(float(hits.double().mean()) - 0.25) < 0.03  # 2000 queries: sd 0.01
+
+
+def test_sampled_galleries_need_an_image_of_every_speaker():
+    from voice2face.metrics import sampled_galleries
+    with pytest.raises(ValueError, match=r"identities \[5\] have none"):
+        sampled_galleries(torch.tensor([0, 5]), torch.tensor([0, 1, 2]), 2)
+    with pytest.raises(ValueError, match="positive"):
+        sampled_galleries(torch.tensor([0]), torch.tensor([0, 1]), 0)

@@ -19,6 +19,15 @@ Protocol (``voice2face.metrics`` states each metric's):
   embedding;
 * on the ``known`` split (held-out utterances of training identities): the judge's identity
   top-1/top-5 on the generated faces, as Wen et al. report for known subjects;
+* face retrieval as Liang et al. (2020) report it, for methods that generate faces
+  (``retrieval_top5``): each generated face is the query against its own gallery of 500
+  test gallery images, one of the speaker's and the rest of other identities, drawn with
+  the seed (``metrics.sampled_galleries``; a split of fewer images gives all of them, and
+  the table says so); the share of queries with the speaker's image among the 5
+  nearest by cosine, against chance ``1 - C(G - t, 5) / C(G, 5)`` for ``t`` images of the
+  speaker in a gallery of ``G`` (5 / 500 = 0.01 with one). The unchanged proposals are
+  measured on the same galleries. The GAN's faces are queries as much as the CAE's: one
+  measure for every generator;
 * image quality: the Fréchet distance (Heusel et al. 2017) between the judge features of the
   generated faces and those of one half of the real test gallery (``frechet``, lower is
   better; the real-faces row compares the other half with it, which is what sampling alone
@@ -69,11 +78,15 @@ from voice2face.methods import (CheckpointError, Embeddings, Evaluation, MethodM
                                 evaluable_methods, load_method)
 from voice2face.methods.base import data_info, proposal_faces, read_checkpoint_meta
 from voice2face.methods.pretrained import judge_faces, load_judge
-from voice2face.metrics import FeatureFrechetDistance, compute_each, make_metrics
+from voice2face.metrics import (FeatureFrechetDistance, compute_each, gallery_chance,
+                                gallery_hits, make_metrics, sampled_galleries)
 from voice2face.errors import reports_errors
 
 TOP_K = (1, 5, 10, 20, 50)
 BLOCK = 100  # SF2F's recall blocks of 100 identities, when the split has that many
+# Liang et al.'s face retrieval: the speaker among the top RETRIEVAL_K of RETRIEVAL_GALLERY
+RETRIEVAL_GALLERY, RETRIEVAL_K = 500, 5
+RETRIEVAL_KEY = f"retrieval_top{RETRIEVAL_K}"
 TABLE_COLUMNS = [  # (key, header)
     ("match_1to2", "1:2 match"), ("match_1to2_gender", "1:2 match, same gender"),
     ("recall@1", "R@1"), ("recall@5", "R@5"), ("recall@10", "R@10"),
@@ -278,18 +291,23 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
 
     # test utterances -> probes
     n_test, probe_gender = 0, []
+    queries: dict[str, list] = {"identity": [], "method": [], "proposal_faces": []}
     sweep_voices: dict[int, Voices] = {}  # one utterance per grid identity, for the sweep row
     for batch in dm.eval_dataloader("test", **loader):
         probe_gender.append(batch["gender"])
         faces, o, proposal = subject.voices(batch, device)
         emb = o.embedding.cpu()
         if proposal is not None:
-            _update_proposal_rows(rows["proposal_faces"], similarity, judge_faces(judge_net, proposal),
+            judged_proposal = judge_faces(judge_net, proposal)
+            _update_proposal_rows(rows["proposal_faces"], similarity, judged_proposal,
                                   emb, batch, judge_centroids)
+            queries["proposal_faces"].append(judged_proposal.embedding.cpu())
         rows["method"]["embedding"].update(emb, batch["identity"], batch["gender"], batch["index"],
                                            role="probe")
         if subject.judged:
             rows["method"]["frechet"].update(emb, real=False)
+            queries["method"].append(emb)
+            queries["identity"].append(batch["identity"])
         if o.gender is not None:
             rows["method"]["gender"].update(o.gender.cpu().sigmoid(), batch["gender"])
         rows["method"]["cosine"].update(emb, torch.stack([own_centroids[int(i)]
@@ -329,6 +347,11 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     errors: dict[str, str] = {}
     results: dict[str, Any] = {"rows": {name: _compute(m, errors) for name, m in rows.items()}}
     results["extra"] = {k: float(v) for k, v in method.extra_metrics(dm, device).items()}
+    retrieval, retrieval_gallery = {}, None
+    if queries["method"]:
+        retrieval, retrieval_gallery = _retrieval(
+            {k: _stack(v) for k, v in queries.items() if k != "identity" and v},
+            _stack(queries["identity"]), g["judge"], g["identity"], seed, errors)
     for name, why in errors.items():
         log(f"voice2face evaluate: no {name}: {why}")
     keys = list(results["rows"]["method"])
@@ -337,6 +360,8 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     image_counts = [counts[int(i)] for i in torch.unique(g["identity"])]
     results["rows"]["chance"] = _chance(keys, n_ids, image_counts, len(g["identity"]),
                                         _stack(probe_gender), num_classes, chance_cos)
+    for name, value in retrieval.items():
+        results["rows"][name][RETRIEVAL_KEY] = value
     ceilings = dm.manifest.get("ceilings") or {}
     if ceilings:
         results["rows"]["ceiling"] = {k: float(v) for k, v in ceilings.items()
@@ -350,7 +375,9 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
         "data": str(data), "judge": str(judge_path), "seed": seed,
         "counts": {"test_utterances": n_test, "test_identities": n_ids,
                    "test_gallery_images": len(g["identity"]), "known_utterances": n_known,
-                   "real_face_probes": int(probe.sum())},
+                   "real_face_probes": int(probe.sum()),
+                   **({"retrieval_gallery_images": retrieval_gallery}
+                      if retrieval_gallery is not None else {})},
         "not_computed": errors, "seconds": round(time.time() - started, 1),
     })
     out.mkdir(parents=True, exist_ok=True)
@@ -392,6 +419,28 @@ def _update_proposal_rows(metrics, similarity: dict[str, list], proposal: Embedd
     random_pairs[rows, own] = float("nan")
     random_pairs[rows[other >= 0], other[other >= 0]] = float("nan")
     similarity["random_pairs"].append(torch.nanmean(random_pairs, dim=1))
+
+
+def _retrieval(queries: dict[str, torch.Tensor], identity: torch.Tensor, gallery: torch.Tensor,
+               gallery_identity: torch.Tensor, seed: int, errors: dict[str, str]
+               ) -> tuple[dict[str, float], int]:
+    """``({row: share of hits, ..., "chance": ...}, gallery size)``: Liang et al.'s face
+    retrieval of each row's queries (judge embeddings, one per test utterance, speakers
+    ``identity``) in galleries drawn once for every row, so the rows differ only in their
+    queries. ``{}`` (and the reason in ``errors``) when the gallery holds no more than K
+    images: every query would hit."""
+    galleries = sampled_galleries(identity, gallery_identity, RETRIEVAL_GALLERY, seed)
+    size = galleries.shape[1]
+    if size <= RETRIEVAL_K:
+        errors[RETRIEVAL_KEY] = (f"{RETRIEVAL_KEY} not applicable: K={RETRIEVAL_K} is at least "
+                                 f"the gallery size, {size} images, so every query would score 1")
+        return {}, size
+    out = {name: float(gallery_hits(q, identity, gallery, gallery_identity, galleries,
+                                    RETRIEVAL_K).double().mean())
+           for name, q in queries.items()}
+    out["chance"] = float(gallery_chance(identity, gallery_identity, galleries,
+                                         RETRIEVAL_K).mean())
+    return out, size
 
 
 def _chance_cosine(emb: torch.Tensor, identity: torch.Tensor,
@@ -438,6 +487,9 @@ def markdown_table(results: dict[str, Any]) -> str:
                   f"{s['to_proposal']:.3f}, to the speaker's mean real face {s['to_speaker']:.3f}, "
                   f"to other identities' mean faces (random pairs) {s['random_pairs']:.3f} "
                   f"(Liang et al., Table 3)."]
+    retrieval = _retrieval_sentence(results)
+    if retrieval:
+        lines += ["", retrieval]
     if results.get("extra"):
         lines += ["", f"{results['label']}'s own measures:", "", "| measure | value |",
                   "|---|---:|"]
@@ -448,6 +500,25 @@ def markdown_table(results: dict[str, Any]) -> str:
               "real face to another identity's mean face. `metrics.json` holds every variant "
               "(L1/L2, image gallery, blocks of 100 identities).", ""]
     return "\n".join(lines)
+
+
+def _retrieval_sentence(results: dict[str, Any]) -> str | None:
+    """Liang et al.'s face retrieval in words, or None without it."""
+    rows, size = results["rows"], results["counts"].get("retrieval_gallery_images")
+    if RETRIEVAL_KEY not in rows["method"]:
+        return None
+    if size < RETRIEVAL_GALLERY:
+        gallery = (f"a gallery of all {size} test gallery images (the split has fewer than "
+                   f"{RETRIEVAL_GALLERY})")
+    else:
+        gallery = (f"a gallery of {size} test gallery images drawn per query with seed "
+                   f"{results['seed']} (one of the speaker's, the others of other identities)")
+    proposal = rows.get("proposal_faces", {}).get(RETRIEVAL_KEY)
+    proposal = "" if proposal is None else f"the unchanged proposals as queries: {proposal:.3f}; "
+    return (f"Face retrieval (Liang et al.): an image of the speaker is among the "
+            f"{RETRIEVAL_K} nearest to the generated face in {gallery} for "
+            f"{rows['method'][RETRIEVAL_KEY]:.3f} of the queries ({proposal}chance "
+            f"{rows['chance'][RETRIEVAL_KEY]:.3f}).")
 
 
 def log_evaluation(results: dict[str, Any], loggers) -> None:

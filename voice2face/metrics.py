@@ -9,6 +9,10 @@ do all the work in ``compute()``:
 * :class:`RecallAtK` -- recall@K retrieval of the speaker among real faces
   (Speech2Face, Oh et al., CVPR 2019; SF2F, Bai et al. 2020).
 
+Liang et al.'s face retrieval (the speaker among the top 5 of a sampled gallery of 500
+faces) needs no state of its own: ``sampled_galleries``, ``gallery_hits`` and
+``gallery_chance`` are plain functions of the embeddings, called by ``voice2face.evaluate``.
+
 Both take two kinds of sample through one ``update``::
 
     update(embeddings, identity, gender=None, index=None, role="probe")
@@ -921,3 +925,85 @@ def _unsync(metric) -> None:
         metric.unsync()
     except TorchMetricsUserError:  # never synced: single process
         pass
+
+
+# --- retrieval in sampled galleries (Liang et al.) -----------------------------------------
+
+def sampled_galleries(query_identity: Tensor, gallery_identity: Tensor, size: int = 500,
+                      seed: int = 0) -> Tensor:
+    """``[Q, G]`` gallery rows, one gallery per query, for Liang et al.'s face retrieval
+    ("Controlled AutoEncoders to Generate Faces from Voices", ISVC 2020: a generated face as
+    the query, its speaker among the top 5 of 500 faces).
+
+    Each gallery holds ``G = min(size, N)`` of the ``N`` gallery images, drawn without
+    replacement: one image of the query's speaker and ``G - 1`` images of other identities;
+    only where the other identities have fewer than ``G - 1`` images (``N`` under ``size``
+    or close to it) are they all taken and more of the speaker's fill the gallery, so with
+    ``N <= size`` the gallery is every image. The draw: every image gets a uniform random
+    key, the speaker's images are moved behind every other (``+1``) except the one of
+    smallest key, which goes in front (``-1``); the gallery is the ``G`` smallest keys, in a
+    random order (ranking breaks cosine ties by it: a random tie-break).
+
+    The draw depends on the query identities, in order, and ``seed`` only: the same galleries
+    for every method evaluated on the split (drawn for blocks of queries of a size fixed by
+    ``N``, so the random stream does not depend on memory settings). ``ValueError`` when a
+    query's speaker has no image among the gallery images.
+    """
+    if size < 1:
+        raise ValueError(f"gallery size must be positive, got {size}")
+    query_identity, gallery_identity = query_identity.cpu(), gallery_identity.cpu()
+    missing = sorted(set(query_identity.tolist()) - set(gallery_identity.tolist()))
+    if missing:
+        raise ValueError(f"retrieval needs an image of every query's speaker in the gallery; "
+                         f"identities {missing[:10]} have none")
+    n, q = len(gallery_identity), len(query_identity)
+    g = min(size, n)
+    generator = torch.Generator().manual_seed(int(seed))
+    galleries = torch.empty(q, g, dtype=torch.long)
+    rows = _retrieval_rows(n)
+    for r0 in range(0, q, rows):
+        own = query_identity[r0:r0 + rows, None] == gallery_identity[None, :]  # [c, N]
+        keys = torch.rand(own.shape, generator=generator, dtype=torch.float64)
+        first = keys.masked_fill(~own, math.inf).argmin(1, keepdim=True)  # one of the speaker's
+        keys = keys + own
+        keys.scatter_(1, first, -1.0)
+        chosen = keys.topk(g, dim=1, largest=False).indices
+        shuffle = torch.rand(chosen.shape, generator=generator).argsort(1)
+        galleries[r0:r0 + rows] = chosen.gather(1, shuffle)
+    return galleries
+
+
+def gallery_hits(query: Tensor, query_identity: Tensor, gallery: Tensor,
+                 gallery_identity: Tensor, galleries: Tensor, k: int = 5) -> Tensor:
+    """``[Q]`` bool: whether an image of the query's speaker is among the ``k`` images of its
+    gallery (``galleries``, rows of ``gallery``) most cosine-similar to it; ties keep the
+    gallery's order (``sampled_galleries``: random)."""
+    query, gallery = F.normalize(query.float(), dim=1), F.normalize(gallery.float(), dim=1)
+    galleries = galleries.to(query.device)
+    own = gallery_identity.to(query.device)[galleries] == query_identity.to(query.device)[:, None]
+    hits = []
+    rows = _retrieval_rows(len(gallery))
+    for r0 in range(0, len(query), rows):
+        scores = (query[r0:r0 + rows] @ gallery.T).gather(1, galleries[r0:r0 + rows])  # [c, G]
+        top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+        hits.append(own[r0:r0 + rows].gather(1, top).any(1))
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def gallery_chance(query_identity: Tensor, gallery_identity: Tensor, galleries: Tensor,
+                   k: int = 5) -> Tensor:
+    """``[Q]`` float64: the probability of a hit in ``gallery_hits`` under a random ranking,
+    ``1 - C(G - t, k) / C(G, k)`` for ``t`` images of the speaker in a gallery of ``G`` (``k t / G``
+    for one image and ``k << G``)."""
+    g = galleries.shape[1]
+    t = (gallery_identity[galleries] == query_identity[:, None]).sum(1).tolist()
+    if k >= g:  # every image is in the top k
+        return torch.ones(len(t), dtype=torch.float64)
+    return torch.tensor([1.0 - math.comb(g - n, k) / math.comb(g, k) for n in t],
+                        dtype=torch.float64)
+
+
+def _retrieval_rows(n: int) -> int:
+    """Queries per block against ``n`` gallery images: ``[rows, n]`` tensors of about
+    ``_DEFAULT_CHUNK`` elements."""
+    return max(1, _DEFAULT_CHUNK // max(n, 1))

@@ -39,18 +39,35 @@ Traps of manual optimization (as in ``methods/gan.py``): ``global_step`` counts 
 steps per batch (``steps_per_batch = 2``; ``trainer.max_steps`` in the config counts
 batches); Trainer-level gradient clipping raises, use ``optim.clip_grad``; each backward
 leaves one of the two nets without gradients, so DDP runs with
-``ddp_find_unused_parameters = True``; the frozen voice embedder stays in eval mode. A
-training batch of a single identity has no pairing and is skipped with a warning; under DDP
-that rank would then skip a collective, so train on data whose batches mix identities (any
-real shuffle of VoxCeleb does).
+``ddp_find_unused_parameters = True``; the frozen voice embedder stays in eval mode.
+
+A training batch of a single identity has no pairing (``training_pairing``). It is not
+skipped: under DDP a rank that skips its backward passes leaves the other ranks waiting in
+their gradient all-reduce forever, and a rank that skips an optimizer step counts fewer
+``global_step`` and runs one batch more than the others. So every batch runs both steps,
+each with one backward, on every rank. An unpaired batch pairs each sample with a random
+sample of the batch (its own identity) and keeps what needs no other identity:
+
+* the critic step as usual: ``G(f_A, e_B)`` is a generated face whoever B is, and the
+  classifier learns real faces;
+* of the generator's terms, ``proposal`` and ``adversarial``, which ask the same of
+  ``G(f_A, e_B)`` whoever B is. ``PAIRED_TERMS`` (``speaker``, ``identity``, ``cycle``) are
+  masked: with B of A's identity each is (nearly) satisfied by copying the proposal, so
+  they would reward a generator that ignores the voice. Without the speaker term's pull the
+  step leans toward the proposal; such batches are rare on real data (any shuffle of
+  VoxCeleb mixes identities) and ``train/paired`` (1 or 0 per batch) shows how often they
+  occur. With ``proposal`` and ``adversarial`` both of weight 0 nothing is left: the
+  generator's loss is a zero that still reaches its parameters, so the backward and the
+  all-reduce happen, but Adam's step is not void: with zero gradients it still moves the
+  weights along its momentum (and decays its moments).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
 from voice2face.losses import (discriminator_loss, generator_loss, identity_loss,
                                image_l1_loss, top1_accuracy, weighted_sum)
@@ -60,6 +77,9 @@ from voice2face.nets import CAECritic, GatedUNet
 
 # the generator's loss terms, in the order of the paper's λ1..λ5
 TERMS = ("proposal", "speaker", "identity", "adversarial", "cycle")
+# the terms that need the speaker B to be another identity than the proposal's A (masked on
+# a batch of a single identity; see the module docstring)
+PAIRED_TERMS = ("speaker", "identity", "cycle")
 
 
 def other_identity_pairing(identity: torch.Tensor,
@@ -97,6 +117,21 @@ def other_identity_pairing(identity: torch.Tensor,
     return partner.to(identity.device)
 
 
+def training_pairing(identity: torch.Tensor, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, bool]:
+    """``(partner [B], paired)``: ``other_identity_pairing`` and ``True`` when the batch has
+    two identities or more; for a batch of one identity, a random permutation of the batch
+    (each sample's B is of its own identity, and is itself only by chance or in a batch of
+    one) and ``False``, so the batch still trains (module docstring).
+
+    Deterministic for a seeded ``generator``.
+    """
+    if len(torch.unique(identity)) >= 2:
+        return other_identity_pairing(identity, generator), True
+    partner = torch.randperm(len(identity), generator=generator)
+    return partner.to(identity.device), False
+
+
 class CaeModule(AdversarialModule):
     """Voice embedder (frozen) + ``GatedUNet`` (proposal face, voice -> face) + ``CAECritic``.
 
@@ -116,6 +151,7 @@ class CaeModule(AdversarialModule):
                                    gating=m["gating"], rank=m["rank"], up_kernel=m["up_kernel"])
         self.critic = CAECritic(data["face_size"], data["num_train_identities"],
                                 width=m["critic_width"])
+        self._warned_unpaired = False
 
     @staticmethod
     def _check_weights(weights: dict[str, float]) -> dict[str, float]:
@@ -159,10 +195,14 @@ class CaeModule(AdversarialModule):
         return torch.Generator().manual_seed(int(self.cfg["seed"]) * 1_000_003 + self.global_step)
 
     def generator_terms(self, fake: torch.Tensor, face_a: torch.Tensor, face_b: torch.Tensor,
-                        emb_a: torch.Tensor, label_b: torch.Tensor) -> dict[str, torch.Tensor]:
+                        emb_a: torch.Tensor, label_b: torch.Tensor, paired: bool = True
+                        ) -> dict[str, torch.Tensor]:
         """The generator's loss terms of nonzero weight (Algorithm 1, step 2; the table in the
-        module docstring), for ``fake = G(f_A, e_B)``."""
-        w, terms = self.weights, {}
+        module docstring), for ``fake = G(f_A, e_B)``; without ``PAIRED_TERMS`` when B is
+        not of another identity (``paired`` false)."""
+        w = self.weights if paired else {k: (0.0 if k in PAIRED_TERMS else v)
+                                         for k, v in self.weights.items()}
+        terms = {}
         if w["proposal"]:
             terms["proposal"] = image_l1_loss(fake, face_a)
         if w["speaker"]:
@@ -180,11 +220,9 @@ class CaeModule(AdversarialModule):
     def training_step(self, batch, batch_idx):
         opt_g, opt_d = self.optimizers()
         face, labels = batch["face"], batch["label"]
-        try:
-            partner = other_identity_pairing(batch["identity"], self.pairing_generator())
-        except ValueError as e:
-            rank_zero_warn(f"cae: skipping a training batch: {e}")
-            return
+        partner, paired = training_pairing(batch["identity"], self.pairing_generator())
+        if not paired:
+            self._warn_unpaired(batch["identity"])
         emb = self.training_voices(batch)
         face_b, emb_b, label_b = face[partner], emb[partner], labels[partner]
         fake = self.generator(face, emb_b)  # G(f_A, e_B), used by both steps
@@ -197,14 +235,26 @@ class CaeModule(AdversarialModule):
             loss_c = identity_loss(out["identity"][:n], labels)
             self._update(opt_d, loss_d + loss_c)
 
-        # step 2: the generator on λ1..λ5
+        # step 2: the generator on λ1..λ5 (on an unpaired batch, the terms that need no pair)
         with self.toggled_optimizer(opt_g):
-            terms = self.generator_terms(fake, face, face_b, emb, label_b)
-            loss_g = weighted_sum(terms, self.weights)
+            terms = self.generator_terms(fake, face, face_b, emb, label_b, paired)
+            # nothing left: a zero that reaches the generator, so the backward still happens
+            loss_g = weighted_sum(terms, self.weights) if terms else fake.sum() * 0.0
             self._update(opt_g, loss_g)
 
         self.log_dict({"train/loss_d": loss_d, "train/loss_c": loss_c, "train/loss_g": loss_g,
                        **{f"train/{k}": v.detach() for k, v in terms.items()},
+                       "train/paired": float(paired),
                        "train/acc_real": top1_accuracy(out["identity"][:n].detach(), labels)},
                       prog_bar=True, batch_size=n)
 
+    def _warn_unpaired(self, identity: torch.Tensor) -> None:
+        """Once per module, from whichever rank meets it (a DDP rank other than 0 may be
+        the only one)."""
+        if self._warned_unpaired:
+            return
+        self._warned_unpaired = True
+        warnings.warn(f"cae: a training batch of {len(identity)} sample(s) of one identity: "
+                      f"trained without the terms {PAIRED_TERMS}, which need a speaker of "
+                      f"another identity (train/paired logs how often; warned once)",
+                      stacklevel=2)
