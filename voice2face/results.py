@@ -291,6 +291,7 @@ COLUMNS = [
     ("fraction:match_1to2_gender", "same gender, chance→ceiling"),
     ("frechet", "Fréchet (judge)"),
     ("recall@1", "R@1"), ("recall@5", "R@5"), ("recall@10", "R@10"),
+    ("retrieval_top5", "top-5 of 500 images"),
     ("gender_acc", "gender acc"), ("identity_top1", "known top-1"),
     ("identity_top5", "known top-5"),
 ]
