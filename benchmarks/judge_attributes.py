@@ -35,6 +35,7 @@ from datamodules import VoiceFaceDataModule  # noqa: E402
 from voice2face.methods.base import data_info  # noqa: E402
 from voice2face.methods.pretrained import load_judge  # noqa: E402
 from voice2face.synth.audit import LinearProbe, load_world, r_squared  # noqa: E402
+from voice2face.synth.ceiling import accuracy_from_distances  # noqa: E402
 
 
 @torch.no_grad()
@@ -45,19 +46,6 @@ def gallery_embeddings(judge, dm, split: str) -> tuple[np.ndarray, np.ndarray]:
         emb.append(judge.embed(batch["face"]))
         ids.append(batch["identity"])
     return torch.cat(emb).numpy(), torch.cat(ids).numpy()
-
-
-def score(distance: np.ndarray, genders: np.ndarray) -> dict:
-    """1:2 accuracy when probe ``k`` belongs to gallery entry ``k`` (smaller distance wins,
-    ties count half): every other entry is its imposter once, or every other of its gender;
-    the mean over probes."""
-    n = len(distance)
-    true = distance[np.arange(n), np.arange(n)][:, None]
-    correct = (true < distance) + 0.5 * (true == distance)
-    other = ~np.eye(n, dtype=bool)
-    same = other & (genders[None] == genders[:, None])
-    return {"match_1to2": float(((correct * other).sum(1) / other.sum(1)).mean()),
-            "match_1to2_gender": float(((correct * same).sum(1) / same.sum(1)).mean())}
 
 
 def main() -> None:
@@ -86,7 +74,7 @@ def main() -> None:
     d = (((z[test_ids][:, None] - z[train_ids][None]) / sigma) ** 2).sum(-1)
     d[genders[:, None] != np.array([identities[i].gender for i in train_ids])[None]] = np.inf
     twins = train_mean[d.argmin(1)]
-    twin = score(-(twins @ test_mean.T), genders)
+    twin = accuracy_from_distances(-(twins @ test_mean.T), np.arange(len(test_ids)), genders)
 
     print(f"judge {a.judge or Path(a.data) / 'pretrained' / 'face.ckpt'} on {a.data}")
     print(f"probe R² of z from real test faces: gender {r2[0]:.3f}  age {r2[1]:.3f}  "

@@ -36,11 +36,18 @@ def match_accuracy(o_hat: np.ndarray, speaker: np.ndarray, shared: np.ndarray,
     vector ``o_hat[k]`` belongs to identity ``speaker[k]`` of ``shared`` [M, D]; every other
     identity is its imposter once (unstratified), or every other of its gender."""
     shared, genders = np.asarray(shared, float), np.asarray(genders)
-    speaker = np.asarray(speaker)
     d = voice_distance(np.asarray(o_hat)[:, None], shared[None], sigma)      # [N, M]
+    return accuracy_from_distances(d, speaker, genders)
+
+
+def accuracy_from_distances(d: np.ndarray, speaker: np.ndarray, genders: np.ndarray) -> dict:
+    """1:2 accuracy when probe ``k`` has distance ``d[k, j]`` to identity ``j`` and belongs to
+    identity ``speaker[k]`` (the smaller distance wins, ties count half); every other
+    identity is its imposter once, or every other of its gender (``genders[j]``)."""
+    speaker, genders = np.asarray(speaker), np.asarray(genders)
     true = d[np.arange(len(speaker)), speaker][:, None]
     correct = (true < d) + 0.5 * (true == d)
-    other = np.arange(len(shared))[None] != speaker[:, None]
+    other = np.arange(d.shape[1])[None] != speaker[:, None]
     same = other & (genders[None] == genders[speaker][:, None])
     # per voice, then the mean over voices: every speaker weighs the same, as in the ceiling
     has = same.any(1)
