@@ -4,7 +4,8 @@ The Bayes ceiling (``ceiling.py``) assumes that a voice reveals the identity's o
 shared vector ``o`` exactly. This module checks that promise from the audio alone: explicit
 signal-processing measurements of single utterances (a pitch tracker, a vocal-tract-length
 estimate from the long-term spectrum, pitch perturbation measures), mapped to ``o`` by a
-ridge regression fitted on training utterances, then plugged into the world's own Bayes
+ridge regression on them and on the products of pairs of them, fitted on training
+utterances, then plugged into the world's own Bayes
 decision rule on the test split. It is a measurement of the world, never a training signal.
 
 The same readout measures any voice embedding (``probe_embeddings``): a linear probe from
@@ -22,9 +23,9 @@ The measurements, per utterance (``voice_features``):
   (jitter-like) and of log f0 around its 150 ms moving average (tremor-like), and the spread
   of the frame-to-frame change of log level within voiced runs (shimmer-like);
 * vocal-tract length: the shift along log frequency that best aligns the utterance's
-  smoothed long-term average spectrum of voiced frames with a template (formants of a
-  tube scale as 1 / length, so the whole envelope shifts), plus the spectrum itself in 40
-  log-spaced bands for the regression.
+  smoothed long-term average spectrum of voiced frames with a template of its pitch
+  register (formants of a tube scale as 1 / length, so the whole envelope shifts;
+  ``Templates``), plus the spectrum itself in 40 log-spaced bands for the regression.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ CLEAR_PERCENTILE = 0
 LIFTER = 32                                                      # 2 ms at 16 kHz
 MAX_SHIFT = 35                                                   # grid steps: +-35 %
 ATTRIBUTES = ("gender", "age", "size")
+ORACLE_RIDGE = 1e-3         # the oracle's ~100 features on thousands of utterances; the
+                            # embedding probes keep ``readout``'s 1e-2
 
 
 def _frames(x: np.ndarray) -> np.ndarray:
@@ -201,13 +204,6 @@ def measure(x: np.ndarray, sr: int = 16_000) -> dict:
     }
 
 
-def features(measured: list[dict], template: np.ndarray) -> np.ndarray:
-    """``[N, D]`` feature matrix: pitch, perturbation, the spectral shift, band levels."""
-    return np.stack([np.concatenate([m["pitch"], m["perturbation"],
-                                     [spectral_shift(m["envelope"], template)], m["bands"]])
-                     for m in measured])
-
-
 def make_template(measured: list[dict], rounds: int = 2) -> np.ndarray:
     """The population's envelope: the mean, re-estimated after aligning every utterance to
     it (so the template is sharp rather than the blur of many tract lengths)."""
@@ -220,6 +216,60 @@ def make_template(measured: list[dict], rounds: int = 2) -> np.ndarray:
             aligned.append(np.roll(e, -s))
         template = np.mean(aligned, 0)
     return template
+
+
+@dataclass
+class Templates:
+    """One envelope template per pitch register, and the shift between them.
+
+    Lower and higher voices differ in tract length by about 20 %, so one template puts the
+    extremes of each group 30-40 % away from it, where the alignment can lock onto the
+    neighbouring formant (the smallest tracts of the seed-1 world measured +3 % instead of
+    +30 %). Each utterance is aligned with the template of its own register (its median
+    pitch against the midpoint of the two clusters of median pitch) and the shift of the
+    higher template against the lower is added back, so every shift is on one scale."""
+
+    threshold: float          # log f0 between the registers
+    low: np.ndarray
+    high: np.ndarray
+    offset: float             # shift of ``high`` against ``low``
+
+    def shift(self, m: dict) -> float:
+        if m["pitch"][0] >= self.threshold:
+            return spectral_shift(m["envelope"], self.high) + self.offset
+        return spectral_shift(m["envelope"], self.low)
+
+
+def make_templates(measured: list[dict]) -> Templates:
+    """``Templates`` of a population of measured utterances (one template for both
+    registers when either has fewer than two utterances)."""
+    pitch = np.array([m["pitch"][0] for m in measured])
+    lo, hi = np.percentile(pitch, 25), np.percentile(pitch, 75)
+    for _ in range(50):                       # two-means on the median log pitch
+        threshold = (lo + hi) / 2
+        if (pitch < threshold).all() or (pitch >= threshold).all():
+            break
+        lo, hi = pitch[pitch < threshold].mean(), pitch[pitch >= threshold].mean()
+    threshold = (lo + hi) / 2
+    groups = [[m for m, p in zip(measured, pitch) if (p >= threshold) == high]
+              for high in (False, True)]
+    if min(map(len, groups)) < 2:
+        template = make_template(measured)
+        return Templates(threshold, template, template, 0.0)
+    low, high = (make_template(g) for g in groups)
+    return Templates(threshold, low, high, spectral_shift(high, low))
+
+
+def features(measured: list[dict], templates: Templates) -> np.ndarray:
+    """``[N, D]`` feature matrix: pitch, perturbation and the spectral shift (the core),
+    the band levels, and the core's pairwise products (age and size act on pitch and
+    perturbation together, and differently in the two registers: a linear readout of
+    the products is the "small regression" that hears it)."""
+    core = np.stack([np.concatenate([m["pitch"], m["perturbation"], [templates.shift(m)]])
+                     for m in measured])
+    bands = np.stack([m["bands"] for m in measured])
+    i, j = np.triu_indices(core.shape[1])
+    return np.concatenate([core, bands, core[:, i] * core[:, j]], 1)
 
 
 # --- the readout -------------------------------------------------------------------------
@@ -333,12 +383,13 @@ def audit_world(root, fit_per_identity: int | None = 3, workers: int = 1) -> dic
 
 def audit_measurements(train_m, train_ids, test_m, test_ids, identities, config) -> dict:
     """The oracle's readout from measurements of training and test utterances."""
-    template = make_template(train_m)
-    return readout_world(features(train_m, template), train_ids, features(test_m, template),
-                         test_ids, identities, config)
+    templates = make_templates(train_m)
+    return readout_world(features(train_m, templates), train_ids, features(test_m, templates),
+                         test_ids, identities, config, ridge=ORACLE_RIDGE)
 
 
-def readout_world(train_x, train_ids, test_x, test_ids, identities, config) -> dict:
+def readout_world(train_x, train_ids, test_x, test_ids, identities, config,
+                  ridge: float = 1e-2) -> dict:
     """``readout`` for utterances given by their identities' indices in the world's table;
     any per-utterance vectors (measurements, embeddings) as ``train_x`` / ``test_x``."""
     o = np.array([identities[i].voice.observed for i in range(len(identities))])
@@ -347,7 +398,8 @@ def readout_world(train_x, train_ids, test_x, test_ids, identities, config) -> d
     result = readout(train_x, o[list(train_ids)], test_x,
                      np.array([where[i] for i in test_ids]), o[list(test_ids)],
                      np.stack([identities[i].shared for i in members]),
-                     np.array([identities[i].gender for i in members]), config.voice_noise)
+                     np.array([identities[i].gender for i in members]), config.voice_noise,
+                     ridge)
     result["utterances"] = {"fit": len(train_x), "test": len(test_x)}
     result["ceiling"] = world_ceilings(identities, config)
     return result
