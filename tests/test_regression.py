@@ -236,3 +236,28 @@ def test_paper_profiles_have_the_report_sizes():
     assert reg.model.target.endswith("/pretrained/face-target.ckpt")
     assert reg.model.decoder.endswith("/pretrained/decoder.ckpt") and reg.data.spectrogram
     assert load_config("face_decoder", ["profile=paper"]).model.width == 1.0
+
+
+def test_an_evaluation_encodes_each_utterance_once(world, pretrained, regression):
+    """The judged passes and the family's own measures read the same utterances: once
+    ``cache_utterances`` is called, the encoder sees each of them once, and the measures are
+    those of a module that encodes everything again."""
+    def loaded():
+        reg = load_method(regression, expect="regression")
+        reg.replace_part("decoder", pretrained / "decoder.ckpt")
+        return reg
+
+    dm = VoiceFaceDataModule(world, eval_batch_size=5, num_workers=0, spectrogram=True)
+    again = loaded().extra_metrics(dm, "cpu")
+    reg = loaded()
+    reg.cache_utterances()
+    encoded: list[int] = []
+    reg.encoder.register_forward_hook(lambda net, args, out: encoded.append(len(out)))
+    utterances = 0
+    for split in ("known", "test"):
+        for batch in dm.eval_dataloader(split, rank=0, world_size=1):  # the judged passes
+            assert reg.generate_faces(Voices.of(batch)).shape[0] == len(batch["key"])
+            utterances += len(batch["key"])
+    assert sum(encoded) == utterances
+    assert reg.extra_metrics(dm, "cpu") == pytest.approx(again, abs=1e-6)
+    assert sum(encoded) == utterances  # nothing encoded twice

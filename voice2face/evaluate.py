@@ -214,6 +214,7 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     for name, path in (parts or {}).items():
         method.replace_part(name, path)
     method.check_ready()
+    method.cache_utterances()  # loaded for this evaluation alone: its weights stay as they are
     data = Path(data or meta["data"]["root"])
     dm = VoiceFaceDataModule(data, batch_size=batch_size, eval_batch_size=batch_size,
                              num_workers=num_workers, spectrogram=method.needs_spectrogram)

@@ -20,8 +20,11 @@ Optional, with defaults that do nothing, for every method: ``needs_spectrogram``
 must carry ``Voices.spec``), ``replaceable_parts`` with ``replace_part(name, path)`` (nets
 of other methods loaded from their own checkpoints, which ``evaluate``/``generate`` may
 replace: ``--decoder``), ``check_ready()`` (raises ``CheckpointError`` when such a part is
-missing), ``reference_faces(faces)`` (what the method makes from a real face, for grids) and
-``extra_metrics(datamodule, device)`` (its own numbers, beside the judge's).
+missing), ``reference_faces(faces)`` (what the method makes from a real face, for grids),
+``extra_metrics(datamodule, device)`` (its own numbers, beside the judge's) and
+``cache_utterances()`` (``evaluate`` calls it on the module it loaded for itself, whose
+weights then never change, so that a method may keep per-utterance work under
+``Voices.keys`` across the evaluation's passes over the same utterances).
 
 A class whose declaration and implementation disagree is an error when it is defined. The
 judge's space is reached only through generated faces: a method that embeds voices itself
@@ -81,13 +84,19 @@ class Voices(NamedTuple):
     # [B, F, T] complex STFT on the same frames, for a method whose ``needs_spectrogram``
     # is true (the data then carries it); None otherwise
     spec: Tensor | None = None
+    # the utterances' sample keys when they come from the data (``Voices.of``): what a
+    # method may keep per-utterance work under during an evaluation (``cache_utterances``)
+    keys: tuple[str, ...] | None = None
 
     @classmethod
-    def of(cls, batch: Mapping[str, Tensor]) -> Voices:
-        return cls(batch["mel"], batch.get("mel_lengths"), batch.get("spec"))
+    def of(cls, batch: Mapping[str, Any]) -> Voices:
+        keys = tuple(batch["key"]) if "key" in batch else None
+        return cls(batch["mel"], batch.get("mel_lengths"), batch.get("spec"), keys)
 
     def to(self, device: torch.device | str) -> Voices:
-        return Voices(*(None if x is None else x.to(device) for x in self))
+        return self._replace(**{name: getattr(self, name).to(device)
+                                for name in ("mel", "lengths", "spec")
+                                if getattr(self, name) is not None})
 
 
 @dataclass
@@ -259,6 +268,11 @@ class MethodModule(L.LightningModule):
         ``VoiceFaceDataModule``), beside the judge's: ``{name: value}``, which ``voice2face
         evaluate`` writes under ``extra``; none by default."""
         return {}
+
+    def cache_utterances(self) -> None:
+        """From now on the weights do not change: the method may keep work per utterance
+        (``Voices.keys``) and reuse it when the same utterances come again. ``evaluate``
+        calls it on the module it loaded for itself; nothing is kept by default."""
 
     # --- checkpoints -----------------------------------------------------------------------
 

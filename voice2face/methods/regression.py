@@ -143,8 +143,25 @@ class RegressionModule(GeneratorModule):
     def needs_spectrogram(self) -> bool:
         return self.encoder_kind == "spectrogram"
 
+    def cache_utterances(self) -> None:
+        """Keep each utterance's predicted feature: the judged passes and ``extra_metrics``
+        read the same utterances, and the encoder is most of an evaluation's time."""
+        self._predicted: dict[str, torch.Tensor] = {}
+
     def predict(self, voices: Voices) -> torch.Tensor:
-        """The predicted feature ``[B, dim]`` (not normalised) of utterances."""
+        """The predicted feature ``[B, dim]`` (not normalised) of utterances; after
+        ``cache_utterances``, a batch whose every utterance was predicted before is not
+        encoded again."""
+        kept = getattr(self, "_predicted", None)
+        if kept is None or voices.keys is None:
+            return self._encode(voices)
+        if all(k in kept for k in voices.keys):
+            return torch.stack([kept[k] for k in voices.keys]).to(voices.mel.device)
+        pred = self._encode(voices)
+        kept.update(zip(voices.keys, pred.detach().cpu()))
+        return pred
+
+    def _encode(self, voices: Voices) -> torch.Tensor:
         if self.encoder_kind == "mel":
             return self.encoder(voices.mel, voices.lengths)
         if voices.spec is None:
