@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from voice2face.synth.audio import render_utterance
-from voice2face.synth.audit import (LinearProbe, audit_measurements, make_template, measure,
-                                    pitch_track, r_squared, spectral_shift, tremor_depth)
+from voice2face.synth.audit import (MAX_SHIFT, LinearProbe, audit_measurements, make_templates,
+                                    measure, pitch_track, r_squared, spectral_shift,
+                                    tremor_depth)
 from voice2face.synth.ceiling import match_accuracy
 from voice2face.synth.world import preset, sample_identities
 
@@ -75,6 +76,38 @@ def test_measurements_recover_known_pitch_tract_and_tremor():
         from voice2face.synth.audit import _runs
         depths.append(tremor_depth(np.log(f0), _runs(voiced, 8))[0])
     assert 0.7 < depths[1] - depths[0] < 1.5          # log(3) = 1.1
+
+
+def test_a_tract_measures_the_same_shift_in_either_pitch_register():
+    """Each register has its own template and their offset is added back, so the shift is
+    one scale: the same tract spoken an octave-ish higher or lower (other template) gives
+    the same shift."""
+    config = replace(SMALL, seconds=(3.0, 3.0))
+    people = sample_identities(config)[:40]
+    clean = lambda who: measure(render_utterance(who, 0, config, clean=True))
+    templates = make_templates([clean(p) for p in people])
+    assert 130 < np.exp(templates.threshold) < 190 and 10 < templates.offset < 25
+    crossed = 0
+    for who in people[:12]:
+        factor = 1.8 if who.gender == "m" else 1 / 1.8
+        moved = replace(who, voice=replace(who.voice, f0=who.voice.f0 * factor))
+        a, b = clean(who), clean(moved)
+        high = [m["pitch"][0] >= templates.threshold for m in (a, b)]
+        # only pairs that cross the registers, within the search range of both templates (a
+        # woman's tract at a man's pitch can lie beyond the low template's +-35 %)
+        raw = [templates.shift(m) - (templates.offset if h else 0) for m, h in zip((a, b), high)]
+        if high[0] == high[1] or max(map(abs, raw)) > MAX_SHIFT - 1:
+            continue
+        crossed += 1
+        assert templates.shift(a) == pytest.approx(templates.shift(b), abs=1.5)
+    assert crossed >= 4
+    # a woman's tract made 20 % shorter measures 22 % higher, where one template for everyone
+    # (at +-35 %) would have run out of range
+    woman = next(p for p in people
+                 if p.gender == "f" and templates.shift(clean(p)) > templates.offset + 3)
+    shorter = replace(woman, voice=replace(woman.voice, vtl=woman.voice.vtl / 1.25))
+    assert (templates.shift(clean(shorter)) - templates.shift(clean(woman))
+            == pytest.approx(100 * np.log(1.25), abs=1.5))
 
 
 def _measure_utterance(job):
