@@ -157,7 +157,6 @@ def test_without_a_decoder_training_works_and_faces_need_one(world, pretrained, 
                      "--out", str(tmp_path / "ok")]) == 0
     assert "own measures" in capsys.readouterr().out
     wav = tmp_path / "voice.wav"
-    import numpy as np
     import soundfile as sf
     sf.write(wav, speechlike(1.6, 150), 16000)  # generate keeps only what voice activity detection hears
     assert cli.main(["generate", "--ckpt", str(regression), str(wav), "--out",
