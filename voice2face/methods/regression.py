@@ -121,6 +121,7 @@ class RegressionModule(GeneratorModule):
                            f"face_decoder --export {m['decoder']}`")
         self.hparams.setdefault("decoder_net", None)
 
+        self._predicted: dict[str, torch.Tensor] | None = None  # by key, after cache_utterances
         self.val_loss = MeanMetric()
         self.val_distance = torch.nn.ModuleDict({k: MeanMetric() for k in SIMILARITIES})
         self.val_feature_recall = RecallAtK((1, 5), similarity="cosine")
@@ -146,13 +147,13 @@ class RegressionModule(GeneratorModule):
     def cache_utterances(self) -> None:
         """Keep each utterance's predicted feature: the judged passes and ``extra_metrics``
         read the same utterances, and the encoder is most of an evaluation's time."""
-        self._predicted: dict[str, torch.Tensor] = {}
+        self._predicted = {}
 
     def predict(self, voices: Voices) -> torch.Tensor:
         """The predicted feature ``[B, dim]`` (not normalised) of utterances; after
         ``cache_utterances``, a batch whose every utterance was predicted before is not
         encoded again."""
-        kept = getattr(self, "_predicted", None)
+        kept = self._predicted
         if kept is None or voices.keys is None:
             return self._encode(voices)
         if all(k in kept for k in voices.keys):

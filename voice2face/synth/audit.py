@@ -222,8 +222,8 @@ def make_template(measured: list[dict], rounds: int = 2) -> np.ndarray:
 class Templates:
     """One envelope template per pitch register, and the shift between them.
 
-    Lower and higher voices differ in tract length by about 20 %, so one template puts the
-    extremes of each group 30-40 % away from it, where the alignment can lock onto the
+    Lower and higher voices differ in tract length by 15-20 % (the offset), so one template
+    puts the extremes of each group 30-40 % away from it, where the alignment can lock onto the
     neighbouring formant (the smallest tracts of the seed-1 world measured +3 % instead of
     +30 %). Each utterance is aligned with the template of its own register (its median
     pitch against the midpoint of the two clusters of median pitch) and the shift of the
