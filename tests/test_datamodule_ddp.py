@@ -34,6 +34,7 @@ class KeyRecorder(L.LightningModule):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_ddp_ranks_disjoint_covering_equal(fake_root, tmp_path):
     dm = VoiceFaceDataModule(fake_root, batch_size=3, num_workers=1, crop_seconds=0.2)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1,

@@ -25,6 +25,7 @@ def world(fake_root) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_trains_under_plain_ddp_with_two_processes(method, world, tmp_path):
     cls = METHODS[method]
@@ -100,6 +101,7 @@ torch.save({{"global_step": trainer.global_step,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_cae_trains_under_ddp_when_one_rank_has_a_batch_of_one_identity(world, tmp_path):
     script = tmp_path / "cae_one_identity.py"
     script.write_text(CAE_ONE_IDENTITY_SCRIPT.format(tests=str(Path(__file__).parent),

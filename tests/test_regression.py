@@ -207,7 +207,9 @@ def test_evaluation_adds_the_feature_measures(world, pretrained, regression, tmp
         assert -1 <= extra[f"{split}/feature_cosine"] <= 1
         assert 0 <= extra[f"{split}/feature_l2"] <= 2 and extra[f"{split}/feature_l1"] >= 0
     for suffix in ("", "_l1", "_l2"):
-        assert 0.25 <= extra[f"test/feature_recall@1{suffix}"] <= 1  # 4 identities
+        # a rate (its arithmetic against a loop in test_metrics); how far above chance (1/4) a
+        # regression of 3 steps lands is luck of the arithmetic
+        assert 0 <= extra[f"test/feature_recall@1{suffix}"] <= 1
         # K at or above the 4 identities would score 1 whatever the regression: left out
         assert not any(f"test/feature_recall@{k}{suffix}" in extra for k in (5, 10, 20, 50))
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())

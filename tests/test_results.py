@@ -231,6 +231,7 @@ def rows_on_disk(text: str) -> list[RowResult]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_results_on_a_tiny_world_reuses_finished_runs_and_retrains_changed_ones(tmp_path):
     world, runs, out = tmp_path / "world", tmp_path / "runs", tmp_path / "docs" / "results.md"

@@ -144,7 +144,7 @@ def test_agent_command_trains_a_step_and_logs_the_metric(name, world, tmp_path):
     assert not {o.split("=")[0] for o in ours} & set(params), "the test must not override a swept key"
     cmd = agent_command(s, params) + ours
     proc = subprocess.run(cmd, cwd=REPO, env=offline_env(tmp_path), capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=240)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
     run = tmp_path / "trial"
     # the sampled values reached the run's resolved config

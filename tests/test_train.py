@@ -271,6 +271,7 @@ def test_other_launchers_need_a_run_name(toy, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_a_real_ctrl_c(fake_root, tmp_path):
     """SIGINT to the whole process group, as a terminal sends it. (Without DataLoader workers:
     a SIGINT that lands while torch builds a worker iterator makes torch print an "Exception
