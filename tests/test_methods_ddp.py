@@ -1,7 +1,8 @@
 """A real 2-process DDP run (gloo, CPU) of every registered method through `voice2face
-train`, with `trainer.strategy=ddp` as a user would type it (the GAN's and the CAE's two
-optimizer steps each leave a net without gradients; see voice2face/methods/gan.py), and
-the evaluation after it for the methods that have one."""
+train` with `trainer.devices=2` and the default strategy, as a user would type it: Lightning
+picks plain DDP, and the GAN's and the CAE's two optimizer steps each leave a net without
+gradients (see voice2face/methods/gan.py and train.ddp_strategy); and the evaluation after
+it for the methods that have one."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_every_method_trains_under_plain_ddp_with_two_processes(method, world, t
     evaluable = cls.evaluation is not Evaluation.PRETRAINING
     args = [f"data.root={world}", f"run.root={tmp_path}", *QUICK, f"run.evaluate={evaluable}",
             "run.name=ddp", "trainer.max_steps=3", "trainer.val_check_interval=3",
-            "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+            "trainer.devices=2", "trainer.accelerator=cpu"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("VOICE2FACE_RUN_NAME", None)

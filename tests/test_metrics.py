@@ -780,6 +780,39 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
                                            msg=lambda m: f"{rank} {name} {key}: {m}")
 
 
+def _compute_each_worker(rank: int, init: str, plan: list, out: str) -> None:
+    import datetime
+
+    from voice2face.metrics import compute_each
+    # a short timeout: a rank left waiting in a collective fails the test instead of hanging it
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+    group = make_metrics("val", top_k=TOP_K, recall_block_size=3)["embedding"]
+    for emb, ids, gen, index, role in plan[rank]:
+        group.update(emb, ids, gen, index, role=role)
+    torch.save(compute_each(group, "val/"), f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_compute_each_with_a_rank_that_saw_no_sample_does_not_hang(tmp_path):
+    """A rank with no validation batch computes with the others (compute_each decides on the
+    update counts of every rank), and every rank gets the one-process numbers."""
+    from voice2face.metrics import compute_each
+    d = exact_split(seed=6)
+    single = make_metrics("val", top_k=TOP_K, recall_block_size=3)["embedding"]
+    feed(single, d)
+    want, want_errors = compute_each(single, "val/")
+    plan = plan_updates(d, lambda role, i: 0, True)  # rank 1 never calls update
+    mp.spawn(_compute_each_worker, args=(f"file://{tmp_path / 'store'}", plan, str(tmp_path)),
+             nprocs=2, join=True)
+    for rank in range(2):
+        values, errors = torch.load(tmp_path / f"rank{rank}.pt")
+        assert values.keys() == want.keys() and errors == want_errors
+        for key, value in want.items():
+            torch.testing.assert_close(values[key], value, rtol=0, atol=0, equal_nan=True)
+
+
 # -- Fréchet distance in a face net's feature space ---------------------------
 
 

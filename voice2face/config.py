@@ -95,10 +95,15 @@ def _merge_strict(cfg: DictConfig, layer: DictConfig, what: str) -> DictConfig:
 
 
 def resolve_profile(name: str) -> str:
+    """``auto``: the hardware's profile (``voice2face.hardware``: the one decision, which make
+    asks too); a GPU that torch cannot use is refused rather than run as ``cpu``."""
     if name != "auto":
         return name
-    import torch
-    return "paper" if torch.cuda.is_available() else "cpu"
+    from voice2face.hardware import UnusableGPU, auto_profile
+    try:
+        return auto_profile()
+    except UnusableGPU as e:
+        raise ConfigError(f"profile=auto: {e}") from None
 
 
 def _method_layers(method: str, root: Path) -> list[tuple[Path, DictConfig]]:

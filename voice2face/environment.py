@@ -55,12 +55,18 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
+def same_release(installed: str | None, locked: str | None) -> bool:
+    """``installed`` is the locked release, whatever its local build label: ``2.11.0+cu126``
+    (torch from PyTorch's index for a cluster's CUDA) is the release ``2.11.0``."""
+    return installed is not None and locked is not None and installed.split("+")[0] == locked
+
+
 def check_versions(locked: dict[str, str], installed: dict[str, str | None]) -> list[str]:
-    """One message per locked distribution of ``MODULES`` whose installed version differs;
+    """One message per locked distribution of ``MODULES`` whose installed release differs;
     torch and torchaudio are reported together, since they only work as a pair."""
     problems = []
     pair = ("torch", "torchaudio")
-    if any(installed.get(d) != locked.get(d) for d in pair):
+    if not all(same_release(installed.get(d), locked.get(d)) for d in pair):
         have = " with ".join(f"{d} {installed.get(d) or '(missing)'}" for d in pair)
         want = " and ".join(f"{d}=={locked.get(d)}" for d in pair)
         problems.append(f"installed {have}, but requirements.lock names {want} "
@@ -68,7 +74,7 @@ def check_versions(locked: dict[str, str], installed: dict[str, str | None]) -> 
     for dist in MODULES:
         if dist in pair or dist not in locked:
             continue
-        if installed.get(dist) != locked[dist]:
+        if not same_release(installed.get(dist), locked[dist]):
             problems.append(f"installed {dist} {installed.get(dist) or '(missing)'}, "
                             f"requirements.lock names {dist}=={locked[dist]}")
     return problems
@@ -102,11 +108,14 @@ def main() -> int:
     except EnvironmentMismatch as e:
         print(f"voice2face: environment check failed: {e}", file=sys.stderr)
         return 1
-    import torch
-    print(f"voice2face: environment matches requirements.lock (torch {torch.__version__}, "
+    from voice2face.hardware import detect
+    hw = detect()
+    print(f"voice2face: environment matches requirements.lock (torch {hw.torch}, "
           f"torchaudio {installed_version('torchaudio')}, "
           f"lightning {installed_version('lightning')}, "
-          f"CUDA {'available' if torch.cuda.is_available() else 'not available'})")
+          f"CUDA {'available' if hw.cuda else 'not available'})")
+    if hw.warning():
+        print(f"voice2face: {hw.warning()}", file=sys.stderr)
     return 0
 
 

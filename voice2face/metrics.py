@@ -891,8 +891,13 @@ def compute_each(group, prefix: str = "") -> tuple[dict[str, Tensor], dict[str, 
     is not applicable (K at or above the gallery size; its warning is this dict's entry)."""
     values: dict[str, Tensor] = {}
     errors: dict[str, str] = {}
-    for name, metric in group.items(keep_base=True):
-        if not metric.update_count:
+    metrics = list(group.items(keep_base=True))
+    counts = _update_counts_of_every_rank([m for _, m in metrics])
+    for (name, metric), per_rank in zip(metrics, counts):
+        # the same decision on every rank: a rank that skipped a compute the others make
+        # would leave them waiting in its all-gather until the process group's timeout (a
+        # rank that saw no sample sends empty states: _EmbeddingMetric.sync)
+        if not any(per_rank):
             continue
         try:
             with warnings.catch_warnings():
@@ -909,6 +914,19 @@ def compute_each(group, prefix: str = "") -> tuple[dict[str, Tensor], dict[str, 
         else:
             values[prefix + name] = value
     return values, errors
+
+
+def _update_counts_of_every_rank(metrics: list) -> list[list[int]]:
+    """``[metric][rank]`` update counts: one all-gather for them all under DDP (on the
+    metrics' device, which the backend can send), the local counts otherwise."""
+    local = [int(m.update_count) for m in metrics]
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or not metrics:
+        return [[n] for n in local]
+    mine = torch.tensor(local, dtype=torch.long, device=metrics[0].device)
+    every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    return torch.stack(every, 1).tolist()
 
 
 def applicable(metric: RecallAtK, values: dict[str, Tensor]) -> dict[str, Tensor]:
