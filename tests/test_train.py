@@ -13,6 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from voice2face.cli import main as cli_main
 from voice2face.config import EXPERIMENTS, ConfigError, load_config
 from voice2face.methods import METHODS, Evaluation, MethodModule, load_method
 from voice2face.methods.base import CheckpointError, read_checkpoint_meta
@@ -292,3 +293,102 @@ def test_a_real_ctrl_c(fake_root, tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(f"voice2face train: interrupted; kept {tmp_path / 'r'}")
+
+
+# --- distributed runs ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_distributed_run_of_a_method_with_idle_nets_finds_unused_parameters(method):
+    """Lightning picks plain DDP by itself for devices > 1; the methods whose backward passes
+    leave a net without gradients (the GAN, the CAE) get find_unused_parameters then too."""
+    from voice2face.train import ddp_strategy, processes
+    cls = METHODS[method]
+    wants = getattr(cls, "ddp_find_unused_parameters", False)
+    assert wants == (method in ("gan", "cgan", "cae", "cae-concat"))
+
+    def t(**kw):
+        return OmegaConf.create({"devices": 1, "num_nodes": 1, "strategy": "auto",
+                                 "accelerator": "cpu", **kw})
+    unused = "ddp_find_unused_parameters_true"
+    for cfg in (t(devices=2), t(devices="2"), t(strategy="ddp", devices=2), t(devices=[0, 1]),
+                t(num_nodes=2), t(strategy="ddp", devices=1, num_nodes=4)):
+        assert processes(cfg) > 1
+        assert ddp_strategy(cfg, cls) == (unused if wants else cfg.strategy), cfg
+    for cfg in (t(), t(devices="auto"), t(strategy="ddp")):  # one process: nothing to find
+        assert processes(cfg) == 1 and ddp_strategy(cfg, cls) == cfg.strategy
+    # a strategy typed out is the user's
+    assert ddp_strategy(t(strategy="ddp_spawn", devices=2), cls) == "ddp_spawn"
+    assert processes(t(devices=3, num_nodes=2)) == 6
+
+
+RANK_SEED_SCRIPT = '''
+import sys
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, {repo!r})
+from voice2face.train import RankSeed
+
+
+class Draws(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, i):
+        torch.save(torch.randn(4), f"{out}/rank{{self.global_rank}}-step{{i}}.pt")
+        return (self.w * batch).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+L.seed_everything({seed})
+trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, callbacks=[RankSeed({seed})])
+trainer.fit(Draws(), DataLoader(torch.ones(8, 1), batch_size=2))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_every_rank_draws_its_own_random_stream(tmp_path):
+    repo = str(Path(__file__).resolve().parents[1])
+
+    def draws(seed: int, out: Path) -> dict[str, torch.Tensor]:
+        out.mkdir()
+        script = out / "draws.py"
+        script.write_text(RANK_SEED_SCRIPT.format(repo=repo, out=str(out), seed=seed))
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return {p.stem: torch.load(p) for p in out.glob("rank*.pt")}
+
+    a = draws(0, tmp_path / "a")
+    assert set(a) == {f"rank{r}-step{s}" for r in (0, 1) for s in (0, 1)}
+    assert not torch.equal(a["rank0-step0"], a["rank1-step0"])  # the ranks' noise differs
+    assert not torch.equal(a["rank0-step0"], a["rank0-step1"])
+    again = draws(0, tmp_path / "b")  # and the same seed draws the same again
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    other = draws(1, tmp_path / "c")
+    assert not torch.equal(a["rank1-step0"], other["rank1-step0"])
+
+
+def test_more_processes_than_val_samples_is_refused_before_anything_starts(fake_root, tmp_path,
+                                                                           capsys):
+    """The tiny world has 12 val samples and 9 val gallery images: 16 processes would leave
+    some without a validation batch, and the others waiting for them."""
+    args = ["train", "face", f"data.root={fake_root}", f"run.root={tmp_path}", "profile=cpu",
+            "trainer.accelerator=cpu", "logger.wandb=false", "run.name=r"]
+    assert cli_main([*args, "trainer.devices=16"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{fake_root / 'manifest.json'}: 12 val samples for 16 training processes" in err
+    assert not (tmp_path / "r").exists()
+    assert cli_main([*args, "trainer.devices=5", "trainer.num_nodes=2", "--print-config"]) == 0
+    capsys.readouterr()
+    # the methods that validate on the gallery too: 9 images for 10 processes
+    assert cli_main(["train", "cgan", *args[2:], "trainer.devices=5", "trainer.num_nodes=2"]) == 2
+    assert "9 val gallery images for 10 training processes" in capsys.readouterr().err

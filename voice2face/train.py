@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -175,6 +176,23 @@ def make_datamodule(cfg: DictConfig, method_cls=None) -> VoiceFaceDataModule:
         val_gallery=bool(method_cls and method_cls.val_gallery))
 
 
+def check_every_rank_validates(dm: VoiceFaceDataModule, method_cls, ranks: int) -> None:
+    """Validation slices the val split (and its gallery) across the ranks, sample by sample;
+    a rank left without a sample skips validation, and the others then wait for it in their
+    metrics' all-gather until the process group's timeout. Said before anything starts."""
+    if ranks <= 1:
+        return
+    parts = [("splits", "val")] + ([("gallery", "val")] if method_cls.val_gallery else [])
+    for kind, split in parts:
+        n = int(dm.manifest[kind][split]["samples"])
+        if n < ranks:
+            what = "val gallery images" if kind == "gallery" else "val samples"
+            raise ConfigError(f"{dm.root / 'manifest.json'}: {n} {what} for {ranks} training "
+                              f"processes (trainer.devices x trainer.num_nodes): every process "
+                              f"validates on a share of at least one; use fewer devices or a "
+                              f"larger val split")
+
+
 def start_run(cfg: DictConfig, folder: Path, env=os.environ) -> bool:
     """Rank zero makes the run folder and writes the config into it; the other processes
     write nothing. Whether this process made the folder (so may remove it again)."""
@@ -210,6 +228,7 @@ def train(cfg: DictConfig) -> Path:
     method_cls = get_method(cfg.method)
     L.seed_everything(cfg.seed, workers=True)
     dm = make_datamodule(cfg, method_cls)
+    check_every_rank_validates(dm, method_cls, processes(cfg.trainer))
     info = data_info(dm)
     folder, ckpt_path = run_folder(cfg)
     if ckpt_path:
@@ -255,24 +274,69 @@ def fit(cfg: DictConfig, method_cls, module, dm, folder: Path, ckpt_path: str | 
     checkpoints = StepCheckpoint(k, dirpath=folder / "checkpoints",
                                  every_n_train_steps=cfg.run.checkpoint_every * k,
                                  save_last=True, save_top_k=1)
-    # A method whose backward passes each leave some nets without gradients (the GAN's two
-    # optimizer steps) declares it; plain DDP would reject it.
-    strategy = t.strategy
-    if strategy == "ddp" and getattr(method_cls, "ddp_find_unused_parameters", False):
-        strategy = "ddp_find_unused_parameters_true"
+    if torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda"):
+        # TF32 for the float32 matrix products that remain (all of them in 32-true, the
+        # losses and norms under bf16-mixed): ~8x the FP32 rate of an Ampere/Hopper GPU
+        torch.set_float32_matmul_precision("high")
     trainer = L.Trainer(
         max_steps=t.max_steps * k, max_epochs=t.max_epochs, accelerator=t.accelerator,
-        devices=t.devices, num_nodes=t.num_nodes, strategy=strategy, precision=t.precision,
+        devices=t.devices, num_nodes=t.num_nodes, strategy=ddp_strategy(t, method_cls),
+        precision=t.precision,
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         logger=make_loggers(cfg, folder, folder.name),
         # under srun: SIGUSR1 -> last.ckpt at a batch boundary, scontrol requeue, Requeued
-        callbacks=[checkpoints, SlurmRequeue(folder / "checkpoints" / "last.ckpt")],
+        callbacks=[checkpoints, SlurmRequeue(folder / "checkpoints" / "last.ckpt"),
+                   RankSeed(cfg.seed)],
         default_root_dir=folder, use_distributed_sampler=False, enable_model_summary=True,
         plugins=cluster_plugins())
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     trainer.save_checkpoint(folder / "checkpoints" / "final.ckpt")
     return trainer
+
+
+def processes(t: DictConfig) -> int:
+    """How many training processes ``trainer.devices`` x ``trainer.num_nodes`` start."""
+    devices = t.devices
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, str):  # "auto": every GPU there is, one process on a CPU
+        cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+        devices = torch.cuda.device_count() if cuda else 1
+    elif isinstance(devices, int) and devices < 0:  # -1: every GPU
+        devices = max(1, torch.cuda.device_count())
+    elif not isinstance(devices, int):  # a list of device indices
+        devices = len(devices)
+    return devices * t.num_nodes
+
+
+def ddp_strategy(t: DictConfig, method_cls) -> str:
+    """The strategy Lightning gets. A method whose backward passes each leave some nets
+    without gradients (the GAN's two optimizer steps) declares it, and plain DDP would
+    reject it at the second backward: whenever the run is distributed, with ``ddp`` typed
+    or chosen by Lightning itself (``auto`` with several devices), it runs
+    ``ddp_find_unused_parameters_true``."""
+    wants = getattr(method_cls, "ddp_find_unused_parameters", False)
+    if wants and t.strategy in ("ddp", "auto") and processes(t) > 1:
+        return "ddp_find_unused_parameters_true"
+    return t.strategy
+
+
+class RankSeed(Callback):
+    """Under DDP every rank draws its own random stream (embedding noise, z, dropout): the
+    run's seed and the rank, through numpy's SeedSequence. ``seed_everything`` gave every rank
+    the same one, so N GPUs drew N copies of the same noise. Set when training starts, after
+    the weights are built (alike on every rank) and a checkpoint is restored; a run of one
+    process keeps the stream of ``seed``."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1:
+            rank_seed = int(np.random.SeedSequence([self.seed, trainer.global_rank])
+                            .generate_state(1)[0])
+            L.seed_everything(rank_seed, workers=True, verbose=False)
 
 
 def export(checkpoint: Path, target: str | Path) -> None:
