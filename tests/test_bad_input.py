@@ -93,7 +93,7 @@ def test_bad_pretrained_nets_and_resume_paths_name_them(site, capsys):
     assert line.endswith("does not exist; expected a run folder or a .ckpt file")
     assert f"run.resume={site / 'nowhere'}" in line
     line = train_fails(capsys, "face", *quick(site, f"run.resume={site / 'world'}"))
-    assert "has no checkpoints/last.ckpt" in line
+    assert "not the folder of a `voice2face train` run" in line
     assert changed(before, snapshot(site)) == set()
     assert not (site / "new-runs").exists()
 
@@ -113,7 +113,12 @@ def test_resume_checks_method_and_data_before_writing_anything(site, capsys):
         line = train_fails(capsys, "gan", *quick(site, f"run.resume={resume}"))
         assert str(resume) in line and "checkpoint of method 'face'" in line, line
         assert "this run trains 'gan'" in line
+    # a run resumes with its own data: another data.root is refused, naming both
     line = train_fails(capsys, "face", *quick(site, f"data.root={other}", f"run.resume={face_run}"))
+    assert f"data.root={other}: the run {face_run} was trained with data.root=" in line
+    # a checkpoint outside a run folder continues in a new one, on data of its own identities
+    line = train_fails(capsys, "face", *quick(site, f"data.root={other}",
+                                              f"run.resume={site / 'world' / 'pretrained' / 'face.ckpt'}"))
     assert "trained on other data" in line and str(other) in line
     assert changed(before, snapshot(site)) == set()
     assert not (site / "new-runs").exists()

@@ -132,9 +132,9 @@ def test_cli_and_its_errors(world, cgan, tmp_path, capsys):
     manifest["identities"][0]["name"] = "Fredrika Other"
     (other / "manifest.json").write_text(json.dumps(manifest))
     msg = error("--ckpt", str(cgan), "--data", str(other), "--judge",
-                str(world / "pretrained" / "face.ckpt"))
+                str(world / "pretrained" / "face.ckpt"), "--allow-other-data")
     assert "judge was trained on other data" in msg and "voice2face train face" in msg
-    assert "no judge at" in error("--ckpt", str(cgan), "--data", str(other))
+    assert "no judge at" in error("--ckpt", str(cgan), "--data", str(other), "--allow-other-data")
 
 
 def test_validation_logs_the_grid_to_wandb_and_the_run_folder(cgan):
@@ -210,3 +210,117 @@ def test_the_frechet_column_compares_generated_and_real_faces_in_judge_space(cga
     for row in ("method", "real_faces"):
         assert math.isfinite(rows[row]["frechet"]) and rows[row]["frechet"] >= 0
     assert "frechet" not in rows["chance"]
+
+
+# --- bad values, refused before any work: one line (or argparse's usage), exit 2 -------------
+
+def evaluate_fails(capsys, *args: str) -> str:
+    """The one line a refused ``voice2face evaluate`` prints."""
+    assert cli.main(["evaluate", *map(str, args)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voice2face evaluate: "), err
+    return lines[0]
+
+
+@pytest.fixture
+def no_evaluation(monkeypatch):
+    """An evaluation that must not start: the refusals come before any work."""
+    import voice2face.evaluate as E
+
+    def started(*args, **kwargs):
+        raise AssertionError("the evaluation started")
+    monkeypatch.setattr(E, "evaluate", started)
+
+
+def test_numeric_and_choice_options_are_checked_by_argparse(cgan, tmp_path, capsys,
+                                                           no_evaluation):
+    out = tmp_path / "eval"
+    for option, value in [("--batch-size", "0"), ("--batch-size", "-3"), ("--batch-size", "x"),
+                          ("--workers", "-1"), ("--seed", "-1"), ("--seed", str(2**32)),
+                          ("--grid-identities", "-1"), ("--grid-utterances", "0"),
+                          ("--device", "tpu"), ("--device", "cuda:x")]:
+        with pytest.raises(SystemExit) as e:
+            cli.main(["evaluate", "--ckpt", str(cgan), "--out", str(out), option, value])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"argument {option}" in err, (option, value, err)
+        assert "Traceback" not in err and value in err
+    assert not out.exists()
+
+
+def test_a_gpu_that_torch_cannot_use_is_refused_up_front(cgan, tmp_path, capsys, no_evaluation):
+    import torch
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        line = evaluate_fails(capsys, "--ckpt", cgan, "--out", tmp_path / "e", "--device",
+                              f"cuda:{count}")
+        assert f"--device cuda:{count}: this machine has {count} GPU(s)" in line
+    else:
+        line = evaluate_fails(capsys, "--ckpt", cgan, "--out", tmp_path / "e", "--device", "cuda")
+        assert "--device cuda: torch cannot use a GPU here" in line and "--device cpu" in line
+    assert not (tmp_path / "e").exists()
+
+
+def test_output_and_data_paths_are_checked_before_work(cgan, tmp_path, capsys, no_evaluation):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    line = evaluate_fails(capsys, "--ckpt", cgan, "--out", a_file)
+    assert line.endswith(f"--out {a_file} is a file; expected a folder to write into")
+    line = evaluate_fails(capsys, "--ckpt", cgan, "--out", a_file / "eval")
+    assert line.endswith(f"--out {a_file / 'eval'}: {a_file} is a file, not a folder")
+    line = evaluate_fails(capsys, "--ckpt", cgan, "--out", tmp_path / "e", "--data", a_file)
+    assert line.endswith(f"--data {a_file} is a file; expected a dataset folder")
+    assert a_file.read_text() == "mine" and not (tmp_path / "e").exists()
+
+
+def test_data_other_than_the_checkpoints_needs_allow_other_data(world, cgan, tmp_path, capsys):
+    import torch
+
+    from voice2face.methods.base import data_info
+    from datamodules import VoiceFaceDataModule
+    # a checkpoint that records another world as its training data
+    ckpt = torch.load(cgan, map_location="cpu", weights_only=False)
+    ckpt["voice2face"]["data"].update(root="/elsewhere/world-b", fingerprint="0123456789abcdef")
+    other = tmp_path / "other.ckpt"
+    torch.save(ckpt, other)
+    fingerprint = data_info(VoiceFaceDataModule(world))["fingerprint"]
+    args = ["--ckpt", other, "--data", world, "--out", tmp_path / "eval"]
+    line = evaluate_fails(capsys, *args)
+    assert (f"{other} was trained on /elsewhere/world-b (identity table 0123456789abcdef), and "
+            f"{world} holds other data (identity table {fingerprint})") in line
+    assert "--allow-other-data" in line and not (tmp_path / "eval").exists()
+    # without --data, evaluate takes the checkpoint's own data: not there any more
+    assert "/elsewhere/world-b does not exist" in evaluate_fails(capsys, *args[:2], *args[4:])
+    # allowed: said in one line on stdout, then measured
+    assert cli.main(["evaluate", *map(str, args), "--allow-other-data"]) == 0
+    said = [l for l in capsys.readouterr().out.splitlines() if "--allow-other-data" in l]
+    assert len(said) == 1 and said[0].startswith(f"voice2face evaluate: {other} was trained on")
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+
+    # the checkpoint's own folder, since replaced by another world: the default --data
+    moved = tmp_path / "world"
+    shutil.copytree(world, moved)
+    ckpt = torch.load(cgan, map_location="cpu", weights_only=False)
+    ckpt["voice2face"]["data"]["root"] = str(moved)
+    torch.save(ckpt, other)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["identities"][0]["name"] = "Fredrika Other"
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    line = evaluate_fails(capsys, "--ckpt", other, "--out", tmp_path / "eval2")
+    assert f"{other} was trained on {moved} (identity table {fingerprint}), and {moved} holds " \
+           f"other data" in line and "pass --data with the data it was trained on" in line
+    assert not (tmp_path / "eval2").exists()
+
+
+def test_a_truncated_test_shard_says_what_evaluate_can_do(world, cgan, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(world, damaged, ignore=shutil.ignore_patterns("pretrained"))
+    shard = json.loads((damaged / "manifest.json").read_text())["splits"]["test"]["shards"][0]
+    path = damaged / "shards" / shard["name"]
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    line = evaluate_fails(capsys, "--ckpt", cgan, "--data", damaged, "--judge",
+                          world / "pretrained" / "face.ckpt", "--out", tmp_path / "eval")
+    assert str(path) in line and "truncated" in line
+    assert "skip_corrupt" not in line and "voice2face synth" in line
+    assert not (tmp_path / "eval").exists()

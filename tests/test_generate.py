@@ -195,8 +195,12 @@ def test_grid_puts_each_files_face_beside_the_fused_one(cgan, clips, tmp_path, c
     assert found, "the fused face is not in the grid's first column"
 
 
-def test_the_cae_fuses_voices_onto_one_proposal(world, runs, clips, tmp_path, capsys):
-    cae = quick("cae", world, runs)
+@pytest.fixture(scope="module")
+def cae(world, runs) -> Path:
+    return quick("cae", world, runs)
+
+
+def test_the_cae_fuses_voices_onto_one_proposal(cae, clips, tmp_path, capsys):
     proposal = tmp_path / "p.png"
     Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(proposal)
     grid = tmp_path / "grid.png"
@@ -282,4 +286,81 @@ def test_grid_and_out_must_differ_and_be_files(cgan, clips, tmp_path, capsys):
     assert f"--grid {out} is also --out" in line
     line = error_line(capsys, "--ckpt", cgan, clips[0], "--grid", tmp_path)
     assert f"--grid {tmp_path} is a folder" in line
+    assert not out.exists()
+
+
+# --- output formats and paths, checked before any work ----------------------------------------
+
+@pytest.fixture
+def no_generation(monkeypatch):
+    """A checkpoint that must not be loaded: the refusals come before any work."""
+    import voice2face.methods as methods
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded")
+    monkeypatch.setattr(methods, "load_method", loaded)
+
+
+def test_the_extension_names_the_image_format(cgan, clips, tmp_path, capsys):
+    from voice2face.generate import image_formats
+    grid = tmp_path / "grid.webp" if ".webp" in image_formats() else tmp_path / "grid.jpeg"
+    assert generate("--ckpt", cgan, clips[0], "--out", tmp_path / "face.jpg", "--grid", grid) == 0
+    assert Image.open(tmp_path / "face.jpg").format == "JPEG"
+    assert Image.open(grid).format == ("WEBP" if grid.suffix == ".webp" else "JPEG")
+    assert generate("--ckpt", cgan, clips[0], "--out", tmp_path / "FACE.PNG") == 0
+    assert Image.open(tmp_path / "FACE.PNG").format == "PNG"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_unwritable_formats_and_paths_are_refused_before_any_work(cgan, clips, tmp_path, capsys,
+                                                                  no_generation):
+    for option, name in [("--out", "face.gif"), ("--out", "face.bmp"), ("--grid", "grid.tiff")]:
+        path = tmp_path / name
+        line = error_line(capsys, "--ckpt", cgan, clips[0], option, path)
+        assert line.startswith(f"voice2face generate: {option} {path}: cannot write "
+                               f"'{path.suffix}' images") and ".png, .jpg, .jpeg" in line, line
+    line = error_line(capsys, "--ckpt", cgan, clips[0], "--out", tmp_path / "face")
+    assert f"--out {tmp_path / 'face'}: no extension" in line
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for option in ("--out", "--grid"):
+        path = a_file / "deeper" / "face.png"
+        line = error_line(capsys, "--ckpt", cgan, clips[0], option, path)
+        assert line.endswith(f"{option} {path}: {a_file} is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_steady_noise_is_not_speech(cgan, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    noise = tmp_path / "noise.wav"
+    sf.write(noise, 0.1 * rng.standard_normal(3 * SR), SR)
+    line = error_line(capsys, "--ckpt", cgan, noise, "--out", tmp_path / "face.png")
+    assert f"audio file {noise}: no speech found by voice activity detection" in line
+    assert "webrtcvad marks 3.0 s as speech" in line and "steady noise, not a voice" in line
+    assert not (tmp_path / "face.png").exists()
+
+
+def test_the_default_proposal_must_come_from_the_checkpoints_data(world, cae, clips, tmp_path,
+                                                                   capsys):
+    import json
+    import shutil
+    # the folder the checkpoint was trained on, since replaced by another world
+    moved = tmp_path / "world"
+    shutil.copytree(world, moved, ignore=shutil.ignore_patterns("pretrained"))
+    ckpt = torch.load(cae, map_location="cpu", weights_only=False)
+    ckpt["hyper_parameters"]["data"]["root"] = str(moved)
+    ckpt["voice2face"]["data"]["root"] = str(moved)
+    moved_ckpt = tmp_path / "cae.ckpt"
+    torch.save(ckpt, moved_ckpt)
+    out = tmp_path / "face.png"
+    assert generate("--ckpt", moved_ckpt, clips[0], "--out", out) == 0  # the same data
+    assert "proposal training gallery image" in capsys.readouterr().out
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["identities"][0]["name"] = "Fredrika Other"
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    out.unlink()
+    line = error_line(capsys, "--ckpt", moved_ckpt, clips[0], "--out", out)
+    assert f"no --proposal given, and {moved}, where the checkpoint was trained, now holds " \
+           f"other data (identity table " in line
+    assert ckpt["hyper_parameters"]["data"]["fingerprint"] in line and "--proposal" in line
     assert not out.exists()

@@ -23,10 +23,11 @@ from datamodules import VoiceFaceDataModule, read_manifest
 from datamodules.shards import decode_audio, decode_image, iter_tar
 from voice2face.prepare import meta as M
 from voice2face.prepare import run as R
-from voice2face.prepare.audio import AudioSettings, prepare_utterance, read_audio, trim_silence
+from voice2face.prepare.audio import (AudioSettings, prepare_utterance, read_audio, speech_frames,
+                                      syllabic_modulation_db, trim_silence)
 from voice2face.prepare.faces import FaceSettings, load_face
 from voice2face.prepare.plan import Inputs
-from voice2face.prepare.report import PrepareError, Skip
+from voice2face.prepare.report import NO_SPEECH, PrepareError, Skip
 from voice2face.splits import split_of_name
 
 SR = 16_000
@@ -274,6 +275,48 @@ def test_audio_is_mono_16k_trimmed_or_skipped(tree, tmp_path):
     m4a = root / "vox2" / "dev" / "aac" / "id00012" / "ytv2" / "00001.m4a"
     wave, sr = read_audio(m4a)
     assert sr == SR and wave.ndim == 1 and len(wave) >= 1.7 * SR
+
+
+def steady_noise(kind: str, seconds: float = 3.0, seed: int = 0) -> np.ndarray:
+    """White or pink (1/f power) Gaussian noise at -20 dBFS."""
+    w = np.random.default_rng(seed).standard_normal(int(seconds * SR))
+    if kind == "pink":
+        f = np.fft.rfftfreq(len(w), 1 / SR)
+        w = np.fft.irfft(np.fft.rfft(w) / np.sqrt(np.maximum(f, f[1])), len(w))
+    return (0.1 * w / w.std()).astype(np.float32)
+
+
+def test_vad_refuses_steady_noise_that_webrtcvad_takes_for_speech(tmp_path):
+    settings = AudioSettings()
+    for kind in ("white", "pink"):
+        for seed in range(3):
+            noise = steady_noise(kind, seed=seed)
+            assert speech_frames(noise, settings).mean() > 0.9  # webrtcvad alone: all speech
+            assert syllabic_modulation_db(noise, SR) < 0.5, (kind, seed)
+            with pytest.raises(Skip) as e:
+                trim_silence(noise, settings)
+            assert e.value.reason == NO_SPEECH
+            assert "webrtcvad marks 3.0 s as speech" in e.value.detail
+            assert "at syllable rates (2-8 Hz)" in e.value.detail and "steady noise" in e.value.detail
+            write_wav(tmp_path / "noise.wav", noise)
+            with pytest.raises(Skip) as e:
+                prepare_utterance(tmp_path / "noise.wav", settings)
+            assert e.value.reason == NO_SPEECH and "steady noise" in e.value.detail
+    # voices keep a wide margin: the tests' speech-like signals, the synthetic world's
+    # voices, and those with white noise 5 dB below them
+    for seed in range(4):
+        wave = trim_silence(speechlike(1.0 + 0.5 * seed, 120 + 40 * seed, seed=seed), settings)
+        assert syllabic_modulation_db(wave, SR) > 5 * settings.min_modulation_db
+    from voice2face.synth.audio import render_utterance
+    from voice2face.synth.world import PRESETS, sample_identities
+    world = PRESETS["tiny"]
+    rng = np.random.default_rng(0)
+    for ident in sample_identities(world)[:8]:
+        voice = render_utterance(ident, 0, world)
+        assert syllabic_modulation_db(trim_silence(voice, settings), SR) > 3 * settings.min_modulation_db
+        noisy = voice + voice.std() * 10 ** (-5 / 20) * rng.standard_normal(len(voice))
+        assert syllabic_modulation_db(trim_silence(noisy.astype(np.float32), settings), SR) \
+            > settings.min_modulation_db
 
 
 def test_faces_are_square_rgb_or_skipped(tree):

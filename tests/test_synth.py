@@ -402,6 +402,69 @@ def test_ctrl_c_says_nothing_was_written(tmp_path, capsys, monkeypatch):
     assert (out / "manifest.json").is_file()
 
 
+# enough samples for several shards per split
+RESUME_ARGS = ["--preset", "tiny", "--identities", "20", "--utterances", "3", "--known", "1",
+               "--faces", "2", "--workers", "1", "--quiet"]
+
+
+def test_an_interrupted_run_resumes_at_the_last_finished_shard(tmp_path, capsys, monkeypatch):
+    import voice2face.synth.generate as G
+    whole = tmp_path / "whole"
+    assert cli.main([*RESUME_ARGS, "--out", str(whole)]) == 0
+    manifest = read_manifest(whole)
+    assert len(manifest["splits"]["train"]["shards"]) >= 3
+
+    calls = {"utterances": 0, "faces": 0, "stop": 30}
+    real_utterance, real_faces = G._utterance_job, G._faces_job
+
+    def utterance(job):
+        calls["utterances"] += 1
+        if calls["utterances"] == calls["stop"]:
+            raise KeyboardInterrupt
+        return real_utterance(job)
+
+    def faces(index):
+        calls["faces"] += 1
+        return real_faces(index)
+
+    monkeypatch.setattr(G, "_utterance_job", utterance)
+    monkeypatch.setattr(G, "_faces_job", faces)
+    out = tmp_path / "world"
+    assert cli.main([*RESUME_ARGS, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "the finished shards are kept" in err
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.tmp"))
+    finished = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
+    sizes = {s["name"]: s["samples"] for section in ("splits", "gallery")
+             for entry in manifest[section].values() for s in entry["shards"]}
+    done_samples = sum(sizes[n] for n in finished if not n.startswith("gallery-"))
+    assert any(n.startswith("gallery-") for n in finished) and 0 < done_samples < 29
+    assert len(finished) < len(sizes)
+
+    def resume() -> None:
+        calls.update(utterances=0, faces=0, stop=-1)
+        assert cli.main([*RESUME_ARGS, "--out", str(out)]) == 0
+        assert read_manifest(out) == manifest and members(out) == members(whole)
+
+    resume()
+    assert (f"{len(finished)} of {len(sizes)} shards already written; writing the other "
+            f"{len(sizes) - len(finished)}") in capsys.readouterr().out
+    total = sum(v["samples"] for v in manifest["splits"].values())
+    assert calls["utterances"] == total - done_samples  # only the unfinished shards' samples
+    for name, mtime in finished.items():  # the finished ones were not rewritten
+        assert (out / "shards" / name).stat().st_mtime_ns == mtime, name
+
+    # a complete world again: nothing rendered; a damaged shard or a lost record: that shard
+    resume()
+    assert calls == {"utterances": 0, "faces": 0, "stop": -1}
+    train = [s["name"] for s in manifest["splits"]["train"]["shards"]]
+    with open(out / "shards" / train[0], "r+b") as f:
+        f.truncate(1000)
+    (out / G.STATE / f"{train[1]}.json").unlink()
+    resume()
+    assert calls["utterances"] == sizes[train[0]] + sizes[train[1]]
+
+
 def test_sigint_with_worker_processes_prints_no_traceback(tmp_path):
     """A real Ctrl-C reaches every process of the group: the workers must stay quiet."""
     import os

@@ -10,7 +10,9 @@ else is a bug in the suite and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
@@ -86,3 +88,35 @@ def reports_errors(prog: str, interrupted: str | Callable[[], str] = "interrupte
                           interrupted=interrupted)
         return wrapped
     return wrap
+
+
+# --- options and outputs, checked before any work -------------------------------------------
+
+def int_in(low: int, high: int):
+    """An argparse ``type``: an integer in ``low..high``, else argparse's usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: expected {low}..{high}")
+        return value
+    return parse
+
+
+def check_output_path(option: str, path: Path, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: an existing file where a
+    folder is wanted (or a folder where a file is), or a path under a file or in a folder
+    that cannot be written to. Creates nothing."""
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(f"{option} {path} is {'a file' if folder else 'a folder'}; expected "
+                        + ("a folder to write into" if folder else
+                           f"the file to write (e.g. {option} {path / 'face.png'})"))
+    parent = path if path.exists() and folder else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot write in {parent} (permission denied)")

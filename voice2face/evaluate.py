@@ -49,8 +49,10 @@ exhaustive, and the conditional GAN's z comes from the seeded generator.
 
 The judge is a ``face`` checkpoint trained on the same data (checked by the data
 fingerprint); it defaults to ``DATA/pretrained/face.ckpt``, and ``--data`` to the data the
-checkpoint was trained on. ``--decoder PATH`` replaces the method's ``decoder`` part (a
-method that lists it in ``replaceable_parts``, e.g. ``regression``'s face decoder).
+checkpoint was trained on. Data other than the checkpoint's (another identity table, by the
+fingerprint the checkpoint records) is refused unless ``--allow-other-data`` is given.
+``--decoder PATH`` replaces the method's ``decoder`` part (a method that lists it in
+``replaceable_parts``, e.g. ``regression``'s face decoder).
 
 A method's own measures (``MethodModule.extra_metrics``, e.g. the feature distances and
 feature recall of ``regression``) are written under ``extra`` and as a second table.
@@ -80,7 +82,7 @@ from voice2face.methods.base import data_info, proposal_faces, read_checkpoint_m
 from voice2face.methods.pretrained import judge_faces, load_judge
 from voice2face.metrics import (FeatureFrechetDistance, compute_each, gallery_chance,
                                 gallery_hits, make_metrics, sampled_galleries)
-from voice2face.errors import reports_errors
+from voice2face.errors import UserError, reports_errors
 
 TOP_K = (1, 5, 10, 20, 50)
 BLOCK = 100  # SF2F's recall blocks of 100 identities, when the split has that many
@@ -200,9 +202,11 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
              judge: str | Path | None = None, *, batch_size: int = 64, num_workers: int = 0,
              seed: int = 0, device: str = "cpu", grid_identities: int = 8,
              grid_utterances: int = 4, parts: dict[str, str | Path] | None = None,
-             log=print) -> dict[str, Any]:
+             allow_other_data: bool = False, log=print) -> dict[str, Any]:
     """Evaluate a checkpoint on the test split; writes metrics.json, metrics.md, grid.png.
-    ``parts``: ``{name: checkpoint}`` replacing the method's parts (``replace_part``)."""
+    ``parts``: ``{name: checkpoint}`` replacing the method's parts (``replace_part``).
+    Data other than the checkpoint's (by its fingerprint) is a ``CheckpointError`` unless
+    ``allow_other_data``."""
     import lightning as L
 
     from datamodules import VoiceFaceDataModule
@@ -219,6 +223,8 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     dm = VoiceFaceDataModule(data, batch_size=batch_size, eval_batch_size=batch_size,
                              num_workers=num_workers, spectrogram=method.needs_spectrogram)
     info = data_info(dm)
+    _check_data(ckpt, meta["data"], info, allow_other_data, log,
+                own_root=Path(meta["data"]["root"]) == data)
     judge_path = Path(judge) if judge else data / "pretrained" / "face.ckpt"
     if not judge_path.is_file():
         raise CheckpointError(f"no judge at {judge_path}: evaluation embeds faces with a `face` "
@@ -390,6 +396,28 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     results["files"] = {"json": str(out / "metrics.json"), "table": str(out / "metrics.md"),
                         "grid": str(out / "grid.png") if image is not None else None}
     return results
+
+
+def _check_data(ckpt, trained_on: dict[str, Any], data: dict[str, Any], allow: bool,
+                log, own_root: bool = False) -> None:
+    """The data evaluated must be the checkpoint's (the fingerprint of its identity table),
+    or be allowed; a face size the method does not make is never allowed. ``own_root``: the
+    data is the folder the checkpoint was trained in (which now holds other data)."""
+    if trained_on.get("fingerprint") == data["fingerprint"]:
+        return
+    what = (f"{ckpt} was trained on {trained_on.get('root')} (identity table "
+            f"{trained_on.get('fingerprint')}), and {data['root']} holds other data (identity "
+            f"table {data['fingerprint']})")
+    if trained_on.get("face_size", data["face_size"]) != data["face_size"]:
+        raise CheckpointError(f"{what} of {data['face_size']}-pixel faces, where the method "
+                              f"makes {trained_on['face_size']}-pixel ones: it cannot be "
+                              f"evaluated on it")
+    if not allow:
+        fix = ("pass --data with the data it was trained on" if own_root
+               else "evaluate it on its own data (leave out --data)")
+        raise CheckpointError(f"{what}: {fix}, or pass --allow-other-data to measure it on "
+                              f"this data")
+    log(f"voice2face evaluate: {what}; evaluating on it as --allow-other-data asks")
 
 
 def _update_proposal_rows(metrics, similarity: dict[str, list], proposal: Embeddings,
@@ -568,28 +596,76 @@ def post_fit_evaluation(module, run_dir: Path, checkpoint: Path, datamodule, log
             f"(chance 0.5); table {r['files']['table']}{grid}")
 
 
+def _device(text: str) -> str:
+    """An argparse ``type``: auto, cpu, cuda or cuda:N."""
+    index = text[len("cuda:"):] if text.startswith("cuda:") else None
+    if text in ("auto", "cpu", "cuda") or (index is not None and index.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device: expected auto, cpu, cuda or "
+                                     f"cuda:N")
+
+
+def _resolve_device(device: str) -> str:
+    """The device to evaluate on; a GPU that torch cannot use is refused before any work."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: torch cannot use a GPU here (torch "
+                            f"{torch.__version__}, CUDA build {torch.version.cuda}); pass "
+                            f"--device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                            f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+# how the data module says a corrupt shard can be used in training; evaluate measures every
+# test sample, so it says what evaluate's user can do instead
+_SKIP_CORRUPT = "; rewrite it, or set data.skip_corrupt=true"
+
+
 @reports_errors("voice2face evaluate")
 def main(argv: list[str] | None = None) -> int:
+    from voice2face.errors import check_output_path, int_in
     parser = argparse.ArgumentParser(prog="voice2face evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint of a trained method")
     parser.add_argument("--out", required=True, help="folder for metrics.json, metrics.md, grid.png")
     parser.add_argument("--data", help="dataset folder (default: the checkpoint's training data)")
+    parser.add_argument("--allow-other-data", action="store_true",
+                        help="evaluate on --data even when it is not the data the checkpoint "
+                             "was trained on (another identity table)")
     parser.add_argument("--judge", help="face checkpoint (default: DATA/pretrained/face.ckpt)")
     parser.add_argument("--decoder", help="replace the method's face decoder with this checkpoint "
                         "(methods with a `decoder` part: regression)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--grid-identities", type=int, default=8)
-    parser.add_argument("--grid-utterances", type=int, default=4)
+    parser.add_argument("--batch-size", type=int_in(1, 65536), default=64)
+    parser.add_argument("--workers", type=int_in(0, 256), default=0, help="DataLoader workers")
+    parser.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
+    parser.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--grid-identities", type=int_in(0, 1000), default=8)
+    parser.add_argument("--grid-utterances", type=int_in(1, 100), default=4)
     args = parser.parse_args(argv)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    r = evaluate(args.ckpt, args.out, args.data, args.judge, batch_size=args.batch_size,
-                 num_workers=args.workers, seed=args.seed, device=device,
-                 grid_identities=args.grid_identities, grid_utterances=args.grid_utterances,
-                 parts={"decoder": args.decoder} if args.decoder else None)
+    device = _resolve_device(args.device)
+    check_output_path("--out", Path(args.out), folder=True)
+    if args.data and Path(args.data).exists() and not Path(args.data).is_dir():
+        raise UserError(f"--data {args.data} is a file; expected a dataset folder")
+    from datamodules import DataFormatError
+    try:
+        r = evaluate(args.ckpt, args.out, args.data, args.judge, batch_size=args.batch_size,
+                     num_workers=args.workers, seed=args.seed, device=device,
+                     grid_identities=args.grid_identities, grid_utterances=args.grid_utterances,
+                     parts={"decoder": args.decoder} if args.decoder else None,
+                     allow_other_data=args.allow_other_data)
+    except DataFormatError as e:
+        head, found, _ = str(e).partition(_SKIP_CORRUPT)
+        if not found:
+            raise
+        raise DataFormatError(f"{head}; evaluation measures every test sample: rewrite the "
+                              f"data (the same `voice2face synth` command rewrites a damaged "
+                              f"shard of a synthetic world; `voice2face prepare --overwrite` "
+                              f"rewrites prepared data)") from None
     print(markdown_table(r))
     print(f"voice2face: wrote {r['files']['json']}, {r['files']['table']}"
           + (f", {r['files']['grid']}" if r["files"]["grid"] else ""))

@@ -5,7 +5,8 @@ WAV, FLAC, OGG and MP3 with soundfile (libsndfile >= 1.1 reads MP3), M4A/MP4/AAC
 containers with PyAV; any sample rate and channel count, mixed down to mono and resampled to
 the 16 kHz the methods are trained at, then turned into the same normalised log-mel features
 as the training data (``datamodules.features``). Silences are trimmed with the voice
-activity detector ``voice2face prepare`` uses, and what is left must be as long as the
+activity detector ``voice2face prepare`` uses (which refuses steady noise: what it keeps
+must rise and fall in loudness at syllable rates), and what is left must be as long as the
 shortest utterance prepare keeps (1 s): that is the whole utterance the method sees.
 Any method that generates faces (``gan``, ``cgan``, ``cae``, ``regression``, ...) can be
 used; the conditional GAN draws its noise from ``--seed`` (the same noise for every face of
@@ -15,25 +16,30 @@ Several files of one speaker are fused into one face: each file is encoded on it
 (``encode_voices``), the codes are fused (``fuse_codes``: the mean of the unit voice
 embeddings, or of the regression's predicted features, renormalised) and the fused code is
 rendered (``faces_from_codes``). ``--grid PATH`` also writes the face of each file beside
-the fused one, each column titled.
+the fused one, each column titled. Both are written in the format their extension names
+(``.png``, ``.jpg``/``.jpeg``, ``.webp`` where Pillow writes it); another extension, a
+folder, or a path under a file is refused before anything is loaded.
 
 A method that morphs a proposal face toward the voice (``needs_proposal``, the CAE) takes it
 from ``--proposal face.png`` (any size: centre-cropped to a square and resized to the
 method's face size), or, without one, from the gallery of training faces of the data the
 checkpoint was trained on: the image at a position drawn from ``--seed`` (so the same seed
-gives the same proposal; the output line names it).
+gives the same proposal; the output line names it). That folder must still hold the data
+the checkpoint was trained on (its identity table's fingerprint), else ``--proposal`` is
+needed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from voice2face.errors import UserError, reports_errors
+from voice2face.errors import UserError, check_output_path, int_in, reports_errors
 
 SAMPLE_RATE = 16_000
 FORMATS = "WAV, FLAC, OGG, MP3, M4A/MP4/AAC or another format FFmpeg reads"
@@ -73,7 +79,10 @@ def load_speech(path: str | Path) -> torch.Tensor:
     total = len(wave) / SAMPLE_RATE
     try:
         speech = trim_silence(wave.numpy(), settings)
-    except Skip:
+    except Skip as e:
+        if e.detail:  # webrtcvad found "speech" that is steady noise
+            raise AudioError(f"audio file {path}: no speech found by voice activity "
+                             f"detection: {e.detail}; expected a recording of a voice") from None
         raise AudioError(f"audio file {path}: no speech found by voice activity detection "
                          f"(webrtcvad, aggressiveness {settings.aggressiveness}) in its "
                          f"{total:.1f} s; expected a recording of a voice with at least "
@@ -84,18 +93,6 @@ def load_speech(path: str | Path) -> torch.Tensor:
                          f"silences); the methods need at least {settings.min_seconds:g} s, the "
                          f"shortest utterance they are trained and evaluated on")
     return torch.from_numpy(np.ascontiguousarray(speech))
-
-
-def _int_in(low: int, high: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is out of range: expected {low}..{high}")
-        return value
-    return parse
 
 
 class ImageError(UserError):
@@ -109,6 +106,8 @@ def load_face_image(path: str | Path, size: int) -> torch.Tensor:
 
     from datamodules.features import face_to_tensor
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"proposal image {path} is a folder; expected an image file")
     if not path.is_file():
         raise ImageError(f"proposal image {path} does not exist")
     try:
@@ -127,13 +126,23 @@ def load_face_image(path: str | Path, size: int) -> torch.Tensor:
     return face_to_tensor(np.asarray(im))
 
 
-def default_proposal(data_root: str | Path, seed: int = 0) -> tuple[torch.Tensor, str]:
+def default_proposal(data_root: str | Path, seed: int = 0,
+                     fingerprint: str | None = None) -> tuple[torch.Tensor, str]:
     """A proposal face from the training gallery of ``data_root``: the image at a position
-    drawn from ``seed``; with a description of it for the output line."""
+    drawn from ``seed``; with a description of it for the output line. With
+    ``fingerprint`` (the checkpoint's data), an ``ImageError`` unless ``data_root`` still
+    holds that data."""
     import random
 
     from datamodules import VoiceFaceDataModule
+    from voice2face.methods.base import data_info
     dm = VoiceFaceDataModule(data_root, audio=False)
+    found = data_info(dm)["fingerprint"]
+    if fingerprint is not None and found != fingerprint:
+        raise ImageError(f"no --proposal given, and {data_root}, where the checkpoint was "
+                         f"trained, now holds other data (identity table {found}; the "
+                         f"checkpoint's is {fingerprint}): its training gallery is not the "
+                         f"one the method learnt from; give a face with --proposal")
     gallery = dm.eval_dataset("train", gallery=True)
     i = random.Random(seed).randrange(len(gallery))
     sample = gallery[i]
@@ -184,10 +193,35 @@ def generate_face(method, waves: torch.Tensor | list[torch.Tensor], seed: int = 
     return faces_from_codes(method, fused, seed, proposal)[0]
 
 
-def _check_png_path(option: str, path: Path) -> None:
-    if path.is_dir():
-        raise UserError(f"{option} {path} is a folder; expected the PNG file to write "
-                        f"(e.g. {option} {path / 'face.png'})")
+# image formats by extension (Pillow's names); WEBP where this Pillow was built with it
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def image_formats() -> dict[str, str]:
+    from PIL import features
+    return {ext: f for ext, f in IMAGE_FORMATS.items() if f != "WEBP" or features.check("webp")}
+
+
+def check_image_path(option: str, path: Path) -> str:
+    """The Pillow format to write ``path`` in, from its extension; a ``UserError`` naming
+    the extension and those it can write, or a path it cannot write."""
+    check_output_path(option, path)
+    formats = image_formats()
+    ext = path.suffix.lower()
+    if ext not in formats:
+        what = f"cannot write {path.suffix!r} images" if path.suffix else "no extension"
+        raise UserError(f"{option} {path}: {what}; the extension names the format, one of "
+                        f"{', '.join(formats)}")
+    return formats[ext]
+
+
+def save_image(image, path: Path, format: str) -> None:
+    """``image`` to ``path`` in ``format``, atomically (a temporary file beside it, then
+    renamed): an interrupted write leaves no half image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format=format, **({"quality": 95} if format in ("JPEG", "WEBP") else {}))
+    os.replace(tmp, path)
 
 
 @reports_errors("voice2face generate")
@@ -198,11 +232,13 @@ def main(argv: list[str] | None = None) -> int:
                         "MP3, M4A, ...), any sample rate and channels; several are fused into "
                         "one face")
     parser.add_argument("--ckpt", required=True, help="checkpoint of a face-generating method")
-    parser.add_argument("--out", default="face.png", help="PNG to write (default face.png)")
-    parser.add_argument("--grid", metavar="PNG", help="also write the face of each audio file "
-                        "beside the fused one, titled, to this PNG")
-    parser.add_argument("--size", type=_int_in(1, 4096), help="resize the face to SIZE pixels")
-    parser.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0,
+    extensions = ", ".join(image_formats())
+    parser.add_argument("--out", default="face.png", help="image to write, in the format its "
+                        f"extension names ({extensions}; default face.png)")
+    parser.add_argument("--grid", metavar="IMAGE", help="also write the face of each audio file "
+                        f"beside the fused one, titled, to this image ({extensions})")
+    parser.add_argument("--size", type=int_in(1, 4096), help="resize the face to SIZE pixels")
+    parser.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0,
                         help="noise of conditional methods")
     parser.add_argument("--proposal", metavar="IMAGE",
                         help="the face to morph toward the voice, for methods that take one "
@@ -211,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(methods with a `decoder` part: regression)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    _check_png_path("--out", out)
+    out_format = check_image_path("--out", out)
     grid_path = Path(args.grid) if args.grid else None
     if grid_path is not None:
-        _check_png_path("--grid", grid_path)
+        grid_format = check_image_path("--grid", grid_path)
         if grid_path.resolve() == out.resolve():
             raise UserError(f"--grid {grid_path} is also --out; give the grid a file of its own")
 
@@ -222,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from datamodules import DataFormatError
     from datamodules.features import tensor_to_face
-    from voice2face.grid import save_png, titled_row
+    from voice2face.grid import titled_row
     from voice2face.methods import generating_methods, load_method
     method = load_method(args.ckpt, expect=generating_methods())
     if args.decoder:
@@ -237,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             root = method.data_info["root"]
             try:
-                proposal, where = default_proposal(root, args.seed)
+                proposal, where = default_proposal(root, args.seed,
+                                                   method.data_info.get("fingerprint"))
             except DataFormatError as e:
                 raise ImageError(f"no --proposal given and no training gallery to take "
                                  f"one from ({e}); give a face with --proposal") from e
@@ -253,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return image.resize((args.size, args.size), Image.BICUBIC) if args.size else image
 
     image = image_of(fused)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out, format="PNG")
+    save_image(image, out, out_format)
     speech = " + ".join(f"{len(w) / SAMPLE_RATE:.1f}" for w in waves)
     source = (args.audio[0] if len(waves) == 1
               else f"{len(waves)} files of one speaker, their voice codes fused")
@@ -266,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         titles = [f"fused ({len(waves)} files)", *(Path(a).name for a in args.audio)]
         if proposal is not None:
             columns, titles = [proposal, *columns], ["proposal", *titles]
-        save_png(titled_row([image_of(c) for c in columns], titles), grid_path)
+        save_image(titled_row([image_of(c) for c in columns], titles), grid_path, grid_format)
         print(f"voice2face: wrote {grid_path}: the fused face, then the face of each file")
     return 0
 

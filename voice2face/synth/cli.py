@@ -13,7 +13,8 @@ shards (``voice2face.synth.layout``), to try ``voice2face prepare`` end to end.
 
 A folder that holds another world (or anything else) is replaced only with ``--overwrite``,
 which also removes what was derived from the old world (``pretrained/``: nets trained on
-it). Writing the same world again needs no flag.
+it). Writing the same world again needs no flag, and resumes: an interrupted run's finished
+shards (each recorded in ``OUT/.synth/``) are kept, and only the others are written.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .world import PRESETS, WorldConfig, preset
 
 # what is made from a world after synth wrote it, and means nothing for another world
 DERIVED = ("pretrained",)
-WRITTEN = ("manifest.json", "shards")
+WRITTEN = ("manifest.json", "shards", ".synth")  # .synth: the finished shards' records
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -87,7 +88,7 @@ def check_out(out: Path, config: WorldConfig, overwrite: bool) -> None:
     else:
         # an interrupted run leaves shards (and what was derived from the world it
         # rewrote, which only the same world can be without --overwrite)
-        others = sorted(p.name for p in out.iterdir() if p.name not in ("shards", *DERIVED))
+        others = sorted(p.name for p in out.iterdir() if p.name not in (*WRITTEN, *DERIVED))
         if not others:
             return
         what = f"files that are not a world ({', '.join(others[:4])})"
@@ -105,8 +106,9 @@ def check_out(out: Path, config: WorldConfig, overwrite: bool) -> None:
 
 
 def _interrupted() -> str:
-    return ("interrupted; no world was written (the folder has no manifest.json, so nothing "
-            "reads it as one): run the same command again to write it")
+    return ("interrupted; no world was written yet (the folder has no manifest.json, so "
+            "nothing reads it as one); the finished shards are kept: run the same command "
+            "again to go on from them")
 
 
 @reports_errors("voice2face synth", interrupted=_interrupted)
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     from .generate import generate_world    # imports the shard writer (and its deps)
 
     started = time.perf_counter()
-    manifest = generate_world(args.out, config, workers=args.workers, progress=not args.quiet)
+    manifest = generate_world(args.out, config, workers=args.workers, progress=not args.quiet,
+                              log=print)
     seconds = time.perf_counter() - started
     counts = ", ".join(f"{s} {v['samples']} ({len(v['shards'])} shards)"
                        for s, v in manifest["splits"].items())
