@@ -6,6 +6,12 @@ runs out of batches before the others hangs them in the next collective. So ever
 yields the same number of batches, ``ceil(largest slot / batch_size)``: a slot with fewer
 samples starts another shuffled pass over its own shards to fill its last batches. Ranks
 never share a shard, so their samples are disjoint, and each slot sees all of its own.
+A slot needs a shard of its own: with fewer shards than ranks x workers, each rank runs
+with fewer workers (and says so once); fewer shards than ranks is an error.
+
+Every slot draws its shard order, shuffle, crops and flips from its own generator, seeded by
+(seed, rank, worker, epoch): ranks and epochs differ, and a rerun repeats them. Workers are
+persistent, so the epoch reaches them through a shared-memory counter (``TrainLoader``).
 
 Evaluation reads the same shards through an index of tar member offsets (map-style), so
 validation and test give the same samples in the same order whatever the number of workers;
@@ -15,6 +21,7 @@ under DDP each rank takes every ``world``-th sample, without the padding duplica
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -26,11 +33,12 @@ from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
+import soundfile as sf
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from datamodules.features import AudioFeatures, face_to_tensor, random_crop
+from datamodules.features import AudioFeatures, crop_start, face_to_tensor, random_crop
 from datamodules.shards import (DataFormatError, decode_audio, decode_image, read_manifest,
                                 shard_paths)
 
@@ -38,6 +46,7 @@ log = logging.getLogger(__name__)
 # TrainStream.__len__ is exact for any number of workers (each worker yields a fixed count).
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 GENDERS = {"f": 0, "m": 1}
+FEATURES = ("worker", "device")  # where log-mel and STFT are computed (docs/data.md)
 
 
 # --- decoding one sample -------------------------------------------------------------------
@@ -46,10 +55,11 @@ class SampleDecoder:
     """Raw shard members -> tensors. Errors name the shard and the key."""
 
     def __init__(self, manifest: dict, features: AudioFeatures | None, crop_samples: int | None,
-                 flip: bool, label_of: dict[int, int]):
-        # features=None: faces only, the audio member is not decoded
+                 flip: bool, label_of: dict[int, int], wave: bool = False):
+        # features=None: faces only, the audio member is not decoded; wave: the (cropped)
+        # waveform is the sample's audio, for features computed on the accelerator
         self.features, self.crop_samples, self.flip = features, crop_samples, flip
-        self.label_of = label_of
+        self.label_of, self.wave = label_of, wave
         self.sample_rate = manifest["sample_rate"]
 
     def __call__(self, raw: dict[str, Any], rng: np.random.Generator | None) -> dict[str, Any]:
@@ -86,17 +96,17 @@ class SampleDecoder:
         return meta
 
     def _audio(self, data, where, rng):
+        crop = self.crop_samples if rng is not None else None
         try:
-            wave, sr = decode_audio(data)
+            wave, sr = decode_crop(data, crop, rng) if crop else decode_audio(data)
         except Exception as e:  # soundfile raises several types for corrupt data
             raise DataFormatError(f"{where}: cannot decode member 'flac' ({e})") from e
         if sr != self.sample_rate:
             raise DataFormatError(f"{where}: audio at {sr} Hz, manifest says {self.sample_rate}")
         if wave.size == 0:
             raise DataFormatError(f"{where}: empty audio")
-        if rng is not None and self.crop_samples:
-            wave = random_crop(wave, self.crop_samples, rng)
-        return self.features(torch.from_numpy(np.ascontiguousarray(wave)))
+        wave = torch.from_numpy(np.ascontiguousarray(wave))
+        return {"wave": wave} if self.wave else self.features(wave)
 
     @staticmethod
     def _image(data, where):
@@ -104,6 +114,17 @@ class SampleDecoder:
             return face_to_tensor(decode_image(data))
         except Exception as e:
             raise DataFormatError(f"{where}: cannot decode image ({e})") from e
+
+
+def decode_crop(data: bytes, length: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """``random_crop(decode_audio(data), length, rng)``, decoding only the crop's window (the
+    same draw, the same samples): a 2 s crop of an 8 s utterance costs 0.4x a whole decode."""
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        if f.frames <= length:  # tiled: the whole clip
+            wave = f.read(dtype="float32", always_2d=True).mean(axis=1)
+            return random_crop(wave, length, rng), f.samplerate
+        f.seek(crop_start(f.frames, length, rng))
+        return f.read(length, dtype="float32", always_2d=True).mean(axis=1), f.samplerate
 
 
 def _decode_or_skip(decode, raw, rng, skip: bool, skipped: Counter):
@@ -131,6 +152,10 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         for name in ("mel", "spec"):
             if name in samples[0]:
                 batch[name] = _pad_stack([s[name] for s in samples], max(lengths))
+    if "wave" in samples[0]:  # features="device": fixed-length crops in training
+        lengths = [s["wave"].shape[-1] for s in samples]
+        batch["wave_lengths"] = torch.tensor(lengths, dtype=torch.long)
+        batch["wave"] = _pad_stack([s["wave"] for s in samples], max(lengths))
     return batch
 
 
@@ -148,20 +173,31 @@ class TrainStream(IterableDataset):
 
     def __init__(self, shards: list[dict], urls: list[str], decode: SampleDecoder,
                  batch_size: int, rank: int, world_size: int, num_workers: int,
-                 shuffle_buffer: int, skip_corrupt: bool):
+                 shuffle_buffer: int, skip_corrupt: bool, seed: int = 0):
         self.urls, self.sizes = urls, [s["samples"] for s in shards]
         self.size_of = dict(zip(urls, self.sizes))
         self.decode, self.batch_size = decode, batch_size
         self.rank, self.world_size = rank, world_size
         self.num_workers = max(1, num_workers)
         self.shuffle_buffer, self.skip_corrupt = shuffle_buffer, skip_corrupt
+        self.seed = seed
+        # shared memory: persistent workers keep their copy of this object between epochs
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
         n_slots = self.world_size * self.num_workers
-        if len(urls) < n_slots:
+        if len(urls) < n_slots:  # VoiceFaceDataModule.train_workers fits the workers first
             raise DataFormatError(
                 f"{len(urls)} training shards cannot feed {self.world_size} rank(s) x "
                 f"{self.num_workers} worker(s): use fewer data.num_workers or write more shards")
         slot_sizes = [sum(self.sizes[j::n_slots]) for j in range(n_slots)]
         self.batches_per_slot = math.ceil(max(slot_sizes) / batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
+    def generator(self, worker: int) -> np.random.Generator:
+        """The random stream of one slot in the current epoch."""
+        return np.random.default_rng(
+            [self.seed % 2**63, self.rank, worker, int(self._epoch)])
 
     def __len__(self) -> int:  # batches per rank and epoch
         return self.batches_per_slot * self.num_workers
@@ -173,9 +209,7 @@ class TrainStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        # The DataLoader draws a fresh base seed per epoch from the seeded global generator.
-        seed = info.seed if info is not None else int(torch.randint(0, 2**62, ()).item())
-        rng = np.random.default_rng(seed)
+        rng = self.generator(worker)
         urls, skipped = self.slot_urls(worker), Counter()
         needed, batch = self.batches_per_slot * self.batch_size, []
         for raw in self._passes(urls, rng, skipped):
@@ -236,6 +270,25 @@ class TrainStream(IterableDataset):
                                             "train on its readable samples")
         skipped[url] += max(0, expected - n)
         log.warning("%s: using those (data.skip_corrupt)", message)
+
+
+class TrainLoader(DataLoader):
+    """The training DataLoader: tells its ``TrainStream`` the epoch before each pass.
+
+    ``epoch()`` gives it (the trainer's ``current_epoch``, so a resumed run draws what the
+    interrupted one drew); without one, passes are counted from 0.
+    """
+
+    def __init__(self, dataset: TrainStream, epoch: Callable[[], int | None] | None = None,
+                 **kwargs):
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self.epoch, self.passes = epoch, 0
+
+    def __iter__(self):
+        epoch = self.epoch() if self.epoch is not None else None
+        self.dataset.set_epoch(self.passes if epoch is None else epoch)
+        self.passes += 1
+        return super().__iter__()
 
 
 class _PyRandom:
@@ -376,19 +429,34 @@ class VoiceFaceDataModule(L.LightningDataModule):
             then hold faces and labels only.
         train_audio: decode the utterances of training batches (with ``audio``); false for
             a method that reads cached voice embeddings there (evaluation still decodes).
+        features: where training batches' log-mel (and STFT) are computed: ``"worker"``, on
+            the loader workers; ``"device"``, on the accelerator: training batches carry
+            ``wave`` ``[B, L]`` crops and ``wave_lengths`` instead, which
+            ``datamodules.features.device_features`` turns into ``mel``/``mel_lengths``/``spec``
+            in the LightningModule's ``on_after_batch_transfer``. Evaluation batches always
+            carry worker features.
+        seed: with the rank, the loader worker and the epoch, seeds the training stream's
+            shuffling, crops and flips.
+        persistent_workers: keep the training loader's workers between epochs.
     """
 
     def __init__(self, root: str | Path, batch_size: int = 64, eval_batch_size: int | None = None,
                  num_workers: int = 0, crop_seconds: float = 2.0, spectrogram: bool = False,
                  skip_corrupt: bool = False, shuffle_buffer: int = 500, val_gallery: bool = False,
-                 flip: bool = True, audio: bool = True, train_audio: bool = True):
+                 flip: bool = True, audio: bool = True, train_audio: bool = True,
+                 features: str = "worker", seed: int = 0, persistent_workers: bool = True):
         super().__init__()
+        if features not in FEATURES:
+            raise ValueError(f"features={features!r}: expected one of {FEATURES}")
         self.root = Path(root)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.crop_seconds = num_workers, crop_seconds
         self.spectrogram, self.skip_corrupt = spectrogram, skip_corrupt
         self.shuffle_buffer, self.val_gallery, self.flip = shuffle_buffer, val_gallery, flip
         self.audio, self.train_audio = audio, train_audio
+        self.features_on, self.seed = features, seed
+        self.persistent_workers = persistent_workers
+        self._told: set[tuple[int, int]] = set()  # (world, workers) already reported
         self.manifest = read_manifest(self.root)
         self.identities = self.manifest["identities"]
         self.train_identities = [i["index"] for i in self.identities if i["split"] == "train"]
@@ -413,7 +481,34 @@ class VoiceFaceDataModule(L.LightningDataModule):
         crop = int(self.crop_seconds * self.manifest["sample_rate"]) if train else None
         audio = self.audio and (self.train_audio or not train)
         return SampleDecoder(self.manifest, self.features if audio else None, crop,
-                             self.flip and train, self.label_of)
+                             self.flip and train, self.label_of,
+                             wave=train and self.features_on == "device")
+
+    def train_workers(self, world_size: int = 1, rank: int = 0) -> int:
+        """The loader workers each rank trains with: ``num_workers``, or fewer where the
+        training shards cannot give every (rank, worker) slot one of its own; then it says so,
+        once, on rank 0. Fewer shards than ranks is a ``DataFormatError``."""
+        n = len(self._split("splits", "train")[0])
+        slots = world_size * max(1, self.num_workers)
+        if n >= slots:
+            return self.num_workers
+        what = (f"{self.root / 'manifest.json'}: {n} training shards for {world_size} rank(s) x "
+                f"{self.num_workers} worker(s) = {slots} loader slots")
+        if n < world_size:
+            raise DataFormatError(f"{what}; every rank needs a shard of its own: write more "
+                                  f"shards (voice2face prepare --shard-size) or use fewer ranks")
+        workers = n // world_size
+        if rank == 0 and (world_size, self.num_workers) not in self._told:
+            self._told.add((world_size, self.num_workers))
+            warnings.warn(f"{what}; training with {workers} worker(s) per rank (set "
+                          f"data.num_workers={workers}, or write more shards: voice2face "
+                          f"prepare --shard-size)", stacklevel=2)
+        return workers
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # before training starts, not when its first batch is asked for
+            rank, world = self._rank_world()
+            self.train_workers(world, rank)
 
     def _split(self, section: str, split: str) -> tuple[list[dict], list[str]]:
         entry = self.manifest[section].get(split)
@@ -426,13 +521,19 @@ class VoiceFaceDataModule(L.LightningDataModule):
     def train_dataset(self, rank: int = 0, world_size: int = 1) -> TrainStream:
         shards, urls = self._split("splits", "train")
         return TrainStream(shards, urls, self._decoder(train=True), self.batch_size, rank,
-                           world_size, self.num_workers, self.shuffle_buffer, self.skip_corrupt)
+                           world_size, self.train_workers(world_size, rank),
+                           self.shuffle_buffer, self.skip_corrupt, self.seed)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> TrainLoader:
         rank, world = self._rank_world()
-        return DataLoader(self.train_dataset(rank, world), batch_size=None,
-                          num_workers=self.num_workers,
-                          persistent_workers=False, pin_memory=torch.cuda.is_available())
+        workers = self.train_workers(world, rank)
+        return TrainLoader(self.train_dataset(rank, world), epoch=self._current_epoch,
+                           num_workers=workers,
+                           persistent_workers=self.persistent_workers and workers > 0,
+                           pin_memory=torch.cuda.is_available())
+
+    def _current_epoch(self) -> int | None:
+        return self.trainer.current_epoch if self.trainer is not None else None
 
     def eval_dataset(self, split: str, gallery: bool = False) -> Dataset:
         shards, urls = self._split("gallery" if gallery else "splits", split)

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from datamodules import DataFormatError, VoiceFaceDataModule, read_manifest
-from datamodules.features import HOP_LENGTH, N_FFT, AudioFeatures, face_to_tensor, tensor_to_face
+from datamodules.features import (HOP_LENGTH, N_FFT, AudioFeatures, crop_start, device_features,
+                                  face_to_tensor, random_crop, tensor_to_face)
+from datamodules.voiceface import decode_crop
 from datamodules.shards import (ShardWriter, decode_audio, decode_image, encode_flac, encode_png,
                                 iter_tar, make_sample)
 from fake_data import write_fake_dataset
@@ -159,10 +161,137 @@ def test_train_slots_disjoint_covering_and_equal(fake_root, world, workers):
         assert not seen[0] & seen[1]
 
 
-def test_too_many_slots_is_a_clear_error(fake_root):
+def test_too_few_shards_for_the_slots(fake_root):
+    # 5 training shards: 2 ranks x 4 workers run with 2 workers each, and say so in one
+    # line naming the manifest, the shards and the slots, once and before training
     dm = VoiceFaceDataModule(fake_root, batch_size=2, num_workers=4)
-    with pytest.raises(DataFormatError, match="training shards cannot feed 2 rank"):
-        dm.train_dataset(0, 2)
+    with pytest.warns(UserWarning) as told:
+        dm.setup("fit")  # no trainer: one rank
+        assert dm.train_workers(2) == 2
+    messages = [str(w.message) for w in told]
+    assert messages == [
+        f"{fake_root / 'manifest.json'}: 5 training shards for 2 rank(s) x 4 worker(s) = 8 "
+        f"loader slots; training with 2 worker(s) per rank (set data.num_workers=2, or write "
+        f"more shards: voice2face prepare --shard-size)"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        assert dm.train_dataset(0, 2).num_workers == 2 and dm.train_workers(1) == 4
+        assert dm.train_workers(2, rank=1) == 2
+    # fewer shards than ranks: no worker count helps
+    with pytest.raises(DataFormatError, match=r"manifest.json: 5 training shards for 6 rank\(s\)"
+                                              r" x 4 worker\(s\) = 24 loader slots; every rank"):
+        dm.train_workers(6)
+
+
+def test_train_loader_is_persistent_and_seeded(fake_root):
+    dm = VoiceFaceDataModule(fake_root, batch_size=3, num_workers=1, crop_seconds=0.2)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers and loader.num_workers == 1
+    assert not VoiceFaceDataModule(fake_root, num_workers=0).train_dataloader().persistent_workers
+    assert not VoiceFaceDataModule(fake_root, num_workers=1,
+                                   persistent_workers=False).train_dataloader().persistent_workers
+    # every pass of a persistent worker is a new epoch, and the same seed repeats them
+    epochs = [[(b["key"], b["mel"]) for b in loader] for _ in range(2)]
+    again = VoiceFaceDataModule(fake_root, batch_size=3, num_workers=1, crop_seconds=0.2)
+    loader = again.train_dataloader()
+    repeated = [[(b["key"], b["mel"]) for b in loader] for _ in range(2)]
+    for epoch, rerun in zip(epochs, repeated):
+        assert [k for k, _ in epoch] == [k for k, _ in rerun]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(epoch, rerun))
+    assert [k for k, _ in epochs[0]] != [k for k, _ in epochs[1]]
+
+
+def test_slot_streams_differ_by_seed_rank_worker_and_epoch(fake_root):
+    def draws(seed=0, rank=0, worker=0, epoch=0):
+        ds = VoiceFaceDataModule(fake_root, num_workers=2, seed=seed).train_dataset(rank, 2)
+        ds.set_epoch(epoch)
+        return ds.generator(worker).integers(0, 2**32, 4).tolist()
+
+    assert draws() == draws()
+    assert len({str(draws()), str(draws(seed=1)), str(draws(rank=1)), str(draws(worker=1)),
+                str(draws(epoch=1))}) == 5
+
+
+def test_ranks_draw_different_crops_reproducibly(fake_root, monkeypatch):
+    """Every rank used to seed its workers alike (the DataLoader's base seed): N GPUs drew
+    the same crop offsets and flips. The crops drawn, by rank and seed:"""
+    import datamodules.voiceface as V
+    starts: list[int] = []
+
+    def recording(n, length, rng):
+        starts.append(crop_start(n, length, rng))
+        return starts[-1]
+
+    monkeypatch.setattr(V, "crop_start", recording)
+
+    def crops(rank, seed=0):
+        starts.clear()
+        dm = VoiceFaceDataModule(fake_root, batch_size=3, crop_seconds=0.2, seed=seed)
+        batches = list(dm.train_dataset(rank, 2))
+        return list(starts), [k for b in batches for k in b["key"]], batches
+
+    s0, k0, b0 = crops(0)
+    s1, k1, _ = crops(1)
+    assert len(s0) == len(k0) > 0 and s0 != s1[:len(s0)]
+    assert not set(k0) & set(k1)  # and their samples are disjoint, as before
+    again, keys, b = crops(0)
+    assert (again, keys) == (s0, k0)
+    assert all(torch.equal(x["mel"], y["mel"]) and torch.equal(x["face"], y["face"])
+               for x, y in zip(b0, b))
+    assert crops(0, seed=1)[0] != s0
+
+
+# --- features on the accelerator -------------------------------------------------------------
+
+def test_crop_decodes_only_its_window():
+    rng = np.random.default_rng(3)
+    for seconds in (0.1, 0.5, 1.7):
+        wave = (0.3 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
+        data = encode_flac(wave)
+        whole = decode_audio(data)[0]
+        for seed in range(3):
+            crop, sr = decode_crop(data, 8000, np.random.default_rng(seed))
+            assert sr == 16000
+            assert np.array_equal(crop, random_crop(whole, 8000, np.random.default_rng(seed)))
+
+
+@pytest.mark.parametrize("spectrogram", [False, True])
+def test_device_features_equal_worker_features(fake_root, spectrogram):
+    kw = dict(batch_size=4, crop_seconds=0.3, spectrogram=spectrogram, seed=5)
+    worker = next(iter(VoiceFaceDataModule(fake_root, **kw).train_dataset()))
+    dm = VoiceFaceDataModule(fake_root, features="device", **kw)
+    shipped = next(iter(dm.train_dataset()))
+    assert "mel" not in shipped and "spec" not in shipped
+    assert shipped["wave"].shape == (4, 4800) and (shipped["wave_lengths"] == 4800).all()
+    assert shipped["key"] == worker["key"] and torch.equal(shipped["faces"], worker["faces"])
+    batch = device_features(shipped, spectrogram=spectrogram)
+    assert "wave" not in batch and torch.equal(batch["mel_lengths"], worker["mel_lengths"])
+    assert batch["mel"].shape == worker["mel"].shape
+    assert (batch["mel"] - worker["mel"]).abs().max() < 1e-4
+    if spectrogram:
+        assert (batch["spec"] - worker["spec"]).abs().max() < 1e-4
+    # evaluation batches carry worker features, which device_features leaves alone
+    evaluation = next(iter(dm.eval_dataloader("test")))
+    assert "mel" in evaluation and device_features(evaluation) is evaluation
+
+
+def test_device_features_of_padded_utterances():
+    """Whole utterances of different lengths (shorter than a window, too): the frames past
+    each one's end are zero, as the worker path pads them."""
+    rng = np.random.default_rng(0)
+    waves = [torch.from_numpy((0.3 * rng.standard_normal(n)).astype(np.float32))
+             for n in (5000, 300, 2345)]
+    per_sample = [AudioFeatures()(w)["mel"] for w in waves]
+    lengths = torch.tensor([m.shape[-1] for m in per_sample])
+    batch = {"wave": torch.zeros(3, 5000), "wave_lengths": torch.tensor([5000, 300, 2345])}
+    for i, w in enumerate(waves):
+        batch["wave"][i, :len(w)] = w
+    out = device_features(batch)
+    assert torch.equal(out["mel_lengths"], lengths)
+    for i, mel in enumerate(per_sample):
+        n = mel.shape[-1]
+        assert (out["mel"][i, :, :n] - mel).abs().max() < 1e-4
+        assert (out["mel"][i, :, n:] == 0).all()
 
 
 # --- corrupt members -----------------------------------------------------------------------
@@ -252,3 +381,50 @@ def test_truncated_evaluation_shard(fake_root, tmp_path, caplog):
     assert set(whole) <= set(keys) and str(shard) in caplog.text
     others = len(all_keys(fake_root, "test")) - 5  # the first shard holds 5 samples
     assert len(keys) == len(whole) + others
+
+
+def test_shards_for_8_gpus_x_8_workers(tmp_path):
+    """`voice2face prepare` cuts a training split into a shard per (rank, worker) slot of
+    8 x 8 (VoxCeleb1's ~110,000 utterances: 110 shards of 1,000), and such a data set feeds
+    them all without reducing the workers."""
+    from voice2face.prepare.plan import shard_sizes
+    assert len(shard_sizes(110_000, 1000)) >= 64 and len(shard_sizes(1_000_000, 1000)) == 1000
+    assert len(shard_sizes(512, 1000)) == 64 and sum(shard_sizes(600, 1000)) == 600
+    from fake_data import fake_identities
+    write_fake_dataset(tmp_path, utterances=4, per_shard=1, seconds=0.1,
+                       identities=fake_identities(n_train=16, n_val=2, n_test=4))
+    dm = VoiceFaceDataModule(tmp_path, batch_size=2, num_workers=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dm.train_workers(8) == 8 and len(dm.train_dataset(7, 8).slot_urls(7)) == 1
+
+
+# Lightning's note that the module's hook, not the DataModule's (it has none), is used
+@pytest.mark.filterwarnings("ignore:You have overridden `on_after_batch_transfer`")
+def test_device_features_in_a_lightning_module(fake_root):
+    """What a method does with features="device": the Trainer's batches reach the
+    LightningModule's on_after_batch_transfer as waveforms and its training_step as log-mel."""
+    import lightning as L
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w, self.shapes = torch.nn.Parameter(torch.zeros(())), []
+
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            return device_features(batch)
+
+        def training_step(self, batch, _):
+            self.shapes.append(tuple(batch["mel"].shape))
+            return (self.w - batch["mel"].mean()) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = VoiceFaceDataModule(fake_root, batch_size=3, num_workers=1, crop_seconds=0.2,
+                             features="device")
+    module = Module()
+    L.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False,
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              limit_val_batches=0).fit(module, datamodule=dm)
+    assert module.shapes == [(3, 64, AudioFeatures.num_frames(3200))] * 3

@@ -2,13 +2,18 @@
 an sbatch script from ``experiments/slurm/train.sbatch``, submitted or printed.
 
 The script runs ``srun .venv/bin/voice2face train <method>`` with one task per GPU (or, with
-``--gpus 0``, ``--tasks`` CPU processes per node), ``trainer.devices``/``trainer.num_nodes``
-matching the allocation, a fixed ``run.name`` and ``run.resume=auto``: a job that SLURM
-requeues (Lightning's auto-requeue on ``SIGUSR1``, sent 90 s before the time limit) runs the
-same command again and continues in the same run folder from its newest checkpoint.
+``--gpus 0``, ``--tasks`` CPU processes per node), ``--cpus-per-task`` cores for each
+(``data.num_workers`` one fewer, unless the overrides set it), ``trainer.devices``/
+``trainer.num_nodes`` matching the allocation, the config profile written out (``paper`` on
+GPUs, ``cpu`` without, unless the overrides name one: the node never resolves
+``profile=auto`` itself), a fixed ``run.name`` and ``run.resume=auto``: a job that SLURM
+requeues (``voice2face/requeue.py`` on ``SIGUSR1``, sent 90 s before the time limit, saves
+``checkpoints/last.ckpt`` and requeues it) runs the same command again and continues in the
+same run folder from that checkpoint.
 
-The overrides are checked against the method's config before anything is submitted, so
-that a typo fails here rather than after a wait in the queue.
+Before anything is submitted, the job's overrides are checked against the config of the
+profile it will run, and the pretrained nets that config loads must exist; a missing one is
+refused with the command that builds it, so that neither fails after a wait in the queue.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from voice2face.config import ConfigError, experiments_dir, load_config
 from voice2face.errors import report
 
@@ -30,6 +37,10 @@ MANAGED_KEYS = ("trainer.accelerator", "trainer.devices", "trainer.num_nodes", "
 # Lightning ignores SLURM in jobs named so (SLURMEnvironment.detect()).
 RESERVED_JOB_NAMES = ("bash", "interactive")
 _PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
+# Cores per task when --cpus-per-task is not given: a GPU rank's data workers decode and
+# transform the audio and faces (one core stays with the training process); a CPU rank
+# computes on its core and loads its data in-process.
+DEFAULT_CPUS_PER_TASK = {"gpu": 8, "cpu": 1}
 
 
 def template_path() -> Path:
@@ -51,19 +62,42 @@ def render(template: str, values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def train_overrides(nodes: int, gpus: int, tasks: int, name: str,
-                    overrides: list[str]) -> list[str]:
+def _key(override: str) -> str:
+    return override.lstrip("-").split("=", 1)[0]
+
+
+def _given(overrides: list[str], key: str) -> list[str]:
+    """The values ``overrides`` give ``key``, in order."""
+    return [o.split("=", 1)[1] for o in overrides if _key(o) == key]
+
+
+def job_profile(gpus: int, overrides: list[str]) -> str:
+    """The config profile the job runs: the overrides' (but ``auto``, which the node would
+    resolve by itself), else ``paper`` on GPUs and ``cpu`` without, as ``profile=auto``
+    would resolve it there."""
+    given = [p for p in _given(overrides, "profile") if p != "auto"]
+    return given[-1] if given else ("paper" if gpus else "cpu")
+
+
+def train_overrides(nodes: int, gpus: int, tasks: int, name: str, overrides: list[str], *,
+                    cpus_per_task: int | None = None) -> list[str]:
     """The ``key=value`` list of the ``voice2face train`` command the job runs."""
     clash = [o for o in overrides if o.split("=", 1)[0].lstrip("-") in MANAGED_KEYS]
     if clash:
         raise ConfigError(f"{' '.join(clash)}: set by the SLURM script from the allocation "
                           f"(NODES, GPUS, TASKS, RUN_NAME); leave {', '.join(MANAGED_KEYS)} out of ARGS")
+    profile = job_profile(gpus, overrides)
+    cpus = cpus_per_task or DEFAULT_CPUS_PER_TASK["gpu" if gpus else "cpu"]
     per_node = gpus or tasks
-    ours = [f"trainer.accelerator={'gpu' if gpus else 'cpu'}", f"trainer.devices={per_node}",
-            f"trainer.num_nodes={nodes}"]
+    ours = [f"profile={profile}"]
+    if not _given(overrides, "data.num_workers"):  # the task's cores but the trainer's
+        ours.append(f"data.num_workers={cpus - 1}")
+    ours += [f"trainer.accelerator={'gpu' if gpus else 'cpu'}", f"trainer.devices={per_node}",
+             f"trainer.num_nodes={nodes}"]
     if nodes * per_node > 1:
         ours.append("trainer.strategy=ddp")
-    return [*overrides, *ours, f"run.name={name}", "run.resume=auto"]
+    mine = [o for o in overrides if _key(o) != "profile"]  # ours is the one that counts
+    return [*mine, *ours, f"run.name={name}", "run.resume=auto"]
 
 
 def make_script(method: str, *, nodes: int, gpus: int, tasks: int, name: str, job_name: str,
@@ -72,18 +106,59 @@ def make_script(method: str, *, nodes: int, gpus: int, tasks: int, name: str, jo
     if nodes < 1 or gpus < 0 or (gpus == 0 and tasks < 1):
         raise ConfigError(f"nodes={nodes}, gpus={gpus}, tasks={tasks}: expected at least one node "
                           f"and GPUS >= 1, or GPUS=0 with TASKS >= 1 CPU processes per node")
+    if cpus_per_task is not None and cpus_per_task < 1:
+        raise ConfigError(f"cpus per task {cpus_per_task}: expected CPUS >= 1")
+    cpus_per_task = cpus_per_task or DEFAULT_CPUS_PER_TASK["gpu" if gpus else "cpu"]
     if job_name in RESERVED_JOB_NAMES:
         raise ConfigError(f"job name {job_name!r}: Lightning does not detect SLURM in jobs named "
                           f"{' or '.join(RESERVED_JOB_NAMES)}; choose another")
-    args = train_overrides(nodes, gpus, tasks, name, overrides)
+    args = train_overrides(nodes, gpus, tasks, name, overrides, cpus_per_task=cpus_per_task)
     values = {
         "JOB_NAME": job_name, "NODES": str(nodes), "TASKS_PER_NODE": str(gpus or tasks),
-        "GPUS_PER_NODE": str(gpus) if gpus else "", "CPUS_PER_TASK": str(cpus_per_task or ""),
+        "GPUS_PER_NODE": str(gpus) if gpus else "", "CPUS_PER_TASK": str(cpus_per_task),
         "TIME": time_limit, "ROOT": str(root), "LOG": log, "RUN_NAME": name,
         "SBATCH_EXTRA": "\n".join(f"#SBATCH {a}" for a in sbatch),
         "METHOD": shlex.quote(method), "OVERRIDES": " ".join(shlex.quote(a) for a in args),
     }
     return render(template_path().read_text(), values)
+
+
+def needs_judge(method: str, cfg: DictConfig) -> bool:
+    """Whether the job loads ``eval.judge``: a method that evaluation measures validates
+    and evaluates with it, and a method regressing onto a ``model.target`` is checked not to
+    have the judge as its target. Asked only when the judge is missing (the registry
+    imports torch)."""
+    from voice2face.methods import Evaluation, get_method
+
+    if get_method(method).evaluation is not Evaluation.PRETRAINING:
+        return True
+    return "target" in cfg.get("model", {})
+
+
+def _checkpoints(tree, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(tree, dict):
+        return [kv for k, v in tree.items() for kv in _checkpoints(v, f"{prefix}{k}.")]
+    return [(prefix[:-1], tree)] if isinstance(tree, str) and tree.endswith(".ckpt") else []
+
+
+def missing_nets(method: str, cfg: DictConfig) -> list[str]:
+    """One line per pretrained net the job would load and that does not exist: the file,
+    its config key, and the command that builds it (the Makefile's rule for a file in the
+    data's pretrained folder, with the job's profile), or what to do with a file elsewhere."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    # run.resume names the run's own checkpoint (train checks it); paths are folders
+    found = [(k, p) for k, p in _checkpoints(tree) if not k.startswith(("run.", "paths."))]
+    lines = []
+    for key, path in found:
+        if Path(path).is_file() or (key == "eval.judge" and not needs_judge(method, cfg)):
+            continue
+        data = str(cfg.data.root)
+        if Path(path).parent == Path(data, "pretrained"):
+            how = f"build it with `make {path} DATA={data} PROFILE={cfg.profile}`"
+        else:
+            how = f"not in {data}/pretrained: give {key} an existing checkpoint"
+        lines.append(f"  {path} ({key}): {how}")
+    return lines
 
 
 def default_run_name(method: str, data_root: str) -> str:
@@ -98,7 +173,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus", type=int, default=1, help="GPUs per node, one task each; 0: CPU")
     p.add_argument("--tasks", type=int, default=2, help="CPU processes per node when --gpus 0")
-    p.add_argument("--cpus-per-task", type=int, default=None)
+    p.add_argument("--cpus-per-task", type=int, default=None,
+                   help=f"cores per task, data.num_workers one fewer (default "
+                        f"{DEFAULT_CPUS_PER_TASK['gpu']} with GPUs, {DEFAULT_CPUS_PER_TASK['cpu']} without)")
     p.add_argument("--time", default="", help="sbatch --time (default: the partition's)")
     p.add_argument("--name", default="", help="run.name (default <method>-<data>-slurm-<time>)")
     p.add_argument("--job-name", default="", help="SLURM job name (default v2f-<method>)")
@@ -112,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def run() -> int:
-        # a typo fails now, not after a wait in the queue; `profile=auto` is resolved on the
-        # job's node, so the check here takes the cpu profile (no torch import, same keys)
-        given = any(o.lstrip("-").startswith("profile=") for o in args.overrides)
-        cfg = load_config(args.method, [*args.overrides, *([] if given else ["profile=cpu"])])
+        # a typo fails now, not after a wait in the queue, and under the profile the job
+        # runs, which it is told (a GPU node would resolve profile=auto to paper by itself)
+        profile = job_profile(args.gpus, args.overrides)
+        mine = [o for o in args.overrides if _key(o) != "profile"]
+        cfg = load_config(args.method, [*mine, f"profile={profile}"])
         name = args.name or default_run_name(args.method, cfg.data.root)
         root = Path.cwd().resolve()
         folder = Path(args.dir)
@@ -125,6 +203,14 @@ def main(argv: list[str] | None = None) -> int:
             log=str((root / folder / f"{name}-%j.out")), overrides=args.overrides,
             cpus_per_task=args.cpus_per_task, time_limit=args.time,
             sbatch=shlex.split(args.sbatch))
+        # the exact command line of the job, data.num_workers and the rest included
+        cfg = load_config(args.method, train_overrides(
+            args.nodes, args.gpus, args.tasks, name, args.overrides,
+            cpus_per_task=args.cpus_per_task))
+        missing = missing_nets(args.method, cfg)
+        if missing:
+            raise ConfigError(f"{args.method} with profile={profile} loads pretrained nets that "
+                              f"do not exist; nothing submitted:\n" + "\n".join(missing))
         if args.dry_run:
             print(script, end="")
             return 0

@@ -295,16 +295,20 @@ def face_choice(key: str, n: int, k: int, seed: int) -> list[int]:
     return [int(i) for i in rng.choice(n, size=k, replace=False)]
 
 
+MIN_SHARDS = 64  # 8 GPUs x 8 loader workers
+
+
 def shard_sizes(n: int, max_size: int) -> list[int]:
     """Balanced sizes of the shards ``n`` samples are cut into, none above ``max_size``.
 
-    A small split is still cut into up to 16 shards of at least 8 samples: the training
-    stream gives every (rank, loader worker) slot its own shards and refuses fewer shards
-    than slots.
+    A small split is still cut into up to ``MIN_SHARDS`` shards of at least 8 samples: the
+    training stream gives every (rank, loader worker) slot shards of its own, and runs with
+    fewer workers where there are fewer shards than slots. VoxCeleb1's training split (about
+    110,000 utterances) makes 110 shards at the default ``max_size`` of 1,000.
     """
     if n == 0:
         return []
-    k = max(1, min(16, n // 8), math.ceil(n / max_size))
+    k = max(1, min(MIN_SHARDS, n // 8), math.ceil(n / max_size))
     return [n // k + (i < n % k) for i in range(k)]
 
 

@@ -432,8 +432,8 @@ def parser() -> argparse.ArgumentParser:
                    help="utterances of each training identity held out as the 'known' split "
                         "(default: %(default)s)")
     g.add_argument("--shard-size", type=int, default=1000, metavar="N",
-                   help="most samples per shard; small splits still get up to 16 shards "
-                        "(default: %(default)s)")
+                   help="most samples per shard; small splits still get up to 64 shards, "
+                        "one per (GPU, loader worker) of 8 x 8 (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0,
                    help="seeds the known hold-out, the faces of each sample and the order of "
                         "the training shards (default: %(default)s)")
