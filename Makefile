@@ -13,10 +13,19 @@ PRETRAINED := $(DATA)/pretrained
 PYTEST_ARGS ?=
 PRETRAIN_ARGS ?=   # overrides for the pretraining runs, e.g. trainer.max_steps=50
 
-# The frozen voice embedder of the GAN and the CAE: DIMNet's voice branch in the `cpu`
-# profiles (it hears the world's shared attributes best: README, "The voice side"), the
-# speaker-recognition `voice` net in the `paper` profiles, which profile=auto picks on a GPU.
-VOICE_NET ?= $(if $(shell nvidia-smi -L 2>/dev/null),voice,dimnet)
+# The profile of every run make starts (cpu or paper), decided by voice2face/hardware.py, the
+# same function as profile=auto: asked once .venv exists (a fresh clone's first make builds it,
+# then goes on in a sub-make that can ask). Empty when a GPU is there that torch cannot use:
+# the command says why. PROFILE=cpu|paper decides by hand.
+ifeq ($(origin PROFILE),undefined)
+PROFILE := $(if $(wildcard $(STAMP)),$(shell $(BIN)/python -m voice2face.hardware))
+endif
+need_profile = $(if $(PROFILE),,$(error no profile for this machine (see the line above); set PROFILE=cpu or PROFILE=paper))
+
+# The frozen voice embedder of the GAN and the CAE, as their profiles name it: DIMNet's voice
+# branch in `cpu` (it hears the world's shared attributes best: README, "The voice side"), the
+# speaker-recognition `voice` net in `paper` (tests/test_config.py checks the two agree).
+VOICE_NET ?= $(if $(filter paper,$(PROFILE)),voice,dimnet)
 
 # Pretrained nets each method needs before it trains (built when missing).
 NEEDS_gan    := $(PRETRAINED)/$(VOICE_NET).ckpt $(PRETRAINED)/face.ckpt
@@ -29,7 +38,7 @@ NEEDS_face_decoder := $(PRETRAINED)/face.ckpt $(PRETRAINED)/face-target.ckpt
 NEEDS_regression   := $(NEEDS_face_decoder) $(PRETRAINED)/decoder.ckpt
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock data train test test-all bench clean slurm test-slurm sweep sweep-check
+.PHONY: help install lock data train train-now test test-all bench clean slurm test-slurm sweep sweep-now sweep-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -73,22 +82,29 @@ data: $(DATA)/manifest.json ## generate the default synthetic world (data/synth-
 
 # Pretrained nets: resumable runs with fixed names, exported to $(PRETRAINED).
 $(PRETRAINED)/%.ckpt: $(DATA)/manifest.json
-	$(BIN)/voice2face train $* data.root=$(DATA) run.name=pretrain-$*-$(notdir $(DATA)) \
+	$(need_profile)
+	$(BIN)/voice2face train $* data.root=$(DATA) profile=$(PROFILE) run.name=pretrain-$*-$(notdir $(DATA)) \
 		run.resume=auto run.evaluate=false $(PRETRAIN_ARGS) --export $@
 
 # The regression's target: trained like the judge but from another seed, so that it is not
 # the network that measures it (the methods refuse the judge's weights as a target).
 $(PRETRAINED)/face-target.ckpt: $(DATA)/manifest.json
-	$(BIN)/voice2face train face seed=1 data.root=$(DATA) \
+	$(need_profile)
+	$(BIN)/voice2face train face seed=1 data.root=$(DATA) profile=$(PROFILE) \
 		run.name=pretrain-face-target-$(notdir $(DATA)) run.resume=auto $(PRETRAIN_ARGS) --export $@
 
 # The face decoder on the target's features; after the judge, which it is checked against.
 $(PRETRAINED)/decoder.ckpt: $(PRETRAINED)/face-target.ckpt | $(PRETRAINED)/face.ckpt
-	$(BIN)/voice2face train face_decoder data.root=$(DATA) model.target=$< \
+	$(need_profile)
+	$(BIN)/voice2face train face_decoder data.root=$(DATA) profile=$(PROFILE) model.target=$< \
 		run.name=pretrain-decoder-$(notdir $(DATA)) run.resume=auto $(PRETRAIN_ARGS) --export $@
 
-train: $(STAMP) $(DATA)/manifest.json $(NEEDS_$(METHOD)) ## train METHOD (default gan) on DATA; ARGS='key=value ...'
-	$(BIN)/voice2face train $(METHOD) data.root=$(DATA) $(ARGS)
+train: $(STAMP) ## train METHOD (default gan) on DATA; ARGS='key=value ...', PROFILE=cpu|paper
+	@$(MAKE) --no-print-directory train-now
+
+train-now: $(DATA)/manifest.json $(NEEDS_$(METHOD))
+	$(need_profile)
+	$(BIN)/voice2face train $(METHOD) data.root=$(DATA) profile=$(PROFILE) $(ARGS)
 
 test: $(STAMP) ## fast tests (CPU, tiny worlds made in tmp dirs)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -101,21 +117,28 @@ bench: $(STAMP) ## print the benchmarks' numbers
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/cae.py --threads 1
 
-# SLURM: one task per GPU (GPUS=0: TASKS CPU processes per node), srun, requeue on SIGUSR1.
+# SLURM: one task per GPU (GPUS=0: TASKS CPU processes per node), srun, requeue on SIGUSR1;
+# CPUS cores per task (default 8 with GPUS, 1 without), data.num_workers one fewer. The job
+# runs profile=paper with GPUS, cpu without (ARGS may name one); its pretrained nets must exist.
 NODES ?= 1
 GPUS  ?= 1
 TASKS ?= 2
-SLURM_FLAGS = --nodes $(NODES) --gpus $(GPUS) --tasks $(TASKS) $(if $(RUN_NAME),--name '$(RUN_NAME)') \
-	$(if $(WALLTIME),--time '$(WALLTIME)') $(if $(SBATCH),--sbatch '$(SBATCH)') $(if $(DRY),--dry-run)
+CPUS  ?=
+SLURM_FLAGS = --nodes $(NODES) --gpus $(GPUS) --tasks $(TASKS) $(if $(CPUS),--cpus-per-task $(CPUS)) \
+	$(if $(RUN_NAME),--name '$(RUN_NAME)') $(if $(WALLTIME),--time '$(WALLTIME)') \
+	$(if $(SBATCH),--sbatch '$(SBATCH)') $(if $(DRY),--dry-run)
 
-slurm: $(STAMP) ## sbatch METHOD on NODES x GPUS (ARGS, RUN_NAME, WALLTIME, SBATCH='--partition=..'); DRY=1 prints it
+slurm: $(STAMP) ## sbatch METHOD on NODES x GPUS, CPUS per task (ARGS, RUN_NAME, WALLTIME, SBATCH='--partition=..'); DRY=1 prints it
 	$(BIN)/python -m voice2face.slurm $(METHOD) $(SLURM_FLAGS) -- data.root=$(DATA) $(ARGS)
 
 test-slurm: $(STAMP) ## a real one-node SLURM (apt, root): 2-task CPU DDP job, requeued and resumed
 	tests/slurm/run.sh
 
 # W&B: the W&B set-up is checked before the data and pretrained nets the trials need are made.
-sweep: $(STAMP) sweep-check $(DATA)/manifest.json $(NEEDS_$(METHOD)) ## W&B sweep of METHOD (experiments/sweeps/) and an agent; COUNT=N trials; needs a W&B login
+sweep: $(STAMP) sweep-check ## W&B sweep of METHOD (experiments/sweeps/) and an agent; COUNT=N trials; needs a W&B login
+	@$(MAKE) --no-print-directory sweep-now
+
+sweep-now: $(DATA)/manifest.json $(NEEDS_$(METHOD))
 	$(BIN)/python -m voice2face.sweep $(METHOD) --data $(DATA) $(if $(COUNT),--count $(COUNT)) \
 		$(if $(SWEEP_ID),--sweep-id $(SWEEP_ID))
 
@@ -130,7 +153,30 @@ clean: ## remove runs and generated data (keeps .venv)
 # ARGS go to every method's run, PRETRAIN_ARGS to the pretrained nets built first.
 RESULTS ?= docs/results.md
 RESULTS_STARTED := $(shell date +%s)
-.PHONY: results
-results: $(STAMP) $(DATA)/manifest.json $(PRETRAINED)/$(VOICE_NET).ckpt $(NEEDS_regression) ## train or reuse every method on DATA, evaluate alike, write docs/results.md; ARGS, PRETRAIN_ARGS
+.PHONY: results results-now
+results: $(STAMP) ## train or reuse every method on DATA, evaluate alike, write docs/results.md; ARGS, PRETRAIN_ARGS
+	@$(MAKE) --no-print-directory results-now RESULTS_STARTED=$(RESULTS_STARTED)
+
+results-now: $(DATA)/manifest.json $(PRETRAINED)/$(VOICE_NET).ckpt $(NEEDS_regression)
 	$(BIN)/voice2face results --data $(DATA) --out $(RESULTS) --started $(RESULTS_STARTED) \
 		--pretrain-args '$(PRETRAIN_ARGS)' $(ARGS)
+
+# Issue 23: one command that proves the GPU path, on a GPU node with its own Python 3.12, torch,
+# torchaudio, lightning and torchmetrics that reaches no package index (docs/gpu-check.md).
+# gpu-check-wheels runs on a connected machine: the packages of benchmarks/gpu-check-packages.txt
+# at the lock's versions, as CPython 3.12 manylinux wheels; gpu-check installs them from there
+# (pip --no-index) and needs neither .venv nor `make install`.
+GPU_WHEELS ?= .gpu-wheels
+OUT ?= gpu-check-logs
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check gpu-check-wheels
+gpu-check: ## on a GPU node: fast tests, every paper profile in bf16, DDP, benchmarks; logs in OUT (9 min)
+	$(PYTHON) benchmarks/gpu_check.py --out $(OUT) --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)
+
+gpu-check-wheels: ## download the wheels gpu-check installs offline into .gpu-wheels (FULL=1: wandb, av too)
+	rm -rf $(GPU_WHEELS)
+	pins=$$($(PYTHON) benchmarks/gpu_check.py --wheel-list $(if $(FULL),--full)) && \
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(GPU_WHEELS) $$pins
+	@echo "$$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(GPU_WHEELS) | cut -f1) in $(GPU_WHEELS)/"

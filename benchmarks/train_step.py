@@ -40,7 +40,17 @@ validation).
 ``--device cuda`` runs both sides on the first GPU (``torch.cuda.synchronize`` at the clock's
 ticks); ``--precision bf16-mixed`` is Lightning's autocast on the suite side and
 ``torch.autocast(dtype=torch.bfloat16)`` around the plain step; ``--channels-last`` puts the
-nets' 4-D weights and the batch's faces in channels-last memory format on both sides.
+nets' 4-D weights and the batch's faces in channels-last memory format on both sides (the
+method's ``model.channels_last``, which is otherwise false, also at the ``paper`` profile that
+turns it on: the precision and the layout are the command line's). So the paper profile in
+fp32 and in bf16 with channels-last:
+
+    python benchmarks/train_step.py --profiles paper --methods gan cae --device cuda
+    python benchmarks/train_step.py --profiles paper --methods gan cae --device cuda \
+        --precision bf16-mixed --channels-last
+
+The ``MiB`` columns are each side's peak of allocated GPU memory
+(``torch.cuda.max_memory_allocated`` over its warm-up and timed batches; ``-`` on a CPU).
 """
 
 from __future__ import annotations
@@ -77,8 +87,9 @@ from voice2face.losses import (covariate_loss, discriminator_loss, feature_l1_l2
                                image_l1_loss, info_nce_loss)
 from voice2face.methods import METHODS  # noqa: E402
 from voice2face.methods.base import data_info  # noqa: E402
-from voice2face.methods.cae import other_identity_pairing  # noqa: E402
-from voice2face.nets import perturb_embedding  # noqa: E402
+from voice2face.methods.cae import several_identities, training_pairing  # noqa: E402
+from voice2face.methods.generator import AdversarialModule, VoiceCache  # noqa: E402
+from voice2face.nets import faces_channels_last, perturb_embedding  # noqa: E402
 from voice2face.train import export, make_datamodule, train  # noqa: E402
 
 ORDER = ("gan", "cgan", "cae", "cae-concat", "regression", "dimnet", "voice", "face",
@@ -144,36 +155,38 @@ def method_config(method: str, data: Path, profile: str, pretrained: Path,
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if torch.is_tensor(v):
-            v = v.to(device)
-            if channels_last and v.dim() == 4 and v.is_floating_point():
-                v = v.contiguous(memory_format=torch.channels_last)
-        out[k] = v
-    return out
+    out = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return faces_channels_last(out) if channels_last else out
 
 
 def make_case(method: str, data: Path, profile: str, pretrained: Path,
               overrides: list[str] = (), device: str = "cpu",
               channels_last: bool = False) -> Case:
-    """The module (seeded by the config's seed) and one training batch as it trains on it."""
-    cfg = method_config(method, data, profile, pretrained, overrides)
+    """The module (seeded by the config's seed) and one training batch as it trains on it.
+
+    ``channels_last`` sets the method's ``model.channels_last`` (either way: the ``paper``
+    profiles turn it on) and puts the module's 4-D weights and the batch's faces in NHWC
+    memory here, for the plain loop's copy too."""
+    cfg = method_config(method, data, profile, pretrained,
+                        [*overrides, f"model.channels_last={str(channels_last).lower()}"])
     cls = METHODS[method]
     # every batch with audio, so that a cached-voice method's cache can be filled from it
     dm = make_datamodule(OmegaConf.create(cfg))
     batch = next(iter(dm.train_dataloader()))
     torch.manual_seed(cfg["seed"])
     module = cls(cfg, data_info(dm))
+    dev = torch.device(device)
     if cfg["model"].get("cache_voice"):
         # the embeddings of this batch's crops stand in for the whole-utterance cache that
         # on_fit_start makes (same lookup, without embedding the whole training split)
         with torch.no_grad():
             emb = module.voice(batch["mel"], batch["mel_lengths"])
-        module._voice_cache = dict(zip(batch["key"], emb))
+        module._voice_cache = VoiceCache(list(batch["key"]), emb.to(dev))
         for k in ("mel", "mel_lengths", "spec"):
             batch.pop(k, None)
-    dev = torch.device(device)
+    if isinstance(module, AdversarialModule):
+        # what Lightning's on_before_batch_transfer reads off the CPU batch in training
+        batch = module.training_batch_facts(batch)
     if channels_last:
         module.to(memory_format=torch.channels_last)
     return Case(method, profile, cfg, module, to_device(batch, dev, channels_last))
@@ -205,6 +218,22 @@ class Clock(Callback):
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def peak_memory(device: str, out: list):
+    """Appends the peak of allocated device memory in MiB within the block to ``out``
+    (``torch.cuda.max_memory_allocated``; on a CPU, None: the process's RSS counts the data,
+    the other side's nets and the allocator's cache)."""
+    if device != "cuda":
+        yield
+        out.append(None)
+        return
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    yield
+    torch.cuda.synchronize()
+    out.append(torch.cuda.max_memory_allocated() / 2 ** 20)
 
 
 def fit_suite(case: Case, batches: int, device: str = "cpu", precision: str = "32-true",
@@ -298,7 +327,7 @@ class PlainLoop:
         """The frozen embedder's output: from the cache (a fixed tensor) or of the crops."""
         m, b = self.m, self.batch
         if m._voice_cache is not None:
-            cached = torch.stack([m._voice_cache[k] for k in b["key"]]).to(self.device)
+            cached = m._voice_cache.embeddings(b["key"]).to(self.device)
             return lambda: cached
 
         def embed():
@@ -349,10 +378,14 @@ class PlainLoop:
         w = {k: float(v) for k, v in mc["weights"].items()}
         seed = int(self.cfg["seed"])
 
+        if not several_identities(b["identity"]):  # read once, as training reads it off the CPU
+            raise ValueError("cae: the benchmark's batch has one identity: no pairing")
+
         def step(i):
-            # the method's pairing RNG: a function of the seed and the optimizer step (2 per batch)
-            pairs = other_identity_pairing(b["identity"],
-                                           torch.Generator().manual_seed(seed * 1_000_003 + 2 * i))
+            # the method's pairing RNG, on the device: a function of the seed and the optimizer
+            # step (2 per batch), rank 0's
+            g = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + 2 * i)
+            pairs, _ = training_pairing(b["identity"], g, paired=True)
             emb = voices()
             face_b, emb_b, label_b = face[pairs], emb[pairs], labels[pairs]
             fake = G(face, emb_b)
@@ -499,6 +532,12 @@ def time_data(method: str, data: Path, profile: str, pretrained: Path, batches: 
 
 # --- the table ----------------------------------------------------------------------------
 
+def mib(peaks: list[float | None]) -> str:
+    """The largest peak in MiB, or "-" where none was measured (a CPU run)."""
+    known = [m for m in peaks if m is not None]
+    return f"{max(known):.0f}" if known else "-"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -546,22 +585,26 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.warmup} warm-up + {args.steps} timed batches, best of {args.repeats}; "
           f"load average before: {loadavg()}", flush=True)
     head = (f"{'method':<13} {'profile':<7} {'batch':>5} | {'suite':>8} {'plain':>8} "
-            f"{'suite/plain':>11}" + (f" | {'data':>7}" if args.data_batches else ""))
+            f"{'suite/plain':>11} | {'MiB suite':>9} {'MiB plain':>9}"
+            + (f" | {'data':>7}" if args.data_batches else ""))
     rows = []
     for profile in profiles:
         for method in args.methods:
             case = make_case(method, args.data, profile, pretrained, args.set, args.device,
                              args.channels_last)
-            suite, plain = [], []
+            suite, plain, mem_suite, mem_plain = [], [], [], []
             for _ in range(args.repeats):
-                plain.append(time_plain(case, args.warmup, args.steps, args.device,
-                                        args.precision))
+                with peak_memory(args.device, mem_plain):
+                    plain.append(time_plain(case, args.warmup, args.steps, args.device,
+                                            args.precision))
                 fresh = copy.deepcopy(case)  # the same initial weights each time
-                suite.append(time_suite(fresh, args.warmup, args.steps, args.device,
-                                        args.precision, not args.no_progress_bar))
+                with peak_memory(args.device, mem_suite):
+                    suite.append(time_suite(fresh, args.warmup, args.steps, args.device,
+                                            args.precision, not args.no_progress_bar))
+                del fresh
             s, pl = max(suite), max(plain)
             row = (f"{method:<13} {profile:<7} {case.batch_size:>5} | {s:8.1f} {pl:8.1f} "
-                   f"{s / pl:11.2f}")
+                   f"{s / pl:11.2f} | {mib(mem_suite):>9} {mib(mem_plain):>9}")
             if args.data_batches:
                 row += f" | {time_data(method, args.data, profile, pretrained, args.data_batches):7.1f}"
             if args.repeats > 1:
@@ -570,8 +613,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(f"  done: {row}", file=sys.stderr, flush=True)
     print("training samples/s (suite: Lightning training_step; plain: the same update in "
-          "plain PyTorch)" + ("; data: the DataModule's training stream" if args.data_batches
-                              else ""))
+          "plain PyTorch); MiB: peak allocated GPU memory of each side's run ('-': on a CPU)"
+          + ("; data: the DataModule's training stream" if args.data_batches else ""))
     print(head)
     print("\n".join(rows))
     print(f"load average after: {loadavg()}")

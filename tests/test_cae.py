@@ -396,3 +396,36 @@ def test_grid_pairs_each_face_with_its_proposal_and_adds_a_sweep_row():
     x0 = g.image().width - 6 * (size + pad)
     row = np.asarray(g.image())[14 + size // 2]
     assert row[x0 + size // 2].mean() < row[x0 + size + pad + size // 2].mean()
+
+
+def test_pairing_needs_no_read_back_of_the_identities():
+    """Training's pairing is tensor operations only (on the meta device, with no values to
+    read back, it runs), so a step on a GPU never waits for it."""
+    ids = torch.tensor([0, 1, 1, 2, 0, 3, 3, 3]).to("meta")
+    for paired in (True, False):
+        partner, flag = training_pairing(ids, None, paired=paired)
+        assert partner.device.type == "meta" and partner.shape == ids.shape and flag is paired
+
+
+def test_each_rank_draws_its_own_pairings_and_rank_zero_those_of_one_process(
+        world, pretrained, tmp_path):
+    """The pairing's seed includes the global rank: two DDP ranks pair the same batch
+    differently at the same step, and each rank's pairing is reproducible."""
+    from types import SimpleNamespace
+    cae = make_cae(world, tmp_path)
+    ids = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3])
+
+    def pairing(rank: int, step: int = 4) -> torch.Tensor:
+        cae._trainer = SimpleNamespace(global_rank=rank, global_step=step)
+        try:
+            return training_pairing(ids, cae.pairing_generator())[0]
+        finally:
+            cae._trainer = None
+
+    assert torch.equal(pairing(1), pairing(1)) and torch.equal(pairing(0), pairing(0))
+    assert not torch.equal(pairing(0), pairing(1))
+    assert len({tuple(pairing(r).tolist()) for r in range(4)}) == 4
+    assert not torch.equal(pairing(1, step=4), pairing(1, step=6))
+    # rank 0 (and a single process) keeps the seed formula a resumed run relies on
+    single = training_pairing(ids, torch.Generator().manual_seed(0 * 1_000_003 + 4))[0]
+    assert torch.equal(pairing(0), single)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,18 @@ from voice2face.train import main as train_main
 METHOD_FILES = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem != "base")
 
 
+def on(monkeypatch, **hardware):
+    """Make ``profile=auto`` see this hardware (a CPU machine unless told otherwise)."""
+    from voice2face import hardware as hw
+    fake = hw.Hardware(**{"cuda": False, "driver": None, "torch": "2.11.0",
+                          "torch_cuda": "13.0", **hardware})
+    monkeypatch.setattr(hw, "detect", lambda: fake)
+    return fake
+
+
 @pytest.fixture
-def experiments(tmp_path) -> Path:
+def experiments(tmp_path, monkeypatch) -> Path:
+    on(monkeypatch)  # the tests below read profile=auto as a CPU machine does
     (tmp_path / "base.yaml").write_text(
         "method: ???\nprofile: auto\nseed: 0\ndata: {root: d, batch_size: 8}\n")
     (tmp_path / "toy.yaml").write_text(
@@ -117,3 +129,78 @@ def test_cgan_is_gan_with_the_switch_and_eval_keys_are_shared():
     for method in METHOD_FILES:  # one eval block, in base.yaml
         assert "eval" not in OmegaConf.load(EXPERIMENTS / f"{method}.yaml"), method
         assert set(load_config(method, ["profile=cpu"]).eval) == set(base.eval)
+
+
+def test_auto_is_the_hardwares_profile_and_a_gpu_torch_cannot_use_is_refused(experiments,
+                                                                            monkeypatch):
+    on(monkeypatch, cuda=True, driver="580.65")
+    assert load_config("toy", [], root=experiments).profile == "paper"
+    on(monkeypatch, cuda=False, driver=None)
+    assert load_config("toy", [], root=experiments).profile == "cpu"
+    # a GPU node whose driver is older than torch's CUDA build: said in one line, not run on
+    # the CPU; profile=cpu does that on purpose
+    on(monkeypatch, cuda=False, driver="535.104.05", torch="2.11.0", torch_cuda="13.0")
+    with pytest.raises(ConfigError) as e:
+        load_config("toy", [], root=experiments)
+    line = str(e.value)
+    assert "\n" not in line and "driver 535.104.05" in line and "CUDA 13.0" in line
+    assert "pip install torch==2.11.0 torchaudio==2.11.0 --index-url" in line
+    assert "profile=cpu" in line
+    assert load_config("toy", ["profile=cpu"], root=experiments).profile == "cpu"
+
+
+def test_the_hardware_command_prints_the_profile_or_refuses(monkeypatch, capsys):
+    from voice2face import hardware
+    on(monkeypatch, cuda=True, driver="580.65")
+    assert hardware.main() == 0 and capsys.readouterr().out == "paper\n"
+    on(monkeypatch, cuda=False, driver="550.1", torch="2.11.0+cu130")
+    assert hardware.main() == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "driver 550.1" in err and "torch==2.11.0 " in err
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("method", ["gan", "cae", "cgan"])
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+def test_make_builds_the_voice_net_the_profile_loads_and_passes_the_profile(method, profile,
+                                                                           tmp_path):
+    """The voice embedder make builds before training is the one the run's config loads, and
+    the run gets the profile make decided on (one decision: voice2face.hardware)."""
+    data = tmp_path / "world"
+    (data / "pretrained").mkdir(parents=True)
+    (data / "manifest.json").write_text("{}")
+    out = subprocess.run(["make", "-n", "--no-print-directory", "train-now", f"METHOD={method}",
+                          f"PROFILE={profile}", f"DATA={data}"], cwd=EXPERIMENTS.parent,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    voice = Path(load_config(method, [f"profile={profile}"]).model.voice).name
+    assert f"{data}/pretrained/{voice}" in out.stdout  # the rule that builds it
+    (run,) = [line for line in out.stdout.splitlines() if f"voice2face train {method}" in line]
+    assert f"profile={profile}" in run.split()
+
+
+@pytest.mark.parametrize("method,override,expected", [
+    ("face", "data.batch_size=0", "data.batch_size=0: out of range, expected >= 1"),
+    ("face", "data.batch_size=-3", "data.batch_size=-3: out of range, expected >= 1"),
+    ("face", "data.num_workers=-1", "data.num_workers=-1: out of range, expected >= 0"),
+    ("face", "trainer.max_steps=0", "trainer.max_steps=0: out of range, expected >= 1"),
+    ("face", "data.crop_seconds=-1", "data.crop_seconds=-1.0: out of range, expected > 0"),
+    ("gan", "model.width=0", "model.width=0.0: out of range, expected > 0"),
+    ("dimnet", "model.face_width=-0.5", "model.face_width=-0.5: out of range, expected > 0"),
+    ("face", "run.checkpoint_every=0", "run.checkpoint_every=0: out of range, expected >= 1"),
+    ("gan", "model.face_weight=-1", "model.face_weight=-1.0: out of range, expected >= 0"),
+    ("regression", "model.hidden=abc", "model.hidden: invalid value"),
+    ("regression", "model.hidden=0", "model.hidden=0: out of range, expected >= 1"),
+    ("face", "trainer.max_steps=[4", "cannot parse overrides"),
+])
+def test_a_value_out_of_its_range_is_refused_naming_the_key(method, override, expected, capsys):
+    assert train_main([method, override, "profile=cpu", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert expected in err, err
+
+
+def test_every_shipped_config_is_within_its_ranges():
+    for method in METHOD_FILES:
+        for profile in ("cpu", "paper"):
+            load_config(method, [f"profile={profile}"])  # raises ConfigError otherwise

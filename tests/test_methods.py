@@ -194,6 +194,7 @@ def test_cached_voices_are_the_embeddings_of_whole_utterances(method, world, pre
 
     class Fit:  # what on_fit_start reads of its trainer
         datamodule = dm
+        global_rank, world_size = 0, 1
     module._trainer = Fit()
     module.on_fit_start()
     whole = {s["key"]: s for s in dm.eval_dataset("train")}
@@ -272,3 +273,78 @@ def test_dimnet_checkpoint_is_a_voice_embedder(world, tmp_path):
                         "trainer.val_check_interval=100")
     voice = load_voice_embedder(final)
     assert voice(torch.randn(2, 64, 30)).shape == (2, 64)
+
+
+def test_voice_cache_of_two_ranks_shares_is_the_one_process_cache(world, pretrained, tmp_path):
+    """Under DDP each rank embeds every second training utterance and the shares are
+    gathered: the cache they make is the one a single process makes, row for row."""
+    from voice2face.methods.generator import VoiceCache, embed_utterances
+    from voice2face.train import make_datamodule
+    cfg = quick_config("gan", world, tmp_path, "model.cache_voice=true", "eval.judge=null")
+    dm = make_datamodule(cfg, METHODS["gan"])
+    gan = METHODS["gan"](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+    whole = VoiceCache.from_shares([embed_utterances(gan.voice, dm, "train", "cpu")], "cpu")
+    shares = [embed_utterances(gan.voice, dm, "train", "cpu", rank, 2) for rank in (0, 1)]
+    assert not set(shares[0][1]) & set(shares[1][1])  # each utterance embedded once
+    assert abs(len(shares[0][1]) - len(shares[1][1])) <= 1
+    merged = VoiceCache.from_shares(shares, "cpu")
+    assert merged.rows == whole.rows and len(merged) == len(dm.eval_dataset("train"))
+    torch.testing.assert_close(merged.table, whole.table, rtol=1e-5, atol=1e-6)
+    keys = list(whole.rows)[3:7]
+    torch.testing.assert_close(merged.embeddings(keys), whole.table[3:7], rtol=0, atol=0)
+
+
+# the one value each method shows on the progress bar (which reads it back every step)
+MAIN_LOSS = {"gan": "train/loss_g", "cgan": "train/loss_g", "cae": "train/loss_g",
+             "cae-concat": "train/loss_g"}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_in_bf16_with_channels_last(method, world, pretrained, tmp_path):
+    """The paper profiles' precision and layout (bf16 autocast, model.channels_last) on a
+    CPU: two batches train to finite weights, the 4-D weights and the faces are NHWC, and
+    only the main loss is on the progress bar."""
+    import lightning as L
+    from voice2face.train import make_datamodule
+    cfg = quick_config(method, world, tmp_path, "eval.judge=null", "model.channels_last=true")
+    dm = make_datamodule(cfg, METHODS[method])
+    module = METHODS[method](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+    trainer = L.Trainer(max_steps=2 * module.steps_per_batch, accelerator="cpu",
+                        precision="bf16-mixed", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 2 * module.steps_per_batch
+    assert set(trainer.progress_bar_metrics) == {MAIN_LOSS.get(method, "train/loss")}
+    for name, p in module.named_parameters():
+        assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
+    four_d = [p for p in module.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
+    if four_d:  # a method with face nets (not voice's 1-D one) gets NHWC faces
+        faces = module.on_after_batch_transfer({"faces": torch.randn(2, 3, 3, 8, 8)}, 0)["faces"]
+        assert faces.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("method,overrides", [
+    ("gan", ["model.cache_voice=false"]),   # the voice embedder hears the batch's crops
+    ("regression", []),                     # log-mel and the STFT
+    ("voice", [])])
+def test_features_computed_on_the_device_train_a_method(method, overrides, world, pretrained,
+                                                        tmp_path, monkeypatch):
+    """data.features=device: the training batches carry waveform crops, and the method turns
+    them into the features it reads in on_after_batch_transfer (datamodules.features)."""
+    import datamodules.features as features
+    seen = []
+    original = features.device_features
+
+    def spy(batch, **kw):
+        seen.append("wave" in batch)
+        out = original(batch, **kw)
+        assert "wave" not in out and ("mel" in out or "mel" not in batch)
+        return out
+    monkeypatch.setattr(features, "device_features", spy)
+    final = train_quick(method, world, tmp_path, "trainer.max_steps=2", "run.name=r",
+                        "data.features=device", *overrides)
+    assert any(seen), "no training batch carried waveforms"
+    assert torch.load(final, weights_only=False, map_location="cpu")["global_step"] == (
+        2 * METHODS[method].steps_per_batch)

@@ -204,3 +204,98 @@ def test_covariate_loss_and_accuracy():
     bad = losses.covariate_loss(out, torch.tensor([1, 0]), torch.tensor([0, 1]))
     assert good < 0.01 < 10 < bad
     assert float(losses.top1_accuracy(out["identity"], torch.tensor([0, -1]))) == 1.0
+
+
+# --- mixed precision, memory layout, and losses that never wait for the device ---------------
+
+def test_identity_loss_gradient_as_before_and_no_read_back():
+    """The masked mean without a branch: the value and gradient of the mean over the valid
+    rows; on the meta device (no values to read) it still runs, so it reads nothing back."""
+    torch.manual_seed(0)
+    logits = torch.randn(5, 4, requires_grad=True)
+    labels = torch.tensor([2, -1, 0, 3, -1])
+    losses.identity_loss(logits, labels).backward()
+    reference = logits.detach().clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(reference[labels >= 0], labels[labels >= 0]).backward()
+    torch.testing.assert_close(logits.grad, reference.grad)
+    assert float(losses.top1_accuracy(logits, torch.full((5,), -1))) == 0.0
+    meta = torch.randn(5, 4, device="meta", requires_grad=True)
+    for loss in (losses.identity_loss(meta, labels.to("meta")),
+                 losses.top1_accuracy(meta, labels.to("meta"))):
+        assert loss.device.type == "meta" and loss.shape == ()
+
+
+@pytest.mark.parametrize("name", ["spectrogram_encoder", "voice_embedder_stats"])
+def test_bf16_autocast_keeps_activations_bf16_and_masks_do_not_upcast(name):
+    """Under bf16 autocast every convolution after the first takes a bf16 input: the fp32
+    padding mask multiplied into the activations does not promote them to fp32. The pooled
+    statistics are fp32 (a bf16 sum over frames loses its digits)."""
+    make, inputs, shapes = NETS[name]
+    torch.manual_seed(0)
+    net = make().train()
+    layers = [*net.blocks[1:], *([net.out] if hasattr(net, "out") else [net.fc])]
+    seen = []
+    hooks = [layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+             for layer in layers]
+    outputs = []
+    hooks.append(net.blocks[0].register_forward_hook(
+        lambda m, args, out: outputs.append(out.dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(*inputs())
+    for h in hooks:
+        h.remove()
+    assert outputs == [torch.bfloat16]
+    # the fully connected head reads the fp32 time average; every convolution a bf16 input
+    conv_inputs = seen if hasattr(net, "out") else seen[:-1]
+    assert conv_inputs and all(d == torch.bfloat16 for d in conv_inputs), seen
+    assert out.shape == shapes[0] and torch.isfinite(out.float()).all()
+
+
+def gated_unet(gating: str, up_kernel: int = 2):
+    from voice2face.nets import GatedUNet
+    return GatedUNet(32, 16, width=0.125, gating=gating, up_kernel=up_kernel)
+
+
+# the convolutional nets that channels-last applies to, on 4-D faces or spectrograms
+LAYOUT_NETS = {
+    "face_generator": (lambda: FaceGenerator(16, 32, width=0.125), lambda: (torch.randn(B, 16),)),
+    "face_critic_projection": (lambda: FaceCritic(32, 11, width=0.25, cond_dim=16),
+                               lambda: (*face(32), torch.randn(B, 16))),
+    "face_encoder": (lambda: FaceEncoder(32, 7, width=0.25), lambda: face(32)),
+    "face_decoder": (lambda: FaceDecoder(32, 16, width=0.125), lambda: (torch.randn(B, 32),)),
+    "spectrogram_encoder": (lambda: SpectrogramEncoder(32, width=0.0625, freq_bins=64), spec),
+    **{f"gated_unet_{g}": (lambda g=g: gated_unet(g), lambda: (*face(32), torch.randn(B, 16)))
+       for g in ("full", "channel", "lowrank", "concat")},
+    "gated_unet_full_up4": (lambda: gated_unet("full", 4),
+                            lambda: (*face(32), torch.randn(B, 16))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_NETS))
+def test_channels_last_gives_the_outputs_of_contiguous_memory(name):
+    """The same seeded net, in float64, with its 4-D weights and inputs NCHW or NHWC: the
+    same outputs (only the order of summation may differ)."""
+    from voice2face.nets import to_channels_last
+    make, inputs = LAYOUT_NETS[name]
+    torch.manual_seed(0)
+    net = make().double().train()
+    args = [x.double() for x in inputs()]
+    expected = flat(net(*args))
+    nhwc = net.to(memory_format=torch.channels_last)
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+               and not p.is_contiguous() for p in nhwc.parameters())
+    got = flat(nhwc(*[to_channels_last(x) for x in args]))
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9)
+
+
+def test_faces_channels_last_keeps_each_image_nhwc():
+    from voice2face.nets import faces_channels_last
+    batch = {"face": torch.randn(2, 3, 8, 8), "faces": torch.randn(2, 4, 3, 8, 8),
+             "mel": torch.randn(2, 64, 10), "key": ["a", "b"]}
+    out = faces_channels_last(batch)
+    assert out["face"].is_contiguous(memory_format=torch.channels_last)
+    flat_faces = out["faces"].flatten(0, 1)
+    assert flat_faces.is_contiguous(memory_format=torch.channels_last)
+    assert flat_faces.data_ptr() == out["faces"].data_ptr()  # a view, not a copy
+    assert torch.equal(out["faces"], batch["faces"]) and out["mel"] is batch["mel"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -262,3 +263,93 @@ def test_an_evaluation_encodes_each_utterance_once(world, pretrained, regression
     assert sum(encoded) == utterances
     assert reg.extra_metrics(dm, "cpu") == pytest.approx(again, abs=1e-6)
     assert sum(encoded) == utterances  # nothing encoded twice
+
+
+# ---- evaluation in bounded windows ----------------------------------------------------------
+
+def random_voices(lengths: list[int], frames: int | None = None) -> Voices:
+    """Utterances of ``lengths`` frames, zero past their ends as the data pads them."""
+    frames = frames or max(lengths)
+    valid = (torch.arange(frames)[None, :] < torch.tensor(lengths)[:, None])[:, None]
+    mel = torch.randn(len(lengths), 64, frames) * valid
+    spec = torch.randn(len(lengths), 257, frames, dtype=torch.complex64) * valid
+    return Voices(mel, torch.tensor(lengths), spec)
+
+
+def one(voices: Voices, i: int, start: int, n: int) -> Voices:
+    """Frames ``start .. start + n`` of utterance ``i``, alone."""
+    return Voices(voices.mel[i:i + 1, :, start:start + n], torch.tensor([n]),
+                  voices.spec[i:i + 1, :, start:start + n])
+
+
+@pytest.fixture
+def windowed(world, pretrained, tmp_path):
+    """A regression whose evaluation window is 0.1 s: 7 frames (1,600 samples, 512-sample
+    frames every 160)."""
+    def make(encoder: str = "spectrogram", seconds: str = "0.1"):
+        reg = build("regression", world, tmp_path, f"model.encoder={encoder}", "model.width=0.125",
+                    f"model.eval_max_seconds={seconds}").eval()
+        return reg
+    return make
+
+
+@pytest.mark.parametrize("encoder", ["spectrogram", "mel"])
+def test_an_utterance_within_the_window_is_predicted_as_before(windowed, encoder):
+    reg = windowed(encoder)
+    assert reg.window_frames() == 7
+    voices = random_voices([7, 3, 5], frames=9)  # padded past the window, no utterance longer
+    with torch.no_grad():
+        assert torch.equal(reg.predict(voices), reg._encode(voices))
+
+
+@pytest.mark.parametrize("encoder", ["spectrogram", "mel"])
+def test_a_long_utterance_is_the_length_weighted_mean_of_its_windows(windowed, encoder):
+    """Reference: each window encoded alone, in a loop; ceil(L / 7) equal windows, their unit
+    predictions averaged by frames and renormalised; a short utterance of the same batch as
+    it is."""
+    reg = windowed(encoder)
+    lengths = [30, 4, 15, 7, 8]
+    voices = random_voices(lengths)
+    with torch.no_grad():
+        got = reg.predict(voices)
+        for i, n in enumerate(lengths):
+            k = -(-n // 7)
+            bounds = [j * n // k for j in range(k + 1)]  # k windows, lengths within 1
+            if k == 1:
+                want = reg._encode(one(voices, i, 0, n))[0]
+            else:
+                total = torch.zeros_like(got[i])
+                for a, b in zip(bounds, bounds[1:]):
+                    assert 0 < b - a <= 7
+                    total += (b - a) * F.normalize(reg._encode(one(voices, i, a, b - a))[0], dim=0)
+                want = F.normalize(total / n, dim=0)
+            assert torch.allclose(got[i], want, atol=1e-5), (i, n)
+    # null: whole utterances, as before the window existed
+    whole = windowed(encoder, "null")
+    whole.load_state_dict(reg.state_dict())
+    assert whole.window_frames() is None
+    with torch.no_grad():
+        assert torch.equal(whole.predict(voices), whole._encode(voices))
+
+
+def test_the_encoder_never_sees_more_than_a_batch_of_windows(windowed):
+    """Peak activations are bounded: no encoder call outside training has more than 7 frames
+    per utterance, nor more utterances than the batch (so at most a batch of window-long
+    crops), however long the utterances; training still reads its crops whole."""
+    reg = windowed()
+    calls: list[tuple[int, int]] = []
+    reg.encoder.register_forward_pre_hook(lambda net, args: calls.append(
+        (args[0].shape[0], args[0].shape[-1])))
+    lengths = [300, 3, 71, 150]  # up to 43 windows each
+    voices = random_voices(lengths)
+    with torch.no_grad():
+        pred = reg.predict(voices)
+        faces = reg.generate_faces(voices)
+    assert pred.shape == (4, 64) and torch.isfinite(pred).all() and faces.shape[0] == 4
+    assert calls and all(b <= len(lengths) and t <= 7 for b, t in calls), calls
+    windows = sum(-(-n // 7) for n in lengths)
+    assert sum(b for b, _ in calls) == 2 * windows  # each window once per pass
+    calls.clear()
+    reg.train()
+    reg.predict(voices)
+    assert calls == [(4, 300)]

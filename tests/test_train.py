@@ -392,3 +392,131 @@ def test_more_processes_than_val_samples_is_refused_before_anything_starts(fake_
     # the methods that validate on the gallery too: 9 images for 10 processes
     assert cli_main(["train", "cgan", *args[2:], "trainer.devices=5", "trainer.num_nodes=2"]) == 2
     assert "9 val gallery images for 10 training processes" in capsys.readouterr().err
+
+
+# --- a run is never damaged -------------------------------------------------------------------
+
+def test_a_second_writer_is_stopped_naming_the_holder(toy):
+    from voice2face.train import RunLock
+    folder = train(toy("trainer.max_steps=2", "run.name=busy")).parent.parent
+    before = (folder / "config.yaml").read_text()
+    with RunLock(folder):  # as a trainer of this run still running would hold it
+        with pytest.raises(ConfigError, match=f"run folder {folder} is in use by host .* pid "
+                                              f"{os.getpid()}"):
+            train(toy("trainer.max_steps=4", "run.name=busy", "run.resume=auto"))
+    assert (folder / "config.yaml").read_text() == before  # nothing written
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    # the lock goes with its holder: now the resume runs
+    final = train(toy("trainer.max_steps=4", "run.name=busy", "run.resume=auto"))
+    assert torch.load(final, weights_only=False)["global_step"] == 4
+
+
+def test_resume_takes_the_newest_checkpoint_that_loads_whatever_its_name(toy, capsys):
+    folder = train(toy("trainer.max_steps=4", "run.name=r", "run.checkpoint_every=2")
+                   ).parent.parent
+    ckpts = folder / "checkpoints"
+    (ckpts / "final.ckpt").unlink()
+    last = ckpts / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # cut short by a full disk
+    capsys.readouterr()
+    final = train(toy("trainer.max_steps=6", f"run.resume={folder}"))
+    out = capsys.readouterr().out
+    assert "from step000004.ckpt (optimizer step 4); skipped last.ckpt: they do not load" in out
+    assert torch.load(final, weights_only=False)["global_step"] == 6
+    for name in ("final.ckpt", "last.ckpt"):  # rewritten whole
+        assert torch.load(ckpts / name, weights_only=False)["global_step"] == 6
+
+
+def test_a_copied_run_resumes_in_its_new_folder_and_keeps_last_ckpt_current(toy, tmp_path):
+    old = train(toy("trainer.max_steps=2", "run.name=g1")).parent.parent
+    new = tmp_path / "runs" / "g2"
+    shutil.copytree(old, new)
+    train(toy("trainer.max_steps=4", f"run.resume={new}"))
+    assert sorted(p.name for p in (new / "checkpoints").glob("last*")) == ["last.ckpt"]
+    assert torch.load(new / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert torch.load(old / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    saved = OmegaConf.load(new / "config.yaml")
+    assert (saved.run.root, saved.run.name) == (str(new.parent), "g2")
+
+
+def test_resume_trains_with_the_runs_own_config(toy, fake_root, tmp_path, capsys):
+    folder = train(toy("trainer.max_steps=2", "run.name=own", "optim.lr=0.05")).parent.parent
+    before = (folder / "config.yaml").read_text()
+    # an override a resume may not change, refused before anything is written
+    with pytest.raises(ConfigError, match=r"optim.lr=0.2: the run .* was trained with "
+                                          r"optim.lr=0.05"):
+        train(toy("optim.lr=0.2", f"run.resume={folder}"), ["optim.lr=0.2", f"run.resume={folder}"])
+    assert (folder / "config.yaml").read_text() == before
+    # overrides that a resume may change are taken; the rest is the run's, typed or not
+    final = train(toy("trainer.max_steps=3", f"run.resume={folder}"),
+                  ["trainer.max_steps=3", f"run.resume={folder}"])
+    saved = OmegaConf.load(folder / "config.yaml")
+    assert (saved.optim.lr, saved.trainer.max_steps) == (0.05, 3)
+    assert torch.load(final, weights_only=False)["hyper_parameters"]["cfg"]["optim"]["lr"] == 0.05
+    # a config.yaml edited by hand since the checkpoint is refused, naming the key
+    (folder / "config.yaml").write_text(before.replace("lr: 0.05", "lr: 0.5"))
+    with pytest.raises(ConfigError, match=r"config.yaml: optim.lr is 0.5, but .* was trained "
+                                          r"with 0.05"):
+        train(toy(f"run.resume={folder}"), [f"run.resume={folder}"])
+
+
+def test_the_interrupt_hint_resumes_as_printed(fake_root, tmp_path, monkeypatch, capsys):
+    """`voice2face train face run.resume=<run>` alone: data.root and the rest come from the
+    run's config.yaml, not from the defaults."""
+    monkeypatch.chdir(tmp_path)  # where the default data root does not exist
+    args = ["train", "face", f"data.root={fake_root}", f"run.root={tmp_path / 'runs'}",
+            "profile=cpu", "data.batch_size=4", "data.num_workers=0", "logger.wandb=false",
+            "trainer.val_check_interval=2", "run.checkpoint_every=2", "run.evaluate=false",
+            "trainer.max_steps=2", "run.name=hint"]
+    assert cli_main(args) == 0
+    folder = tmp_path / "runs" / "hint"
+    assert cli_main(["train", "face", f"run.resume={folder}", "trainer.max_steps=3"]) == 0
+    assert torch.load(folder / "checkpoints" / "final.ckpt",
+                      weights_only=False)["global_step"] == 3
+
+
+def test_checkpoints_and_exports_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import errno
+
+    from voice2face import atomic
+    target = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    atomic.write_bytes(target, b"old" * 100)
+    (target.parent / "step000002.ckpt").write_bytes(b"kept")
+    # not enough room: refused before writing, one line with the sizes and what is intact
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(9, 9, 10))
+    with pytest.raises(atomic.DiskFull) as e:
+        atomic.write_bytes(target, b"x" * 2**20)
+    line = str(e.value)
+    assert "\n" not in line and str(target.parent) in line and "1.0 MB needed" in line
+    assert "intact (last.ckpt, step000002.ckpt)" in line
+    monkeypatch.undo()
+    # the disk fills up while writing: the temporary file goes, the target stays as it was
+
+    real_open = open
+
+    def full_disk(path, mode="r", *a, **kw):
+        f = real_open(path, mode, *a, **kw)
+        if "w" in mode:
+            def write(data):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            f.write = write
+        return f
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(atomic.DiskFull, match="last.ckpt"):
+        atomic.write_bytes(target, b"new" * 100)
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old" * 100
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt", "step000002.ckpt"]
+
+
+def test_training_writes_nothing_outside_the_run_folder(toy, tmp_path, monkeypatch):
+    """W&B's logs, cache and artifact staging live in the run folder, not under $HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR",
+                "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    final = train(toy("trainer.max_steps=2", "run.name=w", "logger.wandb=true"))
+    assert list(home.rglob("*")) == []
+    assert list((final.parent.parent / "wandb").glob("offline-run-*"))

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import (AnyNode, BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf,
                        StringNode)
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -33,7 +34,46 @@ class ConfigError(UserError, ValueError):
 DECLARED_TYPES: dict[str, type] = {
     "run.name": str, "run.resume": str, "logger.entity": str,
     "trainer.gradient_clip_val": float, "optim.clip_grad": float, "trainer.devices": Any,
+    "model.hidden": int, "model.eval_max_seconds": float,
 }
+
+# The range of every numeric key that has one, checked after the merge: (lowest, whether the
+# lowest itself is allowed). A key ending in one of RANGE_SUFFIXES gets that suffix's range
+# (every `*width` is a channel multiplier > 0). Null still means "not set".
+RANGES: dict[str, tuple[float, bool]] = {
+    "data.batch_size": (1, True), "data.eval_batch_size": (1, True),
+    "data.num_workers": (0, True), "data.crop_seconds": (0, False),
+    "data.shuffle_buffer": (1, True), "trainer.max_steps": (1, True),
+    "trainer.val_check_interval": (1, True), "trainer.log_every_n_steps": (1, True),
+    "trainer.num_nodes": (1, True), "run.checkpoint_every": (1, True),
+    "eval.grid_identities": (0, True), "eval.grid_utterances": (1, True),
+    "optim.lr": (0, False), "trainer.gradient_clip_val": (0, False), "optim.clip_grad": (0, False),
+    "model.hidden": (1, True), "model.eval_max_seconds": (0, False), "model.dim": (1, True),
+    "model.embedding_noise": (0, True),
+}
+RANGE_SUFFIXES: dict[str, tuple[float, bool]] = {"width": (0, False), "_weight": (0, True)}
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """``ConfigError`` naming the first key whose value is out of its declared range."""
+    def walk(node, key=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from walk(v, f"{key}.{k}" if key else str(k))
+        else:
+            yield key, node
+
+    for key, value in walk(OmegaConf.to_container(cfg, resolve=True)):
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        bound = RANGES.get(key) or next((r for s, r in RANGE_SUFFIXES.items()
+                                         if key.rsplit(".", 1)[-1].endswith(s)), None)
+        if bound is None:
+            continue
+        low, inclusive = bound
+        if value < low or (value == low and not inclusive):
+            expected = f">= {low:g}" if inclusive else f"> {low:g}"
+            raise ConfigError(f"{key}={value}: out of range, expected {expected}")
 _NODES = {bool: BooleanNode, int: IntegerNode, float: FloatNode, str: StringNode}
 
 
@@ -60,8 +100,9 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"overrides must be key=value, got {bad}")
     try:
         return OmegaConf.from_dotlist([o.lstrip("-") for o in overrides])
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot parse overrides {overrides}: {e}") from e
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError) as e:  # a value yaml cannot read
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"cannot parse overrides {overrides}: {first}") from None
 
 
 def _typed(value: Any, key: str = "") -> Any:
@@ -154,6 +195,7 @@ def load_config(method: str, overrides: list[str] | None = None,
     cfg.method = method
     OmegaConf.resolve(cfg)
     OmegaConf.set_struct(cfg, True)
+    check_ranges(cfg)
     return cfg
 
 

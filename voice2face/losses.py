@@ -12,6 +12,10 @@ has an L1 on the face decoder's first layer and a distillation term; the reprodu
 follow leave them out.) InfoNCE (van den Oord et al. 2018) is the contrastive alternative:
 each voice ranks its own face feature above the batch's others. ``FEATURE_LOSSES`` maps
 the config's ``model.loss`` names to them.
+
+Every loss computes in fp32 at least, its inputs cast (under bf16 autocast the nets' outputs are
+bf16), and none branches on the values of its inputs, so a training step never waits for the
+device to read them back.
 """
 
 from __future__ import annotations
@@ -22,29 +26,36 @@ import torch
 import torch.nn.functional as F
 
 
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp32, or as it is when wider (bf16 and fp16 under autocast become fp32)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """``-log D(x) - log(1 - D(G(v)))``, averaged: real faces to 1, generated faces to 0."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    return F.softplus(-_fp32(real_logits)).mean() + F.softplus(_fp32(fake_logits)).mean()
 
 
 def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss ``-log D(G(v))``."""
-    return F.softplus(-fake_logits).mean()
+    return F.softplus(-_fp32(fake_logits)).mean()
 
 
 def identity_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over training identities; label -1 (not a training identity) is ignored.
 
     A batch with no training identity gives 0 (not NaN), still connected to ``logits``.
+    Written without a branch on the labels' values (the mean over the valid rows as a sum
+    over a count of at least 1), so it never waits for the device; in fp32 under autocast.
     """
     valid = labels >= 0
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[valid], labels[valid])
+    per_row = F.cross_entropy(_fp32(logits), labels.clamp(min=0), reduction="none")
+    return torch.where(valid, per_row, 0.0).sum() / valid.sum().clamp(min=1)
 
 
 def gender_loss(logits: torch.Tensor, gender: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of the male logit against gender (1 male, 0 female)."""
+    logits = _fp32(logits)
     return F.binary_cross_entropy_with_logits(logits, gender.to(logits.dtype))
 
 
@@ -59,7 +70,7 @@ def image_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute pixel difference: the reconstruction terms of the Controlled AutoEncoder
     (Liang et al., Algorithm 1: to the proposal face, to the speaker's face, and the cycle
     back to the proposal)."""
-    return (pred - target).abs().mean()
+    return (_fp32(pred) - _fp32(target)).abs().mean()
 
 
 def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
@@ -74,24 +85,26 @@ def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> t
 
 
 def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fraction of rows whose arg-max is the label (rows with label -1 left out)."""
+    """Fraction of rows whose arg-max is the label (rows with label -1 left out; 0 without
+    any), computed without waiting for the device."""
     valid = labels >= 0
-    if not bool(valid.any()):
-        return logits.new_zeros(())
-    return (logits[valid].argmax(-1) == labels[valid]).float().mean()
+    correct = (logits.argmax(-1) == labels) & valid
+    return correct.sum() / valid.sum().clamp(min=1)
 
 
 # --- feature regression (Speech2Face) -------------------------------------------------------
 
 def feature_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``||p/|p| - t/|t| ||_1``, averaged over the batch (the default: best in the reports)."""
-    return (F.normalize(pred, dim=-1) - F.normalize(target, dim=-1)).abs().sum(-1).mean()
+    return (F.normalize(_fp32(pred), dim=-1)
+            - F.normalize(_fp32(target), dim=-1)).abs().sum(-1).mean()
 
 
 def feature_l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``||p/|p| - t/|t| ||_2^2`` (= ``2 - 2 cos``), averaged over the batch: Speech2Face's
     feature term (Eq. 1)."""
-    return (F.normalize(pred, dim=-1) - F.normalize(target, dim=-1)).square().sum(-1).mean()
+    return (F.normalize(_fp32(pred), dim=-1)
+            - F.normalize(_fp32(target), dim=-1)).square().sum(-1).mean()
 
 
 def feature_l1_l2_loss(pred: torch.Tensor, target: torch.Tensor,
@@ -110,7 +123,9 @@ def info_nce_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float =
     negatives: their face is the right answer too. Uninformative predictions cost
     ``log(batch)``.
     """
-    logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).T / temperature
+    with torch.autocast(pred.device.type, enabled=False):  # a bf16 matmul: 3 digits of cosine
+        logits = (F.normalize(_fp32(pred), dim=-1) @ F.normalize(_fp32(target), dim=-1).T
+                  / temperature)
     if labels is not None:
         same = labels[:, None] == labels[None, :]
         same.fill_diagonal_(False)

@@ -917,11 +917,13 @@ def compute_each(group, prefix: str = "") -> tuple[dict[str, Tensor], dict[str, 
 
 
 def _update_counts_of_every_rank(metrics: list) -> list[list[int]]:
-    """``[metric][rank]`` update counts: one all-gather for them all under DDP (on the
-    metrics' device, which the backend can send), the local counts otherwise."""
+    """``[metric][rank]`` update counts: one all-gather for them all when the metrics sync
+    on compute (DDP; on their device, which the backend can send), the local counts when
+    they do not (one process, or ``evaluate``'s metrics on rank 0 after a DDP fit)."""
     local = [int(m.update_count) for m in metrics]
     dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or not metrics:
+    syncing = [m.sync_on_compute and m.distributed_available_fn() for m in metrics]
+    if not (metrics and all(syncing) and dist.is_available() and dist.is_initialized()):
         return [[n] for n in local]
     mine = torch.tensor(local, dtype=torch.long, device=metrics[0].device)
     every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]

@@ -20,11 +20,14 @@ boundary and requeues the job (``voice2face/requeue.py``); the requeued job, wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -35,6 +38,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules import VoiceFaceDataModule
+from voice2face.atomic import AtomicCheckpointIO, copy_file
 from voice2face.config import ConfigError, load_config, save_config
 from voice2face.errors import Interrupted, report
 from voice2face.evaluate import post_fit_evaluation
@@ -102,12 +106,45 @@ def _is_run_folder(folder: Path) -> bool:
     return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
 
 
+def newest_checkpoint(folder: Path) -> tuple[Path | None, int, list[str]]:
+    """The checkpoint of ``folder`` (a run's ``checkpoints/``) with the highest step among
+    those that load, whatever their names (``last.ckpt`` first among equals), its step, and
+    the names of those that do not load (cut short by a full disk, say)."""
+    found, broken = [], []
+    for path in sorted(folder.glob("*.ckpt")):
+        try:  # mmap: only what is read is read; a truncated file has no zip directory
+            step = int(torch.load(path, map_location="cpu", weights_only=False,
+                                  mmap=True)["global_step"])
+        except Exception:
+            broken.append(path.name)
+            continue
+        found.append((step, path.name == "last.ckpt", path))
+    if not found:
+        return None, 0, broken
+    step, _, path = max(found, key=lambda f: (f[0], f[1]))
+    return path, step, broken
+
+
+def _resume_in(folder: Path, what: str) -> Path | None:
+    """The newest intact checkpoint of a run folder, said on rank zero; a folder whose
+    checkpoints are all broken is refused rather than started over."""
+    ckpt, step, broken = newest_checkpoint(folder / "checkpoints")
+    if ckpt is None and broken:
+        raise ConfigError(f"{what}: no checkpoint of {folder / 'checkpoints'} loads "
+                          f"({', '.join(broken)}); remove them to start afresh")
+    if ckpt is not None and is_rank_zero():
+        skipped = f"; skipped {', '.join(broken)}: they do not load" if broken else ""
+        print(f"voice2face: resuming {folder} from {ckpt.name} (optimizer step {step}){skipped}")
+    return ckpt
+
+
 def run_folder(cfg: DictConfig, env=os.environ) -> tuple[Path, str | None]:
     """The run folder and the checkpoint to resume from (None for a fresh run).
 
-    Nothing is written here. ``run.resume`` names a run folder (its ``checkpoints/last.ckpt``
-    is resumed, in that folder) or a ``.ckpt``: one in a run's ``checkpoints/`` continues
-    that run; any other continues in a new run folder, so that nothing is written beside it.
+    Nothing is written here. ``run.resume`` names a run folder (its newest intact
+    checkpoint is resumed, in that folder) or a ``.ckpt``: one in a run's ``checkpoints/``
+    continues that run; any other continues in a new run folder, so that nothing is written
+    beside it.
     """
     resume, folder, ckpt = cfg.run.resume, None, None
     if resume and resume != "auto":
@@ -117,10 +154,13 @@ def run_folder(cfg: DictConfig, env=os.environ) -> tuple[Path, str | None]:
             if resume.parent.name == "checkpoints" and _is_run_folder(resume.parent.parent):
                 folder = resume.parent.parent
         elif resume.is_dir():
-            if not (resume / "checkpoints" / "last.ckpt").is_file():
-                raise ConfigError(f"run.resume={resume}: this folder has no checkpoints/last.ckpt; "
-                                  f"expected the folder of a `voice2face train` run or a .ckpt")
-            folder, ckpt = resume, resume / "checkpoints" / "last.ckpt"
+            if not _is_run_folder(resume):
+                raise ConfigError(f"run.resume={resume}: not the folder of a `voice2face train` "
+                                  f"run (no config.yaml and checkpoints/); expected one or a .ckpt")
+            folder, ckpt = resume, _resume_in(resume, f"run.resume={resume}")
+            if ckpt is None:
+                raise ConfigError(f"run.resume={resume}: {resume / 'checkpoints'} holds no "
+                                  f"checkpoint yet; start the run afresh")
         else:
             raise ConfigError(f"run.resume={resume}: does not exist; expected a run folder or "
                               f"a .ckpt file")
@@ -128,22 +168,83 @@ def run_folder(cfg: DictConfig, env=os.environ) -> tuple[Path, str | None]:
         name = run_name(cfg, env)
         os.environ[RUN_NAME_VARIABLE] = f"{os.getpid()}:{name}"
         folder = Path(cfg.run.root) / name
-        last = folder / "checkpoints" / "last.ckpt"
-        if resume == "auto" and last.is_file():
-            ckpt = last
+        if resume == "auto" and _is_run_folder(folder):
+            ckpt = _resume_in(folder, "run.resume=auto")
         elif resume != "auto" and is_rank_zero(env) and folder.is_dir() and any(folder.iterdir()):
             raise ConfigError(f"run.name={name}: the run folder {folder} already exists; pass "
                               f"run.resume=auto to continue that run, or choose another run.name")
     return folder, (str(ckpt) if ckpt else None)
 
 
-def check_resumable(ckpt: str | Path, method: str, data: dict) -> None:
-    """A checkpoint to resume must be of this method and of this data (its identity table)."""
+# What a resumed run may change: how long and how often, on what hardware, what measures it
+# and where it logs; besides, a method's replaceable parts (``model.decoder`` of the
+# regression: nets of other methods, frozen). Everything else is the run's: its config.yaml,
+# as the checkpoints were trained with it.
+RESUMABLE = ("trainer.max_steps", "trainer.max_epochs", "trainer.val_check_interval",
+             "trainer.log_every_n_steps", "trainer.accelerator", "trainer.devices",
+             "trainer.num_nodes", "trainer.strategy", "data.num_workers", "run.root",
+             "run.name", "run.resume", "run.checkpoint_every", "run.evaluate", "logger", "eval")
+
+
+def _resumable(key: str, parts: tuple[str, ...] = ()) -> bool:
+    return any(key == k or key.startswith(k + ".")
+               for k in (*RESUMABLE, *(f"model.{p}" for p in parts)))
+
+
+def _leaves(tree, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def resume_config(cfg: DictConfig, folder: Path, ckpt: str,
+                  overrides: list[str] | None = None, parts: tuple[str, ...] = ()) -> DictConfig:
+    """The config a resumed run trains with: its own ``config.yaml``, with the overrides of
+    the command line that a resume may change (``RESUMABLE``). Any other override that
+    differs from the run's value, and a ``config.yaml`` edited by hand since the checkpoint
+    was saved, is refused, naming the key. ``overrides`` None: every key of ``cfg`` counts
+    as given (a config built in Python)."""
+    saved_path = folder / "config.yaml"
+    saved = OmegaConf.load(saved_path)
+    given = _leaves(OmegaConf.to_container(cfg, resolve=True))
+    if overrides is not None:
+        typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+        given = {k: v for k, v in given.items() if any(k == t or k.startswith(t + ".")
+                                                       for t in typed)}
+    ours = _leaves(OmegaConf.to_container(saved, resolve=True))
+    for key, value in given.items():
+        if key in ("run.root", "run.name"):  # where the run is: the folder, below
+            continue
+        if _resumable(key, parts):
+            OmegaConf.update(saved, key, value, merge=False)
+        elif key in ours and ours[key] != value:
+            raise ConfigError(f"{key}={value}: the run {folder} was trained with {key}="
+                              f"{ours[key]} ({saved_path}); a resumed run keeps its config "
+                              f"(it may change {', '.join(RESUMABLE)}): start a new run instead")
+    trained = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    trained = _leaves(trained.get("hyper_parameters", {}).get("cfg") or {})
+    for key, value in ours.items():
+        if not _resumable(key, parts) and key in trained and trained[key] != value:
+            raise ConfigError(f"{saved_path}: {key} is {value}, but {ckpt} was trained with "
+                              f"{trained[key]}: the run's config.yaml was changed by hand; "
+                              f"restore it, or start a new run")
+    saved.run.root, saved.run.name = str(folder.parent), folder.name  # copied or moved: here
+    return saved
+
+
+def check_resumable(ckpt: str | Path, method: str, data: dict | None = None) -> None:
+    """A checkpoint to resume must be of this method and (``data`` given) of this data (its
+    identity table)."""
     meta = read_checkpoint_meta(ckpt)
     if meta["method"] != method:
         raise CheckpointError(f"run.resume: {ckpt} is a checkpoint of method {meta['method']!r}; "
                               f"this run trains {method!r}: resume a {method} run, or start "
                               f"afresh without run.resume")
+    if data is None:
+        return
     trained_on = meta.get("data", {})
     if trained_on.get("fingerprint") != data["fingerprint"]:
         raise CheckpointError(
@@ -152,11 +253,20 @@ def check_resumable(ckpt: str | Path, method: str, data: dict) -> None:
             f"{data['root']} has {data['fingerprint']}: resume with the data it was trained on")
 
 
+# W&B's own folders (its debug logs, artifact cache and staging, settings), unless the user
+# chose them: in the run folder, so that a run writes nothing under the home directory
+_WANDB_FOLDERS = {var: sub for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
+                                           ("WANDB_CONFIG_DIR", "config"))
+                  if var not in os.environ}
+
+
 def make_loggers(cfg: DictConfig, folder: Path, name: str) -> list:
     # a new csv/version_N per (re)start: CSVLogger would overwrite an existing metrics.csv
     loggers = [CSVLogger(folder, name="csv")]
     if cfg.logger.wandb:
         os.environ.setdefault("WANDB_SILENT", "true")
+        for var, sub in _WANDB_FOLDERS.items():
+            os.environ[var] = str(folder / "wandb" / sub)
         loggers.append(WandbLogger(
             project=cfg.logger.project, entity=cfg.logger.entity, name=name, save_dir=str(folder),
             offline=cfg.logger.mode != "online", tags=list(cfg.logger.tags),
@@ -172,6 +282,7 @@ def make_datamodule(cfg: DictConfig, method_cls=None) -> VoiceFaceDataModule:
         d.root, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers, crop_seconds=d.crop_seconds, spectrogram=d.spectrogram,
         skip_corrupt=d.skip_corrupt, shuffle_buffer=d.shuffle_buffer, audio=d.audio,
+        features=d.features, persistent_workers=d.persistent_workers, seed=cfg.seed,
         train_audio=method_cls.reads_training_audio(cfg) if method_cls else True,
         val_gallery=bool(method_cls and method_cls.val_gallery))
 
@@ -193,15 +304,53 @@ def check_every_rank_validates(dm: VoiceFaceDataModule, method_cls, ranks: int) 
                               f"larger val split")
 
 
-def start_run(cfg: DictConfig, folder: Path, env=os.environ) -> bool:
+def start_run(cfg: DictConfig, folder: Path, env=os.environ) -> None:
     """Rank zero makes the run folder and writes the config into it; the other processes
-    write nothing. Whether this process made the folder (so may remove it again)."""
+    write nothing."""
     if not is_rank_zero(env):
-        return False
-    created = not folder.exists()
+        return
     (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(cfg, folder / "config.yaml")
-    return created
+
+
+class RunLock:
+    """One writer per run folder: rank zero holds an exclusive ``flock`` on ``<run>/.lock``
+    for the run's lifetime, with its host and process id written in it. The kernel drops the
+    lock when the holder ends, however it ends, so no lock outlives its process; a second
+    trainer, a duplicated SLURM job or a requeue that overlaps the old job's tail stops
+    with one line naming the holder."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+        self.file = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+        import socket
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(f"run folder {self.path.parent} is in use by {holder}; wait for it "
+                              f"to end, or train in another run folder (run.name=...)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"host {socket.gethostname()} pid {os.getpid()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        self.file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -209,7 +358,10 @@ class StepCheckpoint(ModelCheckpoint):
     counts them), where Lightning's ``step`` counts optimizer steps (two per GAN batch)."""
 
     def __init__(self, steps_per_batch: int, **kwargs):
-        super().__init__(filename="step{step:06d}", auto_insert_metric_name=False, **kwargs)
+        # no "-v1" versions: a run resumed in a copied or moved folder restores the old
+        # folder's last_model_path, and a versioned last-v1.ckpt would leave last.ckpt stale
+        super().__init__(filename="step{step:06d}", auto_insert_metric_name=False,
+                         enable_version_counter=False, **kwargs)
         self.steps_per_batch = steps_per_batch
 
     def _monitor_candidates(self, trainer):
@@ -218,28 +370,46 @@ class StepCheckpoint(ModelCheckpoint):
         return candidates
 
 
-def train(cfg: DictConfig) -> Path:
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     """Train ``cfg.method``; returns the final checkpoint.
 
     Everything that can be checked is checked before the run folder is written: the data,
     the checkpoint to resume (its method and data), the pretrained nets the method loads.
-    A fresh run that fails or is interrupted before its first checkpoint removes its folder.
+    A resumed run trains with its own ``config.yaml`` and the ``overrides`` (the command
+    line's ``key=value``) that a resume may change (``resume_config``). Rank zero holds the
+    run folder's lock for the whole run. A fresh run that fails or is interrupted before
+    its first checkpoint removes its folder.
     """
     method_cls = get_method(cfg.method)
+    if not cfg.data.root:
+        raise ConfigError("data.root is empty: expected a dataset folder (docs/data.md)")
+    folder, ckpt_path = run_folder(cfg)
+    if ckpt_path:
+        check_resumable(ckpt_path, cfg.method)  # before its run's config is read
+    if ckpt_path and _is_run_folder(folder):
+        cfg = resume_config(cfg, folder, ckpt_path, overrides, method_cls.replaceable_parts)
     L.seed_everything(cfg.seed, workers=True)
     dm = make_datamodule(cfg, method_cls)
     check_every_rank_validates(dm, method_cls, processes(cfg.trainer))
     info = data_info(dm)
-    folder, ckpt_path = run_folder(cfg)
     if ckpt_path:
         check_resumable(ckpt_path, cfg.method, info)
     module = method_cls(OmegaConf.to_container(cfg, resolve=True), info)
 
-    created = start_run(cfg, folder)
+    created = not folder.exists()
+    with RunLock(folder) if is_rank_zero() else contextlib.nullcontext():
+        start_run(cfg, folder)
+        return _fit_and_report(cfg, method_cls, module, dm, folder, ckpt_path, created)
+
+
+def _fit_and_report(cfg, method_cls, module, dm, folder: Path, ckpt_path, created: bool) -> Path:
     try:
         trainer = fit(cfg, method_cls, module, dm, folder, ckpt_path)
     except BaseException as e:
         kept = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
+        if cfg.logger.wandb:  # W&B's writer ends before its files are kept or removed
+            import wandb
+            wandb.finish(exit_code=1)
         if created and not kept:  # nothing to resume: leave no folder that looks like a run
             shutil.rmtree(folder, ignore_errors=True)
         if isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and _interrupted(e)):
@@ -278,6 +448,8 @@ def fit(cfg: DictConfig, method_cls, module, dm, folder: Path, ckpt_path: str | 
         # TF32 for the float32 matrix products that remain (all of them in 32-true, the
         # losses and norms under bf16-mixed): ~8x the FP32 rate of an Ampere/Hopper GPU
         torch.set_float32_matmul_precision("high")
+    # every method turns device-side waveforms into features in its own hook (methods/base.py)
+    warnings.filterwarnings("ignore", message=".*overridden `on_(before|after)_batch_transfer`")
     trainer = L.Trainer(
         max_steps=t.max_steps * k, max_epochs=t.max_epochs, accelerator=t.accelerator,
         devices=t.devices, num_nodes=t.num_nodes, strategy=ddp_strategy(t, method_cls),
@@ -289,7 +461,7 @@ def fit(cfg: DictConfig, method_cls, module, dm, folder: Path, ckpt_path: str | 
         callbacks=[checkpoints, SlurmRequeue(folder / "checkpoints" / "last.ckpt"),
                    RankSeed(cfg.seed)],
         default_root_dir=folder, use_distributed_sampler=False, enable_model_summary=True,
-        plugins=cluster_plugins())
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()])
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     trainer.save_checkpoint(folder / "checkpoints" / "final.ckpt")
     return trainer
@@ -340,12 +512,8 @@ class RankSeed(Callback):
 
 
 def export(checkpoint: Path, target: str | Path) -> None:
-    """Copy a finished checkpoint to a stable path (temp file, then rename)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(checkpoint, tmp)
-    os.replace(tmp, target)
+    """Copy a finished checkpoint to a stable path (temp file beside it, then rename)."""
+    copy_file(checkpoint, target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
         try:
-            final = train(cfg)
+            final = train(cfg, args.overrides)
         except Requeued as e:  # the requeued job continues this run; nothing to export yet
             if rank_zero_only.rank == 0:
                 print(f"voice2face: {e}")

@@ -183,6 +183,13 @@ class MethodModule(L.LightningModule):
         self.save_hyperparameters({"cfg": cfg, "data": data})
         self.cfg, self.data_info = cfg, data
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """``data.features=device``: the batch's waveform crops become log-mel (and STFT)
+        here, on the accelerator, in fp32 (``datamodules.features.device_features``; docs/
+        data.md says why); batches with features already (``worker``, evaluation) pass."""
+        from datamodules.features import device_features
+        return device_features(batch, spectrogram=self.needs_spectrogram)
+
     # --- identity ------------------------------------------------------------------------
 
     @property

@@ -41,6 +41,12 @@ batches); Trainer-level gradient clipping raises, use ``optim.clip_grad``; each 
 leaves one of the two nets without gradients, so DDP runs with
 ``ddp_find_unused_parameters = True``; the frozen voice embedder stays in eval mode.
 
+The pairing is drawn on the device by tensor operations (``pairing_generator``: seeded by the
+run's seed, the step and the global rank, so every DDP rank pairs its batch its own way and
+a resumed run pairs as the uninterrupted one); whether a batch has two identities, which
+decides the terms below, is read off the CPU batch before it moves (``training_batch_facts``),
+so the step never waits for the device.
+
 A training batch of a single identity has no pairing (``training_pairing``). It is not
 skipped: under DDP a rank that skips its backward passes leaves the other ranks waiting in
 their gradient all-reduce forever, and a rank that skips an optimizer step counts fewer
@@ -80,6 +86,42 @@ TERMS = ("proposal", "speaker", "identity", "adversarial", "cycle")
 # the terms that need the speaker B to be another identity than the proposal's A (masked on
 # a batch of a single identity; see the module docstring)
 PAIRED_TERMS = ("speaker", "identity", "cycle")
+# the training batch's key for whether it has two identities (``CaeModule.training_batch_facts``)
+PAIRED_KEY = "_paired"
+
+
+def several_identities(identity: torch.Tensor) -> bool:
+    """Whether a batch holds two identities or more (a host decision: on a device tensor it
+    waits for the device, so training takes it from the CPU batch, ``training_batch_facts``)."""
+    return bool((identity != identity[:1]).any())
+
+
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None,
+             device: torch.device) -> torch.Tensor:
+    """Uniform draws from ``generator`` (on its own device), on ``device``."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where).to(device)
+
+
+def _other_identity_partner(identity: torch.Tensor,
+                            generator: torch.Generator | None) -> torch.Tensor:
+    """``other_identity_pairing`` without its check: tensor operations on ``identity``'s
+    device, the same draws whatever the batch (so the step never waits for the device)."""
+    ids = identity.detach()
+    n, device = len(ids), ids.device
+    same = ids[:, None] == ids[None, :]                       # [n, n]: same identity
+    first = same.int().argmax(1)                              # each group's first sample
+    group_key = _uniform((n,), generator, device)[first]      # a random rank per group
+    within = _uniform((n,), generator, device)                # a random order within groups
+    order = within.argsort(stable=True)
+    # a stable sort by the random group rank keeps the random order within each group
+    order = order[group_key[order].argsort(stable=True)]
+    place = order.argsort()                                   # each sample's place in order
+    partner = order[(place + same.sum(1).max()) % n]          # m places further, cyclically
+    # when one identity holds more than half the batch (2m > B) the shift leaves some samples
+    # in their own group: a random sample of another identity instead
+    fallback = torch.where(same, -1.0, _uniform((n, n), generator, device)).argmax(1)
+    return torch.where(ids[partner] == ids, fallback, partner)
 
 
 def other_identity_pairing(identity: torch.Tensor,
@@ -97,39 +139,33 @@ def other_identity_pairing(identity: torch.Tensor,
     it: its samples that the shift leaves inside their own group get a random sample of
     another identity instead (so some samples are B for two As).
 
-    Deterministic for a seeded ``generator``; ``ValueError`` for a batch of one identity.
+    Tensor operations on ``identity``'s device (``generator`` may be on another). Deterministic
+    for a seeded ``generator`` on a given device; ``ValueError`` for a batch of one identity
+    (a check that reads the identities back: ``training_pairing`` takes that fact instead).
     """
-    ids = identity.detach().cpu()
-    n = len(ids)
-    groups, group_of, sizes = torch.unique(ids, return_inverse=True, return_counts=True)
-    if len(groups) < 2:
+    if not several_identities(identity):
         raise ValueError(f"pairing samples with other identities needs a batch of at least two "
-                         f"identities, got {n} sample(s) of {len(groups)}")
-    order = torch.randperm(n, generator=generator)
-    group_rank = torch.randperm(len(groups), generator=generator)
-    # a stable sort by the random group rank keeps the random order within each group
-    order = order[torch.sort(group_rank[group_of[order]], stable=True).indices]
-    partner = torch.empty(n, dtype=torch.long)
-    partner[order] = order.roll(-int(sizes.max()))
-    for i in torch.nonzero(ids[partner] == ids).flatten().tolist():  # only when 2m > B
-        others = torch.nonzero(ids != ids[i]).flatten()
-        partner[i] = others[torch.randint(len(others), (1,), generator=generator)]
-    return partner.to(identity.device)
+                         f"identities, got {len(identity)} sample(s) of "
+                         f"{len(torch.unique(identity))}")
+    return _other_identity_partner(identity, generator)
 
 
-def training_pairing(identity: torch.Tensor, generator: torch.Generator | None = None
-                     ) -> tuple[torch.Tensor, bool]:
+def training_pairing(identity: torch.Tensor, generator: torch.Generator | None = None,
+                     paired: bool | None = None) -> tuple[torch.Tensor, bool]:
     """``(partner [B], paired)``: ``other_identity_pairing`` and ``True`` when the batch has
     two identities or more; for a batch of one identity, a random permutation of the batch
     (each sample's B is of its own identity, and is itself only by chance or in a batch of
     one) and ``False``, so the batch still trains (module docstring).
 
+    ``paired``: whether the batch has two identities, when the caller knows it (training
+    reads it off the CPU batch); ``None`` decides here, reading ``identity`` back.
     Deterministic for a seeded ``generator``.
     """
-    if len(torch.unique(identity)) >= 2:
-        return other_identity_pairing(identity, generator), True
-    partner = torch.randperm(len(identity), generator=generator)
-    return partner.to(identity.device), False
+    if paired is None:
+        paired = several_identities(identity)
+    if paired:
+        return _other_identity_partner(identity, generator), True
+    return _uniform((len(identity),), generator, identity.device).argsort(), False
 
 
 class CaeModule(AdversarialModule):
@@ -190,9 +226,24 @@ class CaeModule(AdversarialModule):
     # --- training ------------------------------------------------------------------------
 
     def pairing_generator(self) -> torch.Generator:
-        """The RNG of this batch's pairing: a function of the seed and the step, so a resumed
-        run pairs its batches as the uninterrupted one would."""
-        return torch.Generator().manual_seed(int(self.cfg["seed"]) * 1_000_003 + self.global_step)
+        """The RNG of this batch's pairing, on the module's device: a function of the seed,
+        the step and the global rank, so a resumed run pairs its batches as the uninterrupted
+        one would, and under DDP every rank draws its own pairings (rank 0 those of a single
+        process)."""
+        # the ranks' offsets (golden-ratio multiples) differ in the low 32 bits, which is all
+        # a CPU generator reads of its seed, by 1.9 million or more for up to 1,000 ranks:
+        # more than the steps of any run, so no two (rank, step) share a seed
+        seed = (int(self.cfg["seed"]) * 1_000_003 + self.global_step
+                + self.global_rank * 2_654_435_761)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def training_batch_facts(self, batch: dict) -> dict:
+        """Also whether the batch has two identities (``PAIRED_KEY``): it decides which terms
+        are computed and logged, and is read here off the CPU batch."""
+        batch = super().training_batch_facts(batch)
+        if PAIRED_KEY not in batch:
+            batch[PAIRED_KEY] = several_identities(batch["identity"])
+        return batch
 
     def generator_terms(self, fake: torch.Tensor, face_a: torch.Tensor, face_b: torch.Tensor,
                         emb_a: torch.Tensor, label_b: torch.Tensor, paired: bool = True
@@ -220,7 +271,8 @@ class CaeModule(AdversarialModule):
     def training_step(self, batch, batch_idx):
         opt_g, opt_d = self.optimizers()
         face, labels = batch["face"], batch["label"]
-        partner, paired = training_pairing(batch["identity"], self.pairing_generator())
+        partner, paired = training_pairing(batch["identity"], self.pairing_generator(),
+                                           batch.get(PAIRED_KEY))
         if not paired:
             self._warn_unpaired(batch["identity"])
         emb = self.training_voices(batch)
@@ -242,11 +294,14 @@ class CaeModule(AdversarialModule):
             loss_g = weighted_sum(terms, self.weights) if terms else fake.sum() * 0.0
             self._update(opt_g, loss_g)
 
-        self.log_dict({"train/loss_d": loss_d, "train/loss_c": loss_c, "train/loss_g": loss_g,
+        # tensors only (a Python number would be copied to the device, and wait for it), and
+        # only the generator's loss on the progress bar (which reads its values every step)
+        self.log("train/loss_g", loss_g, prog_bar=True, batch_size=n)
+        self.log_dict({"train/loss_d": loss_d, "train/loss_c": loss_c,
                        **{f"train/{k}": v.detach() for k, v in terms.items()},
-                       "train/paired": float(paired),
+                       "train/paired": loss_d.detach().new_full((), float(paired)),
                        "train/acc_real": top1_accuracy(out["identity"][:n].detach(), labels)},
-                      prog_bar=True, batch_size=n)
+                      batch_size=n)
 
     def _warn_unpaired(self, identity: torch.Tensor) -> None:
         """Once per module, from whichever rank meets it (a DDP rank other than 0 may be

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import warnings
 
+import torch
 from torchmetrics.classification import BinaryAccuracy
 
 from voice2face.losses import covariate_loss, top1_accuracy
 from voice2face.methods.base import Evaluation, MethodModule
 from voice2face.methods.common import SplitHalfRecall, adam
-from voice2face.nets import FaceEncoder
+from voice2face.nets import FaceEncoder, faces_channels_last
 
 
 class FaceModule(MethodModule):
@@ -42,9 +43,22 @@ class FaceModule(MethodModule):
         labels, gender = batch["label"].repeat_interleave(k), batch["gender"].repeat_interleave(k)
         out = self.encoder(faces)
         loss = covariate_loss(out, labels, gender, self.cfg["model"]["gender_weight"])
-        self.log_dict({"train/loss": loss, "train/acc": top1_accuracy(out["identity"], labels)},
-                      prog_bar=True, batch_size=len(labels))
+        # only the loss on the progress bar, which reads its values every step
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
+        self.log("train/acc", top1_accuracy(out["identity"], labels), batch_size=len(labels))
         return loss
+
+    # model.channels_last: the encoder's 4-D weights and the batch's faces in NHWC memory
+    # (voice2face/nets/layout.py)
+    def configure_model(self) -> None:
+        if self.cfg["model"].get("channels_last", False):
+            self.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        batch = super().on_after_batch_transfer(batch, dataloader_idx)
+        if self.cfg["model"].get("channels_last", False):
+            batch = faces_channels_last(batch)
+        return batch
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         if dataloader_idx == 0:  # utterances: nothing for a face net

@@ -136,11 +136,13 @@ class GanModule(AdversarialModule):
                 loss = loss + m["face_weight"] * logs["train/loss_face"]
             self._update(opt_g, loss)
 
+        # only the generator's loss on the progress bar, which reads its values every step
+        self.log("train/loss_g", loss_adv, prog_bar=True, batch_size=n)
         self.log_dict({"train/loss_d": loss_d, "train/loss_c": loss_c,
-                       "train/loss_g": loss_adv, "train/loss_id": loss_id, **logs,
+                       "train/loss_id": loss_id, **logs,
                        "train/acc_real": top1_accuracy(out["identity"][:n].detach(), labels),
                        "train/acc_fake": top1_accuracy(out_fake["identity"].detach(), labels)},
-                      prog_bar=True, batch_size=n)
+                      batch_size=n)
 
     def _gender_term(self, out: dict, gender: torch.Tensor, n: int, which: str,
                      logs: dict) -> torch.Tensor | float:

@@ -26,6 +26,10 @@ from voice2face.methods.base import Evaluation, MethodModule, Voices, proposal_f
 from voice2face.methods.common import adam
 from voice2face.methods.pretrained import load_judge, voice_embedder_for
 from voice2face.metrics import compute_each, make_metrics
+from voice2face.nets import faces_channels_last
+
+# a training batch's key for its rows in the voice cache (``training_batch_facts``)
+VOICE_ROWS_KEY = "_voice_rows"
 
 
 class GeneratorModule(MethodModule, abstract=True):
@@ -52,6 +56,18 @@ class GeneratorModule(MethodModule, abstract=True):
                 rank_zero_warn(f"{self.method}: no judge at eval.judge={path}; validation logs "
                                f"the grid only (train one with `voice2face train face --export "
                                f"{path}`)")
+
+    # model.channels_last: the face nets' 4-D weights and the batch's faces in NHWC memory
+    # (voice2face/nets/layout.py); a checkpoint from before the key trained without
+    def configure_model(self) -> None:
+        if self.cfg["model"].get("channels_last", False):
+            self.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        batch = super().on_after_batch_transfer(batch, dataloader_idx)
+        if self.cfg["model"].get("channels_last", False):
+            batch = faces_channels_last(batch)
+        return batch
 
     def _judge_on(self, device: torch.device):
         if self._judge is not None and next(self._judge.parameters()).device != device:
@@ -116,16 +132,79 @@ class GeneratorModule(MethodModule, abstract=True):
 
 
 @torch.no_grad()
-def embed_utterances(voice, datamodule, split: str, device) -> dict[str, torch.Tensor]:
-    """``{sample key: unit embedding}`` of every utterance of ``split``, each whole, by the
-    frozen ``voice`` embedder (every rank embeds the whole split)."""
-    cache = {}
-    loader = datamodule.eval_dataloader(split, rank=0, world_size=1)
+def embed_utterances(voice, datamodule, split: str, device, rank: int = 0,
+                     world_size: int = 1) -> tuple[list[int], list[str], torch.Tensor]:
+    """``(indices, keys, embeddings [n, D])`` of a rank's share of ``split``'s utterances (every
+    ``world_size``-th from ``rank``, ``datamodule.eval_dataloader``'s slice), each whole,
+    embedded by the frozen ``voice`` embedder on ``device``."""
+    indices, keys, embeddings = [], [], []
+    loader = datamodule.eval_dataloader(split, rank=rank, world_size=world_size)
     for batch in tqdm(loader, desc=f"voice cache ({split})", leave=False,
                       disable=rank_zero_only.rank != 0):
-        emb = voice(batch["mel"].to(device), batch["mel_lengths"].to(device)).cpu()
-        cache.update(zip(batch["key"], emb))
-    return cache
+        if batch is None:  # data.skip_corrupt: a batch of corrupt samples only
+            continue
+        embeddings.append(voice(batch["mel"].to(device), batch["mel_lengths"].to(device)))
+        indices += batch["index"].tolist()
+        keys += list(batch["key"])
+    table = torch.cat(embeddings) if embeddings else torch.zeros(0, voice.dim, device=device)
+    return indices, keys, table
+
+
+class VoiceCache:
+    """The frozen embedder's unit embedding of every training utterance, whole: one tensor
+    ``table [N, D]`` on the module's device, and each sample key's row in it.
+
+    A training batch is looked up by its rows (``row_index`` of its keys, made on the CPU
+    before the batch moves: ``AdversarialModule.training_batch_facts``), so a step gathers on
+    the device and copies nothing per sample.
+    """
+
+    def __init__(self, keys: list[str], table: torch.Tensor):
+        if len(keys) != len(table):
+            raise ValueError(f"{len(keys)} keys for {len(table)} embeddings")
+        self.rows = {k: i for i, k in enumerate(keys)}
+        self.table = table
+
+    @classmethod
+    def from_shares(cls, shares: list[tuple[list[int], list[str], torch.Tensor]],
+                    device) -> VoiceCache:
+        """The cache of every rank's ``embed_utterances`` share, rows in the split's order."""
+        indices = [i for share in shares for i in share[0]]
+        keys = [k for share in shares for k in share[1]]
+        table = torch.cat([share[2].to(device) for share in shares])
+        order = sorted(range(len(indices)), key=indices.__getitem__)
+        return cls([keys[i] for i in order], table[torch.tensor(order, dtype=torch.long,
+                                                                device=table.device)])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def row_index(self, keys) -> torch.Tensor:
+        """The rows ``[B]`` (CPU, long) of sample keys."""
+        try:
+            return torch.tensor([self.rows[k] for k in keys], dtype=torch.long)
+        except KeyError as e:
+            raise KeyError(f"training sample {e} is not in the voice cache made from the "
+                           f"training split at the start of fit") from None
+
+    def lookup(self, rows: torch.Tensor) -> torch.Tensor:
+        """The embeddings ``[B, D]`` of rows, on the table's device."""
+        if self.table.device != rows.device:
+            rows = rows.to(self.table.device)
+        return self.table[rows]
+
+    def embeddings(self, keys) -> torch.Tensor:
+        return self.lookup(self.row_index(keys))
+
+
+def gather_shares(share: tuple[list[int], list[str], torch.Tensor], world_size: int
+                  ) -> list[tuple[list[int], list[str], torch.Tensor]]:
+    """Every rank's share, in rank order (``torch.distributed.all_gather_object``: the keys are
+    strings; once per fit)."""
+    shares = [None] * world_size
+    indices, keys, table = share
+    torch.distributed.all_gather_object(shares, (indices, keys, table.cpu()))
+    return shares
 
 
 class AdversarialModule(GeneratorModule, abstract=True):
@@ -146,7 +225,14 @@ class AdversarialModule(GeneratorModule, abstract=True):
     training batches then carry no audio (``reads_training_audio``): decoding and embedding
     random crops in every batch is most of a narrow GAN's step on a CPU. The embedder is
     frozen, so the cache is exact for whole utterances; it trades the crops' variety for
-    speed (the embedding noise of the GAN stays).
+    speed (the embedding noise of the GAN stays). The cache is one tensor on the module's
+    device (``VoiceCache``); under DDP each rank embeds its slice of the utterances and the
+    slices are gathered, so every rank holds the whole cache.
+
+    A training step waits for the device nowhere: what it must know on the host about its
+    batch (the cache rows of its keys; the CAE's whether it has two identities) is read off
+    the CPU batch before it moves (``training_batch_facts``, from
+    ``on_before_batch_transfer``), and only tensors are logged.
     """
 
     steps_per_batch = 2
@@ -157,7 +243,7 @@ class AdversarialModule(GeneratorModule, abstract=True):
         self.automatic_optimization = False
         self.voice = voice_embedder_for(self.method, cfg["model"]["voice"], voice_net)
         self.hparams["voice_net"] = self.voice.config
-        self._voice_cache: dict[str, torch.Tensor] | None = None
+        self._voice_cache: VoiceCache | None = None
 
     @classmethod
     def reads_training_audio(cls, cfg) -> bool:
@@ -170,7 +256,26 @@ class AdversarialModule(GeneratorModule, abstract=True):
                 raise ValueError(f"{self.method}: model.cache_voice embeds the training split "
                                  f"of the trainer's VoiceFaceDataModule, and this fit has "
                                  f"none; fit with datamodule=..., or model.cache_voice=false")
-            self._voice_cache = embed_utterances(self.voice, dm, "train", self.device)
+            world = self.trainer.world_size
+            share = embed_utterances(self.voice, dm, "train", self.device, self.global_rank,
+                                     world)
+            shares = gather_shares(share, world) if world > 1 else [share]
+            self._voice_cache = VoiceCache.from_shares(shares, self.device)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
+        if self._trainer is not None and self.trainer.training and isinstance(batch, dict):
+            batch = self.training_batch_facts(batch)
+        return batch
+
+    def training_batch_facts(self, batch: dict) -> dict:
+        """The batch with what its training step must know on the host, read off the CPU
+        batch before it moves to the device (so the step never waits for the device to copy
+        it back): the voice cache's rows of its keys (``VOICE_ROWS_KEY``). Lightning calls it
+        on training batches; a batch without these facts costs its step a copy."""
+        if self._voice_cache is not None and VOICE_ROWS_KEY not in batch:
+            batch[VOICE_ROWS_KEY] = self._voice_cache.row_index(batch["key"])
+        return batch
 
     @torch.no_grad()
     def training_voices(self, batch: dict) -> torch.Tensor:
@@ -178,11 +283,15 @@ class AdversarialModule(GeneratorModule, abstract=True):
         utterances) with ``model.cache_voice``, else of the batch's crops."""
         if self._voice_cache is None:
             return self.voice(batch["mel"], batch["mel_lengths"])
-        try:
-            return torch.stack([self._voice_cache[k] for k in batch["key"]]).to(self.device)
-        except KeyError as e:
-            raise KeyError(f"{self.method}: training sample {e} is not in the voice cache "
-                           f"made from the training split at the start of fit") from None
+        if self._voice_cache.table.device != self.device:  # the module moved since fit start
+            self._voice_cache.table = self._voice_cache.table.to(self.device)
+        rows = batch.get(VOICE_ROWS_KEY)
+        if rows is None:
+            try:
+                rows = self._voice_cache.row_index(batch["key"])
+            except KeyError as e:
+                raise KeyError(f"{self.method}: {e.args[0]}") from None
+        return self._voice_cache.lookup(rows)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -29,6 +29,17 @@ generating method's, and this family's own measures come on top (``extra_metrics
   generation need it (``voice2face evaluate --decoder PATH``, the contract's
   ``replace_part``) and say so.
 
+Utterance length: training sees crops (``data.crop_seconds``); validation and evaluation
+see whole utterances, but the encoder does not: its first blocks keep 64 channels × 257 bins
+of every frame (x ``model.width``), so a 30 s utterance in a batch of 64 would need over
+10 GB per activation, and VoxCeleb has utterances over 100 s. An utterance longer than
+``model.eval_max_seconds`` (6 s: the length of the speech sections Speech2Face reconstructs
+faces from) is split into equal windows of at most that length; their predicted unit
+features are averaged, weighted by the windows' frames, and renormalised (as ``fuse_codes``
+fuses utterances). An utterance within one window is predicted exactly as before, and no
+encoder call takes more windows than the batch has utterances, so an evaluation batch
+costs at most what the same number of window-long crops would (``null``: whole utterances).
+
 Validation: ``val/loss``, ``val/feature_{l1,l2,cosine}`` between the predicted and the true
 feature of the validation speakers, ``val/feature_recall@K`` of the speaker among the
 validation identities' true features (cosine); with a decoder also ``GeneratorModule``'s judged
@@ -49,7 +60,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
-from datamodules.features import N_FFT, compress_spectrogram
+from datamodules.features import N_FFT, SAMPLE_RATE, AudioFeatures, compress_spectrogram
 from voice2face.grid import GridCollector
 from voice2face.losses import feature_l1_l2_loss, get_feature_loss, info_nce_loss
 from voice2face.methods.base import CheckpointError, Voices, load_module
@@ -64,6 +75,8 @@ from voice2face.nets.speech2face import FaceDecoder
 ENCODERS = ("spectrogram", "mel")
 EXTRA_TOP_K = (1, 5, 10, 20, 50)
 SIMILARITIES = ("cosine", "l1", "l2")
+# model.eval_max_seconds of checkpoints saved before the key existed (experiments/regression.yaml)
+EVAL_MAX_SECONDS = 6.0
 
 
 def _no_sync() -> bool:
@@ -154,11 +167,13 @@ class RegressionModule(GeneratorModule):
         ``cache_utterances``, a batch whose every utterance was predicted before is not
         encoded again."""
         kept = self._predicted
+        # training reads crops; validation and evaluation whole utterances, in windows
+        encode = self._encode if self.training else self.encode_windows
         if kept is None or voices.keys is None:
-            return self._encode(voices)
+            return encode(voices)
         if all(k in kept for k in voices.keys):
             return torch.stack([kept[k] for k in voices.keys]).to(voices.mel.device)
-        pred = self._encode(voices)
+        pred = encode(voices)
         kept.update(zip(voices.keys, pred.detach().cpu()))
         return pred
 
@@ -169,6 +184,57 @@ class RegressionModule(GeneratorModule):
             raise ValueError("regression: this encoder reads Voices.spec (the complex STFT); "
                              "load the data with spectrogram=True")
         return self.encoder(compress_spectrogram(voices.spec), voices.lengths)
+
+    def window_frames(self) -> int | None:
+        """The most frames the encoder sees of one utterance outside training (those of a
+        ``model.eval_max_seconds`` crop); None: whole utterances."""
+        seconds = self.cfg["model"].get("eval_max_seconds", EVAL_MAX_SECONDS)
+        if seconds is None:
+            return None
+        return max(1, AudioFeatures.num_frames(round(float(seconds) * SAMPLE_RATE)))
+
+    def encode_windows(self, voices: Voices) -> torch.Tensor:
+        """``_encode`` with at most ``window_frames()`` frames of an utterance and at most
+        as many windows as the batch has utterances per encoder call (module docstring)."""
+        window = self.window_frames()
+        n_utt, frames = voices.mel.shape[0], voices.mel.shape[-1]
+        lengths = ([frames] * n_utt if voices.lengths is None
+                   else [max(int(n), 1) for n in voices.lengths.tolist()])
+        if window is None or max(lengths, default=0) <= window:
+            return self._encode(voices)  # the batch as it is: exactly the whole-utterance path
+        # (utterance, first frame, frames) of each window: ceil(L / window) equal parts
+        pieces = []
+        for i, n in enumerate(lengths):
+            k = -(-n // window)
+            bounds = [j * n // k for j in range(k + 1)]
+            pieces += [(i, a, b - a) for a, b in zip(bounds, bounds[1:])]
+        feats = []
+        for c in range(0, len(pieces), n_utt):
+            chunk = pieces[c:c + n_utt]
+            width = max(n for _, _, n in chunk)
+
+            def cut(x: torch.Tensor) -> torch.Tensor:  # [B, ..., T] -> [chunk, ..., width]
+                out = x.new_zeros((len(chunk), *x.shape[1:-1], width))
+                for row, (i, a, n) in enumerate(chunk):
+                    out[row, ..., :n] = x[i, ..., a:a + n]
+                return out
+
+            part = Voices(cut(voices.mel),
+                          torch.tensor([n for _, _, n in chunk], device=voices.mel.device),
+                          None if voices.spec is None else cut(voices.spec))
+            feats.append(self._encode(part))
+        feats = torch.cat(feats)
+        out = []
+        for i in range(n_utt):
+            rows = [r for r, (j, _, _) in enumerate(pieces) if j == i]
+            if len(rows) == 1:  # within one window: its prediction as it is
+                out.append(feats[rows[0]])
+                continue
+            weight = torch.tensor([float(pieces[r][2]) for r in rows], device=feats.device)
+            unit = F.normalize(feats[rows].float(), dim=-1)  # fp32 also under autocast
+            mean = (weight[:, None] * unit).sum(0) / weight.sum()
+            out.append(F.normalize(mean, dim=-1).to(feats.dtype))
+        return torch.stack(out)
 
     @torch.no_grad()
     def face_features(self, faces: torch.Tensor) -> torch.Tensor:
@@ -292,8 +358,9 @@ class RegressionModule(GeneratorModule):
         true = self.face_features(batch["faces"])
         loss = self.feature_loss(pred, true, batch["identity"])
         cosine = feature_distances(pred.detach(), true)["cosine"].mean()
-        self.log_dict({"train/loss": loss, "train/feature_cosine": cosine}, prog_bar=True,
-                      batch_size=len(pred))
+        # only the loss on the progress bar, which reads its values every step
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(pred))
+        self.log("train/feature_cosine", cosine, batch_size=len(pred))
         return loss
 
     def setup(self, stage: str) -> None:

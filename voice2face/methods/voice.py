@@ -34,8 +34,9 @@ class VoiceModule(MethodModule):
     def training_step(self, batch, batch_idx):
         logits = self.classifier(self.voice(batch["mel"], batch["mel_lengths"]))
         loss = identity_loss(logits, batch["label"])
-        self.log_dict({"train/loss": loss, "train/acc": top1_accuracy(logits, batch["label"])},
-                      prog_bar=True, batch_size=len(logits))
+        # only the loss on the progress bar, which reads its values every step
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        self.log("train/acc", top1_accuracy(logits, batch["label"]), batch_size=len(logits))
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -5,10 +5,11 @@ from voice2face.nets.cae import CAECritic, GatedConvTranspose2d, GatedUNet
 from voice2face.nets.face import FaceEncoder, FaceTrunk
 from voice2face.nets.gan import FaceCritic, FaceGenerator
 from voice2face.nets.heads import CosineClassifier, CovariateHeads
+from voice2face.nets.layout import faces_channels_last, to_channels_last
 from voice2face.nets.speech2face import FaceDecoder, SpectrogramEncoder
 from voice2face.nets.voice import VoiceEmbedder, perturb_embedding
 
 __all__ = ["CAECritic", "CosineClassifier", "CovariateHeads", "FaceCritic", "FaceDecoder",
            "FaceEncoder", "FaceGenerator", "FaceTrunk", "GatedConvTranspose2d", "GatedUNet",
            "SpectrogramEncoder", "VoiceEmbedder",
-           "perturb_embedding"]
+           "faces_channels_last", "perturb_embedding", "to_channels_last"]

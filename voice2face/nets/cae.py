@@ -59,13 +59,25 @@ def batched_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.
     ``groups=B``, so group ``b`` sees only sample ``b``'s channels and filters. When the
     kernel equals the stride and there is no padding (the U-Net's 2x2, stride-2 up-convolution)
     the output patches do not overlap and each is one matrix product: a ``bmm`` of
-    ``[B, H W, C_in]`` by ``[B, C_in, C_out k k]``, about twice as fast on CPU.
+    ``[B, H W, C_in]`` by ``[B, C_in, C_out k k]``, about twice as fast on CPU; its output is
+    channels-last when ``x`` is (as a convolution's follows its input's memory format).
     """
     b, c_in, h, w = x.shape
     c_out, k = weight.shape[2], weight.shape[3]
+    if bias is not None:
+        bias = bias.to(x.dtype)  # an fp32 bias would make a bf16 output fp32 (autocast)
     if k == stride and padding == 0:
-        patches = torch.bmm(x.flatten(2).transpose(1, 2), weight.reshape(b, c_in, c_out * k * k))
-        out = patches.view(b, h, w, c_out, k, k).permute(0, 3, 1, 4, 2, 5).reshape(b, c_out, h * k, w * k)
+        nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last)
+        rows = (x.permute(0, 2, 3, 1).reshape(b, h * w, c_in) if nhwc
+                else x.flatten(2).transpose(1, 2))
+        patches = torch.bmm(rows, weight.reshape(b, c_in, c_out * k * k).to(rows.dtype))
+        if nhwc:  # [b, h, k, w, k, c_out] rows of NHWC memory, seen as NCHW
+            out = (patches.view(b, h, w, c_out, k, k).permute(0, 1, 4, 2, 5, 3)
+                   .reshape(b, h * k, w * k, c_out).permute(0, 3, 1, 2))
+        else:
+            out = (patches.view(b, h, w, c_out, k, k).permute(0, 3, 1, 4, 2, 5)
+                   .reshape(b, c_out, h * k, w * k))
         return out if bias is None else out + bias.view(1, -1, 1, 1)
     out = F.conv_transpose2d(x.reshape(1, b * c_in, h, w), weight.reshape(b * c_in, c_out, k, k),
                              None if bias is None else bias.repeat(b), stride, padding, groups=b)
@@ -122,16 +134,20 @@ class GatedConvTranspose2d(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         gates = self.gates(cond)
+        # the gated weights in the gates' dtype (bf16 under autocast): [B, C_in, C_out, k, k]
+        # is most of the layer's memory, and the convolution would cast it anyway
+        weight = self.weight.to(gates.dtype)
         if self.impl == "loop":  # the paper's way: one sample at a time through its own weights
-            return torch.cat([F.conv_transpose2d(x[i:i + 1], self.weight * gates[i], self.bias,
+            return torch.cat([F.conv_transpose2d(x[i:i + 1], weight * gates[i], self.bias,
                                                  self.stride, self.padding)
                               for i in range(x.shape[0])])
         if self.granularity == "channel":
             # conv(x, W * g) = g * conv(x, W) when g is constant over each output channel's
             # filter: one shared convolution, then a per-sample scale
             out = F.conv_transpose2d(x, self.weight, None, self.stride, self.padding)
-            return out * gates.view(x.shape[0], -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return batched_conv_transpose2d(x, self.weight * gates, self.bias, self.stride, self.padding)
+            return (out * gates.view(x.shape[0], -1, 1, 1).to(out.dtype)
+                    + self.bias.view(1, -1, 1, 1).to(out.dtype))
+        return batched_conv_transpose2d(x, weight * gates, self.bias, self.stride, self.padding)
 
 
 def double_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -197,7 +213,9 @@ class GatedUNet(nn.Module):
             skips.append(h)
             h = self.pool(h)
         if self.gating == "concat":
-            h = torch.cat([h, voice[:, :, None, None].expand(-1, -1, *h.shape[-2:])], dim=1)
+            # in h's dtype: an fp32 embedding would make the bf16 activations fp32 (autocast)
+            h = torch.cat([h, voice[:, :, None, None].to(h.dtype).expand(-1, -1, *h.shape[-2:])],
+                          dim=1)
         h = self.bottleneck(h)
         for up, fuse, skip in zip(self.up, self.fuse, skips[::-1]):
             h = up(h) if self.gating == "concat" else up(h, voice)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from voice2face.nets.gan import FaceGenerator
-from voice2face.nets.voice import scaled, time_mask
+from voice2face.nets.voice import at_least_fp32, scaled, time_mask
 
 PAPER_CHANNELS = (64, 64, 128, 128, 128, 256, 512, 512, 512)
 PAPER_POOLS = (1, 2, 3, 4, 5)  # blocks (0-based) followed by a 2x1 max-pool over frequency
@@ -75,14 +75,17 @@ class SpectrogramEncoder(nn.Module):
             lengths = torch.full((spec.shape[0],), spec.shape[-1], dtype=torch.long,
                                  device=spec.device)
         lengths = lengths.clamp(min=1)
-        mask = time_mask(lengths, spec.shape[-1]).unsqueeze(1).to(spec.dtype)  # [B, 1, 1, T]
-        x = spec * mask
+        mask = time_mask(lengths, spec.shape[-1]).unsqueeze(1)  # [B, 1, 1, T], fp32
+        x = spec * mask.to(spec.dtype)
         for i, block in enumerate(self.blocks):
             # zero the padding: batch norm shifts it away from 0, and the next kernel sees it
-            x = block(x) * mask
+            # (the mask in the activations' dtype: an fp32 mask would make bf16 ones fp32)
+            x = block(x)
+            x = x * mask.to(x.dtype)
             if i in self.pools:
                 x = F.max_pool2d(x, kernel_size=(2, 1))
-        x = x.sum(-1) / lengths[:, None, None].to(x.dtype)  # mean over each utterance's frames
+        # the mean over each utterance's frames, summed in fp32 (bf16 under autocast)
+        x = x.sum(-1, dtype=at_least_fp32(x.dtype)) / lengths[:, None, None]
         return self.fc(x.flatten(1))
 
 

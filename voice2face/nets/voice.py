@@ -39,9 +39,15 @@ def conv_lengths(lengths: torch.Tensor, stride: int = 2) -> torch.Tensor:
 
 
 def time_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
-    """``[B, 1, steps]`` float mask, 1 on valid frames."""
+    """``[B, 1, steps]`` float mask, 1 on valid frames (in fp32: cast it to the activations'
+    dtype before multiplying, or a bf16 activation comes out fp32)."""
     frames = torch.arange(steps, device=lengths.device)
     return (frames[None, :] < lengths[:, None]).unsqueeze(1).float()
+
+
+def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    """``dtype``, or fp32 for a narrower one (bf16 and fp16 under autocast)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def normalize_mel(mel: torch.Tensor, lengths: torch.Tensor, norm: str) -> torch.Tensor:
@@ -52,7 +58,7 @@ def normalize_mel(mel: torch.Tensor, lengths: torch.Tensor, norm: str) -> torch.
     """
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose from {NORMS}")
-    mask = time_mask(lengths, mel.shape[-1])                   # [B, 1, T]
+    mask = time_mask(lengths, mel.shape[-1]).to(mel.dtype)     # [B, 1, T]
     dims = (-1,) if norm == "bin" else (-2, -1)
     frames = mask.sum(-1, keepdim=True)                        # [B, 1, 1]
     count = frames if norm == "bin" else frames * mel.shape[-2]
@@ -102,7 +108,10 @@ class VoiceEmbedder(nn.Module):
             x = layer(x)
             lengths = conv_lengths(lengths)
             # zero the padding: batch norm shifts it away from 0, and the next kernel sees it
-            x = x * time_mask(lengths, x.shape[-1])
+            x = x * time_mask(lengths, x.shape[-1]).to(x.dtype)
+        # pooled in fp32 (under bf16 autocast the convolutions' outputs are bf16): a sum over
+        # many frames, and a variance as a difference of moments, lose their digits in bf16
+        x = x.to(at_least_fp32(x.dtype))
         n = lengths[:, None].to(x.dtype)
         mean = x.sum(-1) / n
         if self.stats is None:
