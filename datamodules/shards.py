@@ -172,6 +172,9 @@ def write_manifest(root: str | Path, manifest: dict) -> None:
 def read_manifest(root: str | Path) -> dict:
     """The manifest of a dataset folder, checked for the fields every reader relies on."""
     path = manifest_path(root)
+    if Path(root).is_file():
+        raise DataFormatError(f"data folder {root} is a file; expected the folder that holds "
+                              f"manifest.json and shards/")
     if not Path(root).is_dir():
         raise DataFormatError(f"data folder {root} does not exist (make one with "
                               f"`voice2face synth --out {root}` or `voice2face prepare`)")
@@ -182,13 +185,52 @@ def read_manifest(root: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataFormatError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(manifest, dict):
+        raise DataFormatError(f"{path}: expected a JSON object, found a {type(manifest).__name__}")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise DataFormatError(f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}")
+    check_manifest(manifest, path)
+    return manifest
+
+
+def check_manifest(manifest: dict, path: Path) -> None:
+    """The manifest's schema, before any reader trusts it: types, and counts that add up
+    (each split's ``samples`` is the sum of its shards'). ``DataFormatError`` names the field."""
+    def need(ok: bool, field: str, expected: str, value: Any) -> None:
+        if not ok:
+            raise DataFormatError(f"{path}: {field} is {json.dumps(value)[:60]}; expected {expected}")
+
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
     for field in ("identities", "splits", "gallery", "sample_rate", "face_size"):
         if field not in manifest:
             raise DataFormatError(f"{path}: missing field {field!r}")
-    return manifest
+    for field in ("sample_rate", "face_size"):
+        need(count(manifest[field]) and manifest[field] > 0, field, "a positive integer",
+             manifest[field])
+    ids = manifest["identities"]
+    need(isinstance(ids, list) and ids != [], "identities", "a non-empty list", ids)
+    for i, ident in enumerate(ids):
+        need(isinstance(ident, dict) and count(ident.get("index")) and isinstance(
+            ident.get("name"), str) and ident.get("split") in ("train", "val", "test"),
+             f"identities[{i}]", "an object with index (int), name and split "
+             "(train, val or test)", ident)
+    for kind in ("splits", "gallery"):
+        need(isinstance(manifest[kind], dict), kind, "an object of splits", manifest[kind])
+        for split, entry in manifest[kind].items():
+            field = f"{kind}.{split}"
+            need(isinstance(entry, dict) and isinstance(entry.get("shards"), list)
+                 and count(entry.get("samples")), field,
+                 'an object with "shards" (a list) and "samples" (a count)', entry)
+            for j, shard in enumerate(entry["shards"]):
+                need(isinstance(shard, dict) and isinstance(shard.get("name"), str)
+                     and count(shard.get("samples")), f"{field}.shards[{j}]",
+                     'an object with "name" and "samples" (a count)', shard)
+            total = sum(s["samples"] for s in entry["shards"])
+            need(total == entry["samples"], f"{field}.samples",
+                 f"the sum of its shards' samples, {total}", entry["samples"])
 
 
 def shard_paths(root: str | Path, names: list[str]) -> list[str]:

@@ -342,6 +342,10 @@ class IndexedShards(Dataset):
                     members.setdefault(key, {})[ext] = (m.offset_data, m.size)
         except (tarfile.TarError, OSError) as e:
             problem = f"{type(e).__name__}: {e}"
+        if problem is None and expected is not None and len(members) > expected:
+            raise DataFormatError(f"{url}: {len(members)} samples, but the manifest lists "
+                                  f"{expected}; the manifest is not this shard's (rewrite the "
+                                  f"data with the command that made it)")
         if problem is None and expected is not None and len(members) < expected:
             problem = "it ends early"
         if problem is not None:

@@ -428,3 +428,39 @@ def test_device_features_in_a_lightning_module(fake_root):
               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
               limit_val_batches=0).fit(module, datamodule=dm)
     assert module.shapes == [(3, 64, AudioFeatures.num_frames(3200))] * 3
+
+
+def test_a_manifest_that_is_not_its_datas_is_refused_naming_the_field(fake_root, tmp_path):
+    import json
+    import shutil
+
+    from datamodules import DataFormatError, VoiceFaceDataModule
+    root = tmp_path / "copy"
+    shutil.copytree(fake_root, root)
+    good = json.loads((fake_root / "manifest.json").read_text())
+
+    def refused(manifest, match):
+        (root / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(DataFormatError, match=match):
+            VoiceFaceDataModule(root)
+
+    refused([good], "expected a JSON object, found a list")
+    refused({**good, "splits": {**good["splits"], "train": {**good["splits"]["train"],
+                                                             "shards": 5}}},
+            r"splits.train is .*expected an object with \"shards\" \(a list\)")
+    refused({**good, "face_size": "16"}, "face_size is \"16\"; expected a positive integer")
+    train = good["splits"]["train"]
+    refused({**good, "splits": {**good["splits"], "train": {**train, "samples": train["samples"] + 1}}},
+            f"splits.train.samples is {train['samples'] + 1}; expected the sum of its shards' "
+            f"samples, {train['samples']}")
+    # a shard holding more samples than the manifest says, in both directions
+    fewer = json.loads(json.dumps(good))
+    fewer["splits"]["val"]["shards"][0]["samples"] -= 1
+    fewer["splits"]["val"]["samples"] -= 1
+    (root / "manifest.json").write_text(json.dumps(fewer))
+    name = fewer["splits"]["val"]["shards"][0]["name"]
+    with pytest.raises(DataFormatError, match=f"{name}: 5 samples, but the manifest lists 4"):
+        VoiceFaceDataModule(root).eval_dataset("val")
+    # a file given as the data folder
+    with pytest.raises(DataFormatError, match="is a file; expected the folder"):
+        VoiceFaceDataModule(root / "manifest.json")

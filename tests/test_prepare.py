@@ -517,6 +517,9 @@ def test_cli_stops_at_once_on_missing_or_malformed_inputs(tree, tmp_path, capsys
         (["--vox2", str(root / "vox2"), "--vggface2-meta", str(tmp_path / "x.csv")],
          "x.csv does not exist"),
         (["--face-size", "2"], "face size"),
+        (["--out", str(root / "vox1" / "vox1_meta.csv")], "--out .*vox1_meta.csv is a file"),
+        (["--out", str(root / "vox1" / "vox1_meta.csv" / "data")], "vox1_meta.csv is a file"),
+        (["--faces", str(root / "vox1" / "vox1_meta.csv")], "vox1_meta.csv is a file; expected"),
     ]
     for extra, message in cases:
         argv = base + extra

@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 
 from datamodules.shards import (ShardWriter, make_gallery_item, make_sample, manifest_path,
                                 write_json_atomic, write_manifest)
-from voice2face.errors import EXIT_INTERRUPTED, reports_errors
+from voice2face.errors import EXIT_INTERRUPTED, UserError, check_output_path, reports_errors
 
 from . import plan as P
 from .audio import AudioSettings, prepare_utterance
@@ -492,7 +492,11 @@ def main(argv: list[str] | None = None) -> int:
                       vggface2_meta=args.vggface2_meta, split_file=args.split_file)
     try:
         config = config_from_args(args)
-    except ValueError as e:  # an option out of range
+        check_output_path("--out", args.out, folder=True)
+        for folder in (*args.vox1, *args.vox2, args.faces):
+            if folder is not None and folder.is_file():
+                raise UserError(f"{folder} is a file; expected a dataset folder")
+    except (ValueError, UserError) as e:  # an option out of range, an output it cannot write
         print(f"voice2face prepare: error: {e}", file=sys.stderr)
         return 2
     try:
