@@ -444,7 +444,12 @@ def fit(cfg: DictConfig, method_cls, module, dm, folder: Path, ckpt_path: str | 
     checkpoints = StepCheckpoint(k, dirpath=folder / "checkpoints",
                                  every_n_train_steps=cfg.run.checkpoint_every * k,
                                  save_last=True, save_top_k=1)
-    if torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda"):
+    on_gpu = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    if on_gpu and str(t.precision).startswith("bf16") and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"trainer.precision={t.precision}: {torch.cuda.get_device_name()} has "
+                          f"no bfloat16 (before Ampere); use trainer.precision=32-true (or "
+                          f"16-mixed, untested here)")
+    if on_gpu:
         # TF32 for the float32 matrix products that remain (all of them in 32-true, the
         # losses and norms under bf16-mixed): ~8x the FP32 rate of an Ampere/Hopper GPU
         torch.set_float32_matmul_precision("high")

@@ -183,12 +183,29 @@ class MethodModule(L.LightningModule):
         self.save_hyperparameters({"cfg": cfg, "data": data})
         self.cfg, self.data_info = cfg, data
 
+    # --- where the batch lands -------------------------------------------------------------
+
+    @property
+    def channels_last(self) -> bool:
+        """``model.channels_last`` (the ``paper`` profiles): the face nets' 4-D weights and
+        the batch's faces in NHWC memory (``voice2face/nets/layout.py``); a checkpoint from
+        before the key trained without."""
+        return bool(self.cfg["model"].get("channels_last", False))
+
+    def configure_model(self) -> None:
+        if self.channels_last:  # 1-D voice nets, linear layers and norms keep their layout
+            self.to(memory_format=torch.channels_last)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """``data.features=device``: the batch's waveform crops become log-mel (and STFT)
         here, on the accelerator, in fp32 (``datamodules.features.device_features``; docs/
-        data.md says why); batches with features already (``worker``, evaluation) pass."""
+        data.md says why); batches with features already (``worker``, evaluation) pass.
+        Then the faces go channels-last where the method's nets are."""
         from datamodules.features import device_features
-        return device_features(batch, spectrogram=self.needs_spectrogram)
+
+        from voice2face.nets import faces_channels_last
+        batch = device_features(batch, spectrogram=self.needs_spectrogram)
+        return faces_channels_last(batch) if self.channels_last else batch
 
     # --- identity ------------------------------------------------------------------------
 

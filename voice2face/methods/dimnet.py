@@ -21,7 +21,7 @@ from voice2face.losses import covariate_loss, top1_accuracy
 from voice2face.methods.base import Embeddings, Evaluation, MethodModule, Voices
 from voice2face.methods.common import adam
 from voice2face.metrics import CrossModalMatching
-from voice2face.nets import CovariateHeads, FaceTrunk, VoiceEmbedder, faces_channels_last
+from voice2face.nets import CovariateHeads, FaceTrunk, VoiceEmbedder
 
 
 class DimnetModule(MethodModule):
@@ -71,18 +71,6 @@ class DimnetModule(MethodModule):
                        "train/acc_voice": top1_accuracy(voice["identity"], batch["label"])},
                       batch_size=len(batch["label"]))
         return loss
-
-    # model.channels_last: the face trunk's 4-D weights and the batch's faces in NHWC memory
-    # (voice2face/nets/layout.py; the voice embedder is 1-D)
-    def configure_model(self) -> None:
-        if self.cfg["model"].get("channels_last", False):
-            self.to(memory_format=torch.channels_last)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        batch = super().on_after_batch_transfer(batch, dataloader_idx)
-        if self.cfg["model"].get("channels_last", False):
-            batch = faces_channels_last(batch)
-        return batch
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         if dataloader_idx == 0:

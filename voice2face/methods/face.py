@@ -20,7 +20,7 @@ from torchmetrics.classification import BinaryAccuracy
 from voice2face.losses import covariate_loss, top1_accuracy
 from voice2face.methods.base import Evaluation, MethodModule
 from voice2face.methods.common import SplitHalfRecall, adam
-from voice2face.nets import FaceEncoder, faces_channels_last
+from voice2face.nets import FaceEncoder
 
 
 class FaceModule(MethodModule):
@@ -47,18 +47,6 @@ class FaceModule(MethodModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         self.log("train/acc", top1_accuracy(out["identity"], labels), batch_size=len(labels))
         return loss
-
-    # model.channels_last: the encoder's 4-D weights and the batch's faces in NHWC memory
-    # (voice2face/nets/layout.py)
-    def configure_model(self) -> None:
-        if self.cfg["model"].get("channels_last", False):
-            self.to(memory_format=torch.channels_last)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        batch = super().on_after_batch_transfer(batch, dataloader_idx)
-        if self.cfg["model"].get("channels_last", False):
-            batch = faces_channels_last(batch)
-        return batch
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         if dataloader_idx == 0:  # utterances: nothing for a face net

@@ -28,7 +28,7 @@ from voice2face.grid import GridCollector, log_grid
 from voice2face.methods.base import Evaluation, MethodModule
 from voice2face.methods.common import adam
 from voice2face.methods.pretrained import freeze, load_target
-from voice2face.nets import FaceTrunk, faces_channels_last
+from voice2face.nets import FaceTrunk
 from voice2face.nets.speech2face import FaceDecoder
 
 
@@ -81,18 +81,6 @@ class FaceDecoderModule(MethodModule):
         self.log_dict({f"train/{k}": v for k, v in out.items() if k.startswith("loss_")},
                       batch_size=len(faces))
         return loss
-
-    # model.channels_last: the decoder's and the target's 4-D weights and the batch's faces in
-    # NHWC memory (voice2face/nets/layout.py)
-    def configure_model(self) -> None:
-        if self.cfg["model"].get("channels_last", False):
-            self.to(memory_format=torch.channels_last)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        batch = super().on_after_batch_transfer(batch, dataloader_idx)
-        if self.cfg["model"].get("channels_last", False):
-            batch = faces_channels_last(batch)
-        return batch
 
     def on_validation_epoch_start(self) -> None:
         e = self.cfg["eval"]

@@ -26,7 +26,6 @@ from voice2face.methods.base import Evaluation, MethodModule, Voices, proposal_f
 from voice2face.methods.common import adam
 from voice2face.methods.pretrained import load_judge, voice_embedder_for
 from voice2face.metrics import compute_each, make_metrics
-from voice2face.nets import faces_channels_last
 
 # a training batch's key for its rows in the voice cache (``training_batch_facts``)
 VOICE_ROWS_KEY = "_voice_rows"
@@ -56,18 +55,6 @@ class GeneratorModule(MethodModule, abstract=True):
                 rank_zero_warn(f"{self.method}: no judge at eval.judge={path}; validation logs "
                                f"the grid only (train one with `voice2face train face --export "
                                f"{path}`)")
-
-    # model.channels_last: the face nets' 4-D weights and the batch's faces in NHWC memory
-    # (voice2face/nets/layout.py); a checkpoint from before the key trained without
-    def configure_model(self) -> None:
-        if self.cfg["model"].get("channels_last", False):
-            self.to(memory_format=torch.channels_last)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        batch = super().on_after_batch_transfer(batch, dataloader_idx)
-        if self.cfg["model"].get("channels_last", False):
-            batch = faces_channels_last(batch)
-        return batch
 
     def _judge_on(self, device: torch.device):
         if self._judge is not None and next(self._judge.parameters()).device != device:
