@@ -129,13 +129,6 @@ def probe_device() -> dict:
     return info
 
 
-def _strings(tree) -> list[str]:
-    if isinstance(tree, dict):
-        return [s for v in tree.values() for s in _strings(v)]
-    if isinstance(tree, list):
-        return [s for v in tree for s in _strings(v)]
-    return [tree] if isinstance(tree, str) else []
-
 
 def probe_plan(world: str, profile: str) -> dict:
     """The registry, the pretrained nets each method's resolved config names under
@@ -147,14 +140,14 @@ def probe_plan(world: str, profile: str) -> dict:
     from omegaconf import OmegaConf
 
     import voice2face.cli  # noqa: F401  (what `python -m voice2face.cli` imports first)
-    from voice2face.config import load_config
+    from voice2face.config import load_config, string_leaves
     from voice2face.methods import METHODS
 
     folder = Path(world) / "pretrained"
 
     def loads(method: str, overrides=()) -> list[str]:
         cfg = load_config(method, [f"data.root={world}", f"profile={profile}", *overrides])
-        leaves = _strings(OmegaConf.to_container(cfg, resolve=True))
+        leaves = string_leaves(OmegaConf.to_container(cfg, resolve=True))
         return sorted({Path(s).stem for s in leaves
                        if s.endswith(".ckpt") and Path(s).parent == folder})
 

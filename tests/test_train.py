@@ -520,3 +520,30 @@ def test_training_writes_nothing_outside_the_run_folder(toy, tmp_path, monkeypat
     final = train(toy("trainer.max_steps=2", "run.name=w", "logger.wandb=true"))
     assert list(home.rglob("*")) == []
     assert list((final.parent.parent / "wandb").glob("offline-run-*"))
+
+
+def test_a_full_disk_ends_the_run_in_one_line_and_the_run_resumes(fake_root, tmp_path,
+                                                                  monkeypatch, capsys):
+    import shutil as sh
+
+    from voice2face import atomic
+    args = ["train", "face", f"data.root={fake_root}", f"run.root={tmp_path / 'runs'}",
+            "profile=cpu", "data.batch_size=4", "data.num_workers=0", "logger.wandb=false",
+            "trainer.val_check_interval=2", "run.checkpoint_every=2", "run.evaluate=false",
+            "trainer.max_steps=6", "run.name=full"]
+    real, writes = sh.disk_usage, []
+
+    def filling(path):  # room for the first two checkpoints (step000002 and last), then none
+        writes.append(path)
+        usage = real(path)
+        return usage._replace(free=usage.free if len(writes) <= 2 else 1000)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", filling)
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert "no space left on the device of" in err[0] and "MB needed, 0.0 MB free" in err[0]
+    ckpts = tmp_path / "runs" / "full" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step000002.ckpt"]
+    monkeypatch.undo()
+    assert cli_main(["train", "face", f"run.resume={ckpts.parent}"]) == 0
+    assert torch.load(ckpts / "final.ckpt", weights_only=False)["global_step"] == 6

@@ -54,16 +54,28 @@ RANGES: dict[str, tuple[float, bool]] = {
 RANGE_SUFFIXES: dict[str, tuple[float, bool]] = {"width": (0, False), "_weight": (0, True)}
 
 
+def leaves(tree, prefix: str = "") -> dict[str, Any]:
+    """``{dotted.key: value}`` of a plain config tree (lists are values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def string_leaves(tree) -> list[str]:
+    """Every non-empty string of a plain config tree, in lists too (the paths it names)."""
+    if isinstance(tree, dict):
+        return [s for v in tree.values() for s in string_leaves(v)]
+    if isinstance(tree, list):
+        return [s for v in tree for s in string_leaves(v)]
+    return [tree] if isinstance(tree, str) and tree else []
+
+
 def check_ranges(cfg: DictConfig) -> None:
     """``ConfigError`` naming the first key whose value is out of its declared range."""
-    def walk(node, key=""):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                yield from walk(v, f"{key}.{k}" if key else str(k))
-        else:
-            yield key, node
-
-    for key, value in walk(OmegaConf.to_container(cfg, resolve=True)):
+    for key, value in leaves(OmegaConf.to_container(cfg, resolve=True)).items():
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         bound = RANGES.get(key) or next((r for s, r in RANGE_SUFFIXES.items()

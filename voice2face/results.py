@@ -51,6 +51,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from voice2face.config import string_leaves
 from voice2face.errors import UserError, reports_errors
 
 RECORD = "results-run.json"  # in a run folder: written when its training has finished
@@ -122,17 +123,10 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("run", "logger")}
 
 
-def _strings(tree) -> list[str]:
-    if isinstance(tree, dict):
-        return [s for v in tree.values() for s in _strings(v)]
-    if isinstance(tree, list):
-        return [s for v in tree for s in _strings(v)]
-    return [tree] if isinstance(tree, str) else []
-
 
 def run_identity(cfg: DictConfig, manifest_sha1: str) -> dict[str, Any]:
     config = comparable(OmegaConf.to_container(cfg, resolve=True))
-    inputs = {p: sha1_file(p) for p in sorted(set(_strings(config.get("model", {}))))
+    inputs = {p: sha1_file(p) for p in sorted(set(string_leaves(config.get("model", {}))))
               if Path(p).is_file()}
     return {"config": config, "manifest_sha1": manifest_sha1, "inputs": inputs}
 
@@ -575,7 +569,7 @@ def configure(entry: Entry, data: Path, overrides: list[str]) -> tuple[DictConfi
 
 def check_pretrained(cfgs: list[DictConfig], judge: Path) -> None:
     """Every pretrained net a run or the evaluation loads exists (the Makefile makes them)."""
-    missing = sorted({p for cfg in cfgs for p in _strings(OmegaConf.to_container(cfg.model))
+    missing = sorted({p for cfg in cfgs for p in string_leaves(OmegaConf.to_container(cfg.model))
                       if p.endswith(".ckpt") and not Path(p).is_file()} |
                      ({str(judge)} if not judge.is_file() else set()))
     if missing:

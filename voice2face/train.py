@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules import VoiceFaceDataModule
 from voice2face.atomic import AtomicCheckpointIO, copy_file
-from voice2face.config import ConfigError, load_config, save_config
+from voice2face.config import ConfigError, leaves, load_config, save_config, string_leaves
 from voice2face.errors import Interrupted, report
 from voice2face.evaluate import post_fit_evaluation
 from voice2face.methods import METHODS, Evaluation, get_method
@@ -191,15 +191,6 @@ def _resumable(key: str, parts: tuple[str, ...] = ()) -> bool:
                for k in (*RESUMABLE, *(f"model.{p}" for p in parts)))
 
 
-def _leaves(tree, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_leaves(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def resume_config(cfg: DictConfig, folder: Path, ckpt: str,
                   overrides: list[str] | None = None, parts: tuple[str, ...] = ()) -> DictConfig:
     """The config a resumed run trains with: its own ``config.yaml``, with the overrides of
@@ -209,12 +200,12 @@ def resume_config(cfg: DictConfig, folder: Path, ckpt: str,
     as given (a config built in Python)."""
     saved_path = folder / "config.yaml"
     saved = OmegaConf.load(saved_path)
-    given = _leaves(OmegaConf.to_container(cfg, resolve=True))
+    given = leaves(OmegaConf.to_container(cfg, resolve=True))
     if overrides is not None:
         typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
         given = {k: v for k, v in given.items() if any(k == t or k.startswith(t + ".")
                                                        for t in typed)}
-    ours = _leaves(OmegaConf.to_container(saved, resolve=True))
+    ours = leaves(OmegaConf.to_container(saved, resolve=True))
     for key, value in given.items():
         if key in ("run.root", "run.name"):  # where the run is: the folder, below
             continue
@@ -225,7 +216,7 @@ def resume_config(cfg: DictConfig, folder: Path, ckpt: str,
                               f"{ours[key]} ({saved_path}); a resumed run keeps its config "
                               f"(it may change {', '.join(RESUMABLE)}): start a new run instead")
     trained = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
-    trained = _leaves(trained.get("hyper_parameters", {}).get("cfg") or {})
+    trained = leaves(trained.get("hyper_parameters", {}).get("cfg") or {})
     for key, value in ours.items():
         if not _resumable(key, parts) and key in trained and trained[key] != value:
             raise ConfigError(f"{saved_path}: {key} is {value}, but {ckpt} was trained with "
@@ -556,18 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def user_paths():  # the config's strings: data.root, run.root, model.voice, ...
-        leaves = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
-        return [args.export, *_strings(leaves)]
+        tree = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
+        return [args.export, *string_leaves(tree)]
 
     return report("voice2face train", run, paths=user_paths)
 
-
-def _strings(tree) -> list[str]:
-    if isinstance(tree, dict):
-        return [s for v in tree.values() for s in _strings(v)]
-    if isinstance(tree, list):
-        return [s for v in tree for s in _strings(v)]
-    return [tree] if isinstance(tree, str) and tree else []
 
 
 if __name__ == "__main__":
