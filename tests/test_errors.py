@@ -60,3 +60,14 @@ def test_interrupts(capsys):
 def test_argv_paths():
     assert argv_paths(["a.wav", "--out", "o.png", "data.root=/d", "-x"]) == \
         ["a.wav", "o.png", "data.root=/d", "/d"]
+
+
+def test_a_full_disk_anywhere_is_one_line(capsys):
+    import errno
+
+    def write():  # as a tar writer's f.write reports it: no file name
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert report("voice2face x", write, paths=lambda: []) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("voice2face x: no space left on the device")
+    assert "run the same command again" in err

@@ -490,3 +490,26 @@ def test_sigint_with_worker_processes_prints_no_traceback(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert "interrupted; no world was written" in err
     assert not (out / "manifest.json").exists()
+
+
+def test_a_full_disk_during_synth_is_one_line_and_the_rerun_finishes(tmp_path, monkeypatch,
+                                                                      capsys):
+    import errno
+
+    import datamodules.shards as shards
+    real, written = shards.ShardWriter.write, []
+
+    def filling(self, sample):
+        written.append(1)
+        if len(written) > 30:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, sample)
+    monkeypatch.setattr(shards.ShardWriter, "write", filling)
+    out = tmp_path / "world"
+    assert cli.main(["--preset", "tiny", "--out", str(out), "--quiet", "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device" in err[0] and "Traceback" not in err[0]
+    monkeypatch.undo()
+    assert cli.main(["--preset", "tiny", "--out", str(out), "--quiet", "--workers", "0"]) == 0
+    read_manifest(out)
+    assert not list((out / "shards").glob("*.tmp"))

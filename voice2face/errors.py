@@ -11,6 +11,7 @@ else is a bug in the suite and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import sys
@@ -59,6 +60,12 @@ def report(prog: str, run: Callable[[], int], paths: Callable[[], Iterable] | No
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # wherever it was writing
+            where = f" writing {e.filename}" if e.filename else ""
+            print(f"{prog}: no space left on the device{where} ({e.strerror}); what was "
+                  f"finished is kept whole: free space and run the same command again",
+                  file=sys.stderr)
+            return EXIT_USER_ERROR
         if e.filename is None or paths is None or not _about(e.filename, [p for p in paths() if p]):
             raise
         print(f"{prog}: {os_error_line(e)}", file=sys.stderr)
