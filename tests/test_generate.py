@@ -364,3 +364,13 @@ def test_the_default_proposal_must_come_from_the_checkpoints_data(world, cae, cl
            f"other data (identity table " in line
     assert ckpt["hyper_parameters"]["data"]["fingerprint"] in line and "--proposal" in line
     assert not out.exists()
+
+
+def test_a_corrupt_mp3_is_one_line_without_the_decoders_notes(cgan, tmp_path, capfd):
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + np.random.default_rng(0).bytes(20_000))
+    assert generate("--ckpt", cgan, bad, "--out", tmp_path / "f.png") == 2
+    err = capfd.readouterr().err  # the file descriptor too: libmpg123 writes there itself
+    assert err.strip().splitlines() == [err.strip()], err
+    assert f"cannot decode audio file {bad}: libsndfile cannot decode it as MP3" in err
+    assert "does not exist" not in err and "Note:" not in err and "Traceback" not in err

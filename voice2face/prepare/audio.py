@@ -20,6 +20,8 @@ Every failure of a single file is a :class:`Skip` with its reason, never a crash
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,8 +91,35 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    # libmpg123 inside libsndfile prints its resync notes on a corrupt MP3 to the process's
+    # stderr (C level): kept out of the command's output, which names the file instead
+    with _c_stderr_silenced():
+        try:
+            wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        except sf.LibsndfileError as e:
+            # libsndfile says "File does not exist or is not a regular file" of a file it
+            # cannot parse, which misleads: the file exists
+            kind = path.suffix.lstrip(".").upper() or "audio"
+            raise Skip(UNREADABLE_AUDIO, f"libsndfile cannot decode it as {kind} (corrupt, "
+                                         f"or not {kind})") from None
     return wave.mean(axis=1), int(sr)
+
+
+@contextlib.contextmanager
+def _c_stderr_silenced():
+    """File descriptor 2 pointed at /dev/null for the block (C libraries write there)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # full scale of FFmpeg's integer sample formats
