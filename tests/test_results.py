@@ -274,3 +274,18 @@ def test_make_results_on_a_tiny_world_reuses_finished_runs_and_retrains_changed_
     assert gan.record["max_steps"] == 3 and gan.record["train_seconds"] > 0
     assert torch.load(gan.folder / "checkpoints" / "final.ckpt", weights_only=False,
                       map_location="cpu")["global_step"] == 3 * get_method("gan").steps_per_batch
+
+
+def test_ctrl_c_says_which_rows_are_kept_and_what_was_running(monkeypatch, capsys):
+    import voice2face.results as results
+    from voice2face.errors import report
+
+    def interrupted_while_evaluating():
+        results._PROGRESS.update(done=["gan"], now="evaluating cae (runs/cae is finished and kept)")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(results, "_PROGRESS", {"done": [], "now": None})
+    assert report("voice2face results", interrupted_while_evaluating,
+                  interrupted=results._interrupted) == 130
+    err = capsys.readouterr().err
+    assert "interrupted while evaluating cae (runs/cae is finished and kept)" in err
+    assert "rows finished: gan" in err and "run the same command again" in err

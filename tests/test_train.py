@@ -547,3 +547,12 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_run_resumes(fake_root, tmp
     monkeypatch.undo()
     assert cli_main(["train", "face", f"run.resume={ckpts.parent}"]) == 0
     assert torch.load(ckpts / "final.ckpt", weights_only=False)["global_step"] == 6
+
+
+def test_training_time_adds_up_across_resumes(toy):
+    from voice2face.train import training_seconds
+    final = train(toy("trainer.max_steps=2", "run.name=t"))
+    first = training_seconds(final)
+    assert first is not None and first > 0
+    final = train(toy("trainer.max_steps=4", f"run.resume={final.parent.parent}"))
+    assert training_seconds(final) > first  # the first invocation's time is kept

@@ -206,7 +206,7 @@ def ensure_run(entry: Entry, cfg: DictConfig, identity: dict[str, Any], fingerpr
     """The finished run folder of ``entry`` (trained now unless one exists), its record, and
     whether it was trained now. ``command``: the equivalent ``voice2face train`` line."""
     from voice2face.methods import load_method
-    from voice2face.train import train
+    from voice2face.train import train, training_seconds
 
     folder = Path(cfg.run.root) / cfg.run.name
     done, why = finished(folder, identity, entry.method, fingerprint)
@@ -223,7 +223,8 @@ def ensure_run(entry: Entry, cfg: DictConfig, identity: dict[str, Any], fingerpr
         f"({why})")
     started = time.time()
     final = train(cfg)
-    seconds = time.time() - started
+    # every invocation that trained this run, when resumed (the checkpoints' Timer state)
+    seconds = training_seconds(final) or time.time() - started
     module = load_method(final, expect=entry.method)
     record = {
         "entry": entry.key, "method": entry.method, "label": module.label,
@@ -584,6 +585,8 @@ def run(args, argv: list[str]) -> int:
     from voice2face.methods import get_method
     from voice2face.methods.base import data_info
 
+    _PROGRESS.update(done=[], now=None)
+
     started = time.time()
     data = Path(args.data)
     if not (data / "manifest.json").is_file():
@@ -603,9 +606,12 @@ def run(args, argv: list[str]) -> int:
 
     rows = []
     for entry, (cfg, identity, command) in zip(chosen, configured):
+        _PROGRESS["now"] = f"training {entry.key} in {Path(cfg.run.root) / cfg.run.name}"
         folder, record, trained_now = ensure_run(entry, cfg, identity, info["fingerprint"],
                                                  command)
+        _PROGRESS["now"] = f"evaluating {entry.key} ({folder} is finished and kept)"
         metrics_path, metrics, evaluated_now = ensure_evaluation(entry, folder, protocol)
+        _PROGRESS["done"].append(entry.key)
         rows.append(RowResult(entry, folder, metrics, metrics_path, record, trained_now,
                               evaluated_now, get_method(entry.method).evaluation.name))
 
@@ -644,7 +650,19 @@ def make_command(args, overrides: list[str]) -> str:
     return shlex.join(words)
 
 
-@reports_errors("voice2face results")
+# what an interrupt says was kept: the rows finished and the one in hand
+_PROGRESS: dict[str, Any] = {"done": [], "now": None}
+
+
+def _interrupted() -> str:
+    done = ", ".join(_PROGRESS["done"]) or "none"
+    now = f"; interrupted while {_PROGRESS['now']}" if _PROGRESS["now"] else ""
+    return (f"interrupted{now}; rows finished: {done}. Every finished training and evaluation "
+            f"is kept and a training in progress resumes from its last checkpoint: run the same "
+            f"command again")
+
+
+@reports_errors("voice2face results", interrupted=_interrupted)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voice2face results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -32,7 +32,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -455,7 +455,9 @@ def fit(cfg: DictConfig, method_cls, module, dm, folder: Path, ckpt_path: str | 
         logger=make_loggers(cfg, folder, folder.name),
         # under srun: SIGUSR1 -> last.ckpt at a batch boundary, scontrol requeue, Requeued
         callbacks=[checkpoints, SlurmRequeue(folder / "checkpoints" / "last.ckpt"),
-                   RankSeed(cfg.seed)],
+                   RankSeed(cfg.seed),
+                   # training time, kept in every checkpoint and added up across resumes
+                   Timer(duration=None, verbose=False)],
         default_root_dir=folder, use_distributed_sampler=False, enable_model_summary=True,
         plugins=[AtomicCheckpointIO(), *cluster_plugins()])
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
@@ -505,6 +507,14 @@ class RankSeed(Callback):
             rank_seed = int(np.random.SeedSequence([self.seed, trainer.global_rank])
                             .generate_state(1)[0])
             L.seed_everything(rank_seed, workers=True, verbose=False)
+
+
+def training_seconds(checkpoint: str | Path) -> float | None:
+    """The training time a checkpoint records, every invocation of its run added up
+    (Lightning's ``Timer`` state); None for a checkpoint made without it."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    state = ckpt.get("callbacks", {}).get("Timer")
+    return None if state is None else float(state["time_elapsed"]["train"])
 
 
 def export(checkpoint: Path, target: str | Path) -> None:
