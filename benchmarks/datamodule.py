@@ -148,6 +148,28 @@ def per_worker_rate(dm: VoiceFaceDataModule, samples: int, decode=None) -> tuple
     return n / (time.perf_counter() - start), (n + ahead) / (cpu_seconds(pid) - cpu)
 
 
+def pipeline_rate(dm: VoiceFaceDataModule, workers: int, samples: int, decode=None) -> float:
+    """Training samples per second of wall time that ``workers`` loader processes deliver
+    together, after their start-up and first batches."""
+    ds = dm.train_dataset()
+    if decode is not None:
+        ds.decode = functools.partial(decode, crop=int(dm.crop_seconds * dm.manifest["sample_rate"]))
+    loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True,
+                        prefetch_factor=4)
+    it = iter(loader)
+    for _ in range(workers):  # every worker past its start-up
+        next(it)
+    start, n = time.perf_counter(), 0
+    while n < samples:
+        for batch in it:
+            n += len(batch["key"])
+            if n >= samples:
+                break
+        else:
+            it = iter(loader)
+    return n / (time.perf_counter() - start)
+
+
 def settings_of_methods() -> dict[tuple, list[str]]:
     """The paper profile's data settings, and the methods that share each."""
     from voice2face.config import load_config
@@ -169,6 +191,9 @@ def main() -> None:
     p.add_argument("--gpu-rate", type=float, default=3000.0,
                    help="assumed training samples/s of one GPU's paper step (default: %(default)s)")
     p.add_argument("--samples", type=int, default=1500, help="samples timed per measurement")
+    p.add_argument("--workers", type=int, nargs="*", default=[],
+                   help="also the whole pipeline with this many loader workers together (the "
+                        "GAN's paper setting), e.g. --workers 8 16")
     args = p.parse_args()
     root = Path(args.data)
     if not (root / "manifest.json").is_file():
@@ -214,6 +239,18 @@ def main() -> None:
         for name in methods:
             print(f"  {name:<13}" + "".join(f"{math.ceil(args.gpu_rate / rates[key][m][1]):>9}"
                                             for m in shown))
+
+    if args.workers:
+        shards = len(train["shards"])
+        print(f"\ntraining samples/s of N loader workers together, batch 128, 2 s crops, "
+              f"features on the workers ({shards} training shards; a worker beyond them idles):")
+        print(f"  {'workers':>7} {'full':>8} {'decode-only':>12}")
+        for n in args.workers:
+            dm = VoiceFaceDataModule(root, batch_size=128, crop_seconds=2.0, shuffle_buffer=100,
+                                     num_workers=n)
+            full = pipeline_rate(dm, n, args.samples * max(1, n // 2))
+            raw = pipeline_rate(dm, n, args.samples * max(1, n // 2), decode_only)
+            print(f"  {n:>7} {full:>8.0f} {raw:>12.0f}")
 
 
 if __name__ == "__main__":
