@@ -563,5 +563,3 @@ class VoiceFaceDataModule(L.LightningDataModule):
         samples = self.eval_dataloader("val")
         return [samples, self.gallery_dataloader("val")] if self.val_gallery else samples
 
-    def test_dataloader(self):
-        return self.eval_dataloader("test")

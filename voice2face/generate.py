@@ -184,15 +184,6 @@ def faces_from_codes(method, codes: torch.Tensor, seed: int = 0,
     return torch.stack(faces)
 
 
-def generate_face(method, waves: torch.Tensor | list[torch.Tensor], seed: int = 0,
-                  proposal: torch.Tensor | None = None) -> torch.Tensor:
-    """One face ``[3, S, S]`` in [-1, 1] from one 16 kHz waveform or the fused codes of
-    several of one speaker (and, for a method that needs one, a proposal face ``[3, S, S]``)."""
-    waves = [waves] if isinstance(waves, torch.Tensor) else list(waves)
-    fused = method.fuse_codes(voice_codes(method, waves))
-    return faces_from_codes(method, fused, seed, proposal)[0]
-
-
 # image formats by extension (Pillow's names); WEBP where this Pillow was built with it
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 

@@ -48,7 +48,7 @@ Using it from a LightningModule (habit 7: one metric object per stage, keys
     def test_step(self, batch, batch_idx, dataloader_idx=0):
         m = self.test_metrics
         if dataloader_idx == 0:                      # utterances
-            fake = self.generator(self.voice_encoder(batch["voice"]))
+            fake = self.generator(self.voice_encoder(batch["mel"], batch["mel_lengths"]))
             emb = self.face_encoder(fake)
             m["embedding"].update(emb, batch["identity"], batch["gender"],
                                   batch["index"], role="probe")

@@ -29,11 +29,10 @@ weights then never change, so that a method may keep per-utterance work under
 A class whose declaration and implementation disagree is an error when it is defined. The
 judge's space is reached only through generated faces: a method that embeds voices itself
 is measured in its own space, with its own face side (the judge never trains what it
-judges). How the next methods fit: a Controlled AutoEncoder is a ``GeneratorModule`` with
-``needs_proposal = True``; a Speech2Face-style regression predicts a face feature and
-renders it with a decoder loaded from its own checkpoint, so it ``generates`` and is measured
-either by its rendered faces or, in ``OWN_SPACE``, by its feature against the face encoder it
-regresses onto.
+judges). The Controlled AutoEncoder is a ``GeneratorModule`` with ``needs_proposal = True``;
+the Speech2Face-style regression predicts a face feature and renders it with a decoder
+loaded from its own checkpoint, so it ``generates`` and is measured by its rendered faces,
+with its own feature measures (``extra_metrics``) beside them.
 ``method`` is the registry name the module was trained under (``cgan``), ``variant`` what
 distinguishes the run within it, ``label`` both, for tables.
 """

@@ -21,7 +21,7 @@ from voice2face.nets import CosineClassifier, VoiceEmbedder
 class VoiceModule(MethodModule):
     """Voice embedder + cosine identity classifier."""
 
-    evaluation = Evaluation.PRETRAINING  # the judge of evaluation
+    evaluation = Evaluation.PRETRAINING  # a part of others: the paper profiles' frozen voice net
 
     def __init__(self, cfg, data):
         super().__init__(cfg, data)
