@@ -22,9 +22,9 @@ from voice2face.losses import FEATURE_LOSSES
 from voice2face.methods import evaluable_methods, get_method
 from voice2face.methods.base import CHECKPOINT_FORMAT
 from voice2face.nets.cae import GATINGS
-from voice2face.results import (COLUMNS, EVAL, MATCHING, RECORD, REFERENCES, TABLE_HEADER,
-                                Entry, Protocol, RowResult, digest, entries, finished,
-                                results_markdown, row_label, run_identity)
+from voice2face.results import (COLUMNS, EVAL, MATCHING, PUBLISHED, RECORD, REFERENCES,
+                                TABLE_HEADER, Entry, Protocol, RowResult, digest, entries,
+                                finished, results_markdown, row_label, run_identity)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -156,8 +156,45 @@ def test_the_table_shows_every_row_and_column_from_the_metrics_json(tmp_path):
     _, runs = md_table(text, "row")
     assert set(runs) == {e.key for e in entries()}
     header, published = md_table(text, "paper")
-    assert header == ["paper", "method here", "measure", "reported"] and published
+    assert header == ["paper", "method here", "measure", "reported", "where"] and published
     assert "not comparable" in text and "![" in text and "voice2face results" in text
+
+
+def test_the_published_numbers_are_filled_in_with_their_sources(tmp_path):
+    """Every row of the papers' table has a number and the table or section it comes from
+    (none left as "—"); Wen, Singh & Raj's 1:2 numbers are their Table 3's; the written
+    Markdown shows every row."""
+    for paper, method, what, value, unit, where in PUBLISHED:
+        row = (paper, method, what, value, unit, where)
+        assert all(isinstance(c, str) and c.strip() and c.strip() != "—"
+                   for c in (paper, method, what, value, where)), row
+        assert math.isfinite(float(value)) and unit in ("%", ""), row
+        assert 0 <= float(value) <= (100 if unit == "%" else 1), row
+    wen = {(what, float(v)): where for paper, _, what, v, _, where in PUBLISHED
+           if paper == "Wen, Singh & Raj, NeurIPS 2019"}
+    table3 = sorted(v for (_, v), where in wen.items() if where.startswith("Table 3"))
+    assert table3 == [59.69, 76.07, 93.98, 96.83]
+    assert {61.7, 82.3, 96.45} <= {v for _, v in wen}
+    cae = {float(v) for paper, _, what, v, *_ in PUBLISHED if "(CAE)" in paper
+           and "top 5 of a 500-image gallery" in what}
+    assert cae == {21.0}
+
+    rows = fake_rows(tmp_path)
+    protocol = Protocol(tmp_path / "world", tmp_path / "world" / "pretrained" / "face.ckpt")
+    text = results_markdown(rows, {"protocol": protocol, "command": "voice2face results",
+                                   "seconds": 1.0, "figure": None})
+    section = text[text.index("## Published numbers"):]
+    assert "not comparable" in section
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| paper |"))
+    body = lines[start + 2:start + 2 + len(PUBLISHED)]
+    assert len(body) == len(PUBLISHED) and all(line.startswith("| ") for line in body)
+    for line, (paper, method, what, value, unit, where) in zip(body, PUBLISHED):
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        assert cells == [paper, method, what, f"{value} {unit}".strip(), where], cells
+    assert "| 76.07 % | Table 3; Sec. 4.2 |" in section
+    assert "| 59.69 % | Table 3 |" in section
+    assert not any("| — |" in line for line in body)
 
 
 def fake_checkpoint(path: Path, method: str, fingerprint: str) -> None:

@@ -302,19 +302,88 @@ REFERENCES = [  # (row in metrics.json, label, from a run that has it)
 TABLE_HEADER = ["method"] + [h for _, h in COLUMNS] + ["training time", "trained parameters"]
 
 # The papers' own numbers on VoxCeleb/VGGFace (or AVSpeech), with their own encoders, judges
-# and splits: not comparable with a synthetic world. None: not confirmed from the paper in
-# this repository's sources, shown as "—" rather than guessed.
-PUBLISHED = [
-    # (paper, method, what is reported, value)
-    ("Wen, Singh & Raj, NeurIPS 2019", "GAN (gan)",
-     "1:2 matching of generated faces, unstratified", None),
-    ("Wen, Singh & Raj, NeurIPS 2019", "GAN (gan)",
-     "1:2 matching of generated faces, same gender", None),
-    ("Liang et al., ISVC 2020", "CAE (cae, full gating)",
-     "face retrieval top-5 in a 500-image gallery", None),
-    ("Oh et al., CVPR 2019 (Speech2Face)", "regression (l1)",
-     "retrieval of the true face from its reconstruction (recall@K)", None),
+# and splits: not comparable with a synthetic world. Each row: (paper, method here, what is
+# measured: protocol, gallery, split; value; unit; where in the paper). The papers are the
+# plain-text copies in shared/papers/ (its README names them), except the last four rows,
+# context only: the two strongest published voice-face matchers, without a file here.
+# The Speech2Face-style report (shared/papers/000, Turk. J. Comput. Math. Educ. 12(13), 2021)
+# gives no numbers (its results are qualitative), so it has no row.
+_WEN = "Wen, Singh & Raj, NeurIPS 2019"
+_CAE = "Liang, Yu, Xu, Raj & Singh, ISVC 2020 (CAE)"
+_REG = "Nemani, Saini & Jha, \"Face Reconstruction from Speech\" (course report, no venue/year)"
+_DFG = "Thai, Manisha, Reddy & Reddy, \"Deep Face Gen\" (no venue/year)"
+_R3 = "Recall@K table (test set, L1-distance row)"
+PUBLISHED: list[tuple[str, str, str, str, str, str]] = [
+    # (paper, method here, measure, value as printed, unit, where in the paper)
+    (_WEN, "GAN (gan)", "1:2 matching, generated face as the probe; test split, 189 unseen "
+     "speakers, 2,353,560 trials, any imposter", "76.07", "%", "Table 3; Sec. 4.2"),
+    (_WEN, "GAN (gan)", "the same, imposter of the speaker's gender", "59.69", "%", "Table 3"),
+    (_WEN, "GAN (gan)", "1:2 matching on about 50k training-split trials, any imposter",
+     "96.83", "%", "Table 3"),
+    (_WEN, "GAN (gan)", "the same on training trials, same-gender imposter", "93.98", "%",
+     "Table 3"),
+    (_WEN, "GAN (gan)", "known-speaker identity of the generated face, top-1; 4,620 test "
+     "recordings of the 924 training speakers", "61.7", "%", "Sec. 4.2 (text, no table)"),
+    (_WEN, "GAN (gan)", "the same, top-5", "82.3", "%", "Sec. 4.2 (text, no table)"),
+    (_WEN, "GAN (gan)", "gender of the generated face matches the speaker's; 21,850 test "
+     "segments, face classifier 98.97 % on real faces", "96.45", "%",
+     "Sec. 4.2 (text, no table)"),
+    ("DIMNets-I (Wen et al., ICLR 2019), as quoted by " + _WEN,
+     "DIMNet (dimnet, own space; the paper's identity-only variant)",
+     "1:2 voice-face matching in the embedding space, test speakers, any imposter",
+     "83.45", "%", "Table 3 of Wen, Singh & Raj"),
+    ("DIMNets-I (Wen et al., ICLR 2019), as quoted by " + _WEN,
+     "DIMNet (dimnet, own space; the paper's identity-only variant)",
+     "the same, same-gender imposter", "70.91", "%", "Table 3 of Wen, Singh & Raj"),
+    (_CAE, "CAE (cae, full gating)", "face retrieval: the generated face through the trained "
+     "identity classifier, true face in the top 5 of a 500-image gallery", "21", "%",
+     "Sec. 4.3 (text, no table)"),
+    (_CAE, "CAE (cae, full gating)", "cosine of 64-d face embeddings, generated face vs. the "
+     "proposal (input) face", "0.32", "", "Table 3"),
+    (_CAE, "CAE (cae, full gating)", "cosine, generated face vs. the voice's own face", "0.42",
+     "", "Table 3"),
+    (_CAE, "CAE (cae, full gating)", "cosine, random pair (the paper's baseline)", "0.21", "",
+     "Table 3"),
+    (_CAE, "CAE (cae, full gating)", "human 1:2 choice of the voice's face: generated face vs. "
+     "a random same-gender face, 100 rounds", "72", "%", "Table 2; Sec. 4.3"),
+    (_CAE, "humans, real faces", "human 1:2 voice-face mapping with two real faces, 20 "
+     "people × 100 trials", "89", "%", "Table 2; Sec. 4.3"),
+    (_REG, "regression (l1)", "recall@1 of the true VGG-Face feature from the predicted one, "
+     "400-sample AVSpeech test gallery (about 8K training clips)", "0.51", "%", _R3),
+    (_REG, "regression (l1)", "the same, recall@5", "1.77", "%", _R3),
+    (_REG, "regression (l1)", "the same, recall@10", "3.03", "%", _R3),
+    (_REG, "regression (l1)", "cosine of predicted and true normalised face feature, 400 test "
+     "clips", "0.68", "", "Results on different losses table; Evaluation Metric table"),
+    (_REG, "regression (l2)", "the same, L2 loss", "0.62", "", "Results on different losses table"),
+    (_REG, "regression (l1_l2)", "the same, L1 + 10 L2 loss", "0.63", "",
+     "Results on different losses table"),
+    (_REG, "regression (infonce)", "the same, the report's contrastive loss", "0.49", "",
+     "Results on different losses table"),
+    (_DFG, "cGAN (cgan)", "\"accuracy\", ungrouped data (VoxCeleb/VGGFace, 924 training "
+     "speakers); protocol, split and judge not stated", "96.88", "%",
+     "Abstract; Conclusion (no table)"),
+    (_DFG, "cGAN (cgan)", "\"accuracy\", grouped data; protocol not stated", "93.91", "%",
+     "Abstract (no table)"),
+    ("Wen, Xu, Jiang, Yang, He & Huang, \"Seeking the Shape of Sound\", CVPR 2021",
+     "not implemented here (voice-face embedding)", "1:2 voice-face matching, VoxCeleb and "
+     "VGGFace test speakers, any imposter", "87.2", "%",
+     "no file here; as given in issue 25, not checked against the paper"),
+    ("Wen, Xu, Jiang, Yang, He & Huang, \"Seeking the Shape of Sound\", CVPR 2021",
+     "not implemented here (voice-face embedding)", "the same, same-gender imposter", "77.7", "%",
+     "no file here; as given in issue 25, not checked against the paper"),
+    ("Chen, Liu, Xu, Cheung & Li, \"Taking a Part for the Whole\", ACM MM 2023",
+     "not implemented here (voice-face embedding)", "1:2 voice-face matching, VoxCeleb and "
+     "VGGFace test speakers, any imposter", "87.87", "%",
+     "no file here; as given in issue 25, not checked against the paper"),
+    ("Chen, Liu, Xu, Cheung & Li, \"Taking a Part for the Whole\", ACM MM 2023",
+     "not implemented here (voice-face embedding)", "the same, same-gender imposter", "78.90", "%",
+     "no file here; as given in issue 25, not checked against the paper"),
 ]
+
+
+def fmt_published(value: str, unit: str) -> str:
+    """A paper's number as it printed it, with its unit: ``76.07 %``, ``0.32``."""
+    return value + (f" {unit}" if unit else "")
 
 
 def fraction(x: float, ceiling: float | None) -> float | None:
@@ -466,11 +535,15 @@ def results_markdown(rows: list[RowResult], context: dict[str, Any]) -> str:
               "What the papers report on real data (VoxCeleb voices, VGGFace or AVSpeech faces), "
               "with their own encoders, judges and splits. They are not comparable with the "
               "table above, which measures a synthetic world with its own judge; they say only "
-              "what each method reached where it was published. \"—\": not confirmed from the "
-              "paper here, left out rather than guessed.", ""]
-    lines += _md_table(["paper", "method here", "measure", "reported"],
-                       [[paper, method, what, "—" if v is None else v]
-                        for paper, method, what, v in PUBLISHED], align="---")
+              "what each method reached where it was published. Percentages are accuracies or "
+              "recalls; bare numbers are cosines. \"where\" is the table or section of the "
+              "paper. Deep Face Gen does not say what its accuracies measure. The "
+              "Speech2Face-style report (Turk. J. Comput. Math. Educ., 2021) gives no numbers. "
+              "The last four rows, the strongest published voice-face matchers (no paper file "
+              "here), are context: about what 1:2 matching reaches on real data.", ""]
+    lines += _md_table(["paper", "method here", "measure", "reported", "where"],
+                       [[paper, method, what, fmt_published(v, unit), where]
+                        for paper, method, what, v, unit, where in PUBLISHED], align="---")
     if context.get("figure"):
         lines += ["", "## Faces", "",
                   "One test speaker per row: a real face of the speaker, the proposal face the "

@@ -387,7 +387,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         check_resumable(ckpt_path, cfg.method, info)
     module = method_cls(OmegaConf.to_container(cfg, resolve=True), info)
 
-    created = not folder.exists()
+    # rank zero makes (and may remove) the folder; under srun the others start beside it
+    created = is_rank_zero() and not folder.exists()
     with RunLock(folder) if is_rank_zero() else contextlib.nullcontext():
         start_run(cfg, folder)
         return _fit_and_report(cfg, method_cls, module, dm, folder, ckpt_path, created)
