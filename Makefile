@@ -23,7 +23,7 @@ endif
 need_profile = $(if $(PROFILE),,$(error no profile for this machine (see the line above); set PROFILE=cpu or PROFILE=paper))
 
 # The frozen voice embedder of the GAN and the CAE, as their profiles name it: DIMNet's voice
-# branch in `cpu` (it hears the world's shared attributes best: README, "The voice side"), the
+# branch in `cpu` (it hears the world's shared attributes best: docs/methods.md, "The voice side"), the
 # speaker-recognition `voice` net in `paper` (tests/test_config.py checks the two agree).
 VOICE_NET ?= $(if $(filter paper,$(PROFILE)),voice,dimnet)
 

@@ -20,7 +20,7 @@ from voice2face.synth.world import preset, sample_identities
 SMALL = preset("tiny", identities=240, utterances=2, known=0, seconds=(2.0, 4.0),
                ceiling_trials=5000)
 # What one utterance must reveal (R² of the oracle's estimate of o on unseen identities).
-# The default world's audit gives about 0.996 / 0.90 / 0.93 (README); the small
+# The default world's audit gives about 0.996 / 0.90 / 0.93 (docs/performance.md); the small
 # world fits on ~230 utterances instead of ~2,800, hence the margin.
 R2_BOUNDS = {"gender": 0.95, "age": 0.6, "size": 0.7}
 
