@@ -204,3 +204,16 @@ def test_every_shipped_config_is_within_its_ranges():
     for method in METHOD_FILES:
         for profile in ("cpu", "paper"):
             load_config(method, [f"profile={profile}"])  # raises ConfigError otherwise
+
+
+def test_every_key_with_a_null_default_declares_its_type():
+    """A null default shows no type, so `model.hidden=abc` would pass the merge and fail later
+    with a traceback: every such key is in DECLARED_TYPES."""
+    from voice2face.config import DECLARED_TYPES, leaves
+    for method in METHOD_FILES:
+        raw = OmegaConf.to_container(OmegaConf.merge(
+            OmegaConf.load(EXPERIMENTS / "base.yaml"), OmegaConf.load(EXPERIMENTS / f"{method}.yaml")))
+        raw.pop("profiles", None)
+        raw.pop("extends", None)
+        untyped = [k for k, v in leaves(raw).items() if v is None and k not in DECLARED_TYPES]
+        assert untyped == [], f"{method}: declare the type of {untyped} in DECLARED_TYPES"
