@@ -556,3 +556,22 @@ def test_training_time_adds_up_across_resumes(toy):
     assert first is not None and first > 0
     final = train(toy("trainer.max_steps=4", f"run.resume={final.parent.parent}"))
     assert training_seconds(final) > first  # the first invocation's time is kept
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_wandb_included(
+        toy, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+
+    def broken(self, batch, _):
+        raise RuntimeError("a bug in the step")
+    step = ToyModule.training_step
+    monkeypatch.setattr(ToyModule, "training_step", broken)
+    with pytest.raises(RuntimeError, match="a bug in the step"):
+        train(toy("trainer.max_steps=2", "run.name=failed", "logger.wandb=true"))
+    assert not (tmp_path / "runs" / "failed").exists()
+    assert list(home.rglob("*")) == []
+    monkeypatch.setattr(ToyModule, "training_step", step)
+    # and the retry with the same name is not refused as existing
+    assert train(toy("trainer.max_steps=2", "run.name=failed")).is_file()
