@@ -121,28 +121,41 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def per_worker_rate(dm: VoiceFaceDataModule, samples: int, decode=None) -> tuple[float, float]:
-    """Samples per second of wall time and per CPU second of the one worker process, after
-    its start-up and first batch. On a shared machine the wall rate drops with the load; the
-    CPU rate is what a worker with a core of its own delivers."""
-    dm.num_workers = 1
+def _loader(dm: VoiceFaceDataModule, workers: int, decode=None) -> DataLoader:
+    """The training loader of ``dm`` with ``workers`` persistent processes; ``decode``: the same
+    shards, shuffling and collation with another decoder."""
     ds = dm.train_dataset()
-    if decode is not None:  # same shards, shuffling and collation, another decoder
-        crop = int(dm.crop_seconds * dm.manifest["sample_rate"])
-        ds.decode = functools.partial(decode, crop=crop)
-    loader = DataLoader(ds, batch_size=None, num_workers=1, persistent_workers=True,
-                        prefetch_factor=4)
-    it = iter(loader)
-    next(it)
-    pid = it._workers[0].pid
-    start, cpu, n = time.perf_counter(), cpu_seconds(pid), 0
+    if decode is not None:
+        ds.decode = functools.partial(decode, crop=int(dm.crop_seconds * dm.manifest["sample_rate"]))
+    return DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True,
+                      prefetch_factor=4)
+
+
+def _take(loader: DataLoader, it, samples: int):
+    """Batches of ``loader`` until ``samples`` were taken (epochs after epochs, on the same
+    persistent workers); the iterator in hand and how many were taken."""
+    n = 0
     while n < samples:
         for batch in it:
             n += len(batch["key"])
             if n >= samples:
                 break
         else:
-            it = iter(loader)  # another epoch, on the same (persistent) worker
+            it = iter(loader)
+    return it, n
+
+
+def per_worker_rate(dm: VoiceFaceDataModule, samples: int, decode=None) -> tuple[float, float]:
+    """Samples per second of wall time and per CPU second of the one worker process, after
+    its start-up and first batch. On a shared machine the wall rate drops with the load; the
+    CPU rate is what a worker with a core of its own delivers."""
+    dm.num_workers = 1
+    loader = _loader(dm, 1, decode)
+    it = iter(loader)
+    next(it)
+    pid = it._workers[0].pid
+    start, cpu = time.perf_counter(), cpu_seconds(pid)
+    it, n = _take(loader, it, samples)
     # the worker has prefetched a few batches more than were taken: count them as its work
     ahead = (it._send_idx - it._rcvd_idx) * dm.batch_size
     return n / (time.perf_counter() - start), (n + ahead) / (cpu_seconds(pid) - cpu)
@@ -151,22 +164,12 @@ def per_worker_rate(dm: VoiceFaceDataModule, samples: int, decode=None) -> tuple
 def pipeline_rate(dm: VoiceFaceDataModule, workers: int, samples: int, decode=None) -> float:
     """Training samples per second of wall time that ``workers`` loader processes deliver
     together, after their start-up and first batches."""
-    ds = dm.train_dataset()
-    if decode is not None:
-        ds.decode = functools.partial(decode, crop=int(dm.crop_seconds * dm.manifest["sample_rate"]))
-    loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True,
-                        prefetch_factor=4)
+    loader = _loader(dm, workers, decode)
     it = iter(loader)
     for _ in range(workers):  # every worker past its start-up
         next(it)
-    start, n = time.perf_counter(), 0
-    while n < samples:
-        for batch in it:
-            n += len(batch["key"])
-            if n >= samples:
-                break
-        else:
-            it = iter(loader)
+    start = time.perf_counter()
+    _, n = _take(loader, it, samples)
     return n / (time.perf_counter() - start)
 
 
