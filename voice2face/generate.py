@@ -32,7 +32,6 @@ needed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -207,12 +206,14 @@ def check_image_path(option: str, path: Path) -> str:
 
 
 def save_image(image, path: Path, format: str) -> None:
-    """``image`` to ``path`` in ``format``, atomically (a temporary file beside it, then
-    renamed): an interrupted write leaves no half image."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format=format, **({"quality": 95} if format in ("JPEG", "WEBP") else {}))
-    os.replace(tmp, path)
+    """``image`` to ``path`` in ``format``, atomically (``atomic.write_bytes``): an
+    interrupted write or a full disk leaves no half image."""
+    import io
+
+    from voice2face.atomic import write_bytes
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **({"quality": 95} if format in ("JPEG", "WEBP") else {}))
+    write_bytes(path, buffer.getbuffer())
 
 
 @reports_errors("voice2face generate")
