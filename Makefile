@@ -22,20 +22,18 @@ PROFILE := $(if $(wildcard $(STAMP)),$(shell $(BIN)/python -m voice2face.hardwar
 endif
 need_profile = $(if $(PROFILE),,$(error no profile for this machine (see the line above); set PROFILE=cpu or PROFILE=paper))
 
-# The frozen voice embedder of the GAN and the CAE, as their profiles name it: DIMNet's voice
-# branch in `cpu` (it hears the world's shared attributes best: docs/methods.md, "The voice side"), the
-# speaker-recognition `voice` net in `paper` (tests/test_config.py checks the two agree).
-VOICE_NET ?= $(if $(filter paper,$(PROFILE)),voice,dimnet)
-
-# Pretrained nets each method needs before it trains (built when missing).
-NEEDS_gan    := $(PRETRAINED)/$(VOICE_NET).ckpt $(PRETRAINED)/face.ckpt
-NEEDS_cgan   := $(NEEDS_gan)
-NEEDS_cae    := $(NEEDS_gan)
-NEEDS_cae-concat := $(NEEDS_gan)
-NEEDS_dimnet := $(PRETRAINED)/face.ckpt
-# regression: the judge, its target network (a face net of another seed) and the decoder
-NEEDS_face_decoder := $(PRETRAINED)/face.ckpt $(PRETRAINED)/face-target.ckpt
-NEEDS_regression   := $(NEEDS_face_decoder) $(PRETRAINED)/decoder.ckpt
+# What each method needs, from the registry (voice2face/methods/__init__.py): the pretrained
+# nets its config names under each profile (NEEDS_<profile>_<method>, stems in $(PRETRAINED))
+# and the run that makes each of them (MAKER_<stem>). Remade when the registry or a config
+# changes; read once .venv exists, like PROFILE.
+REGISTRY := $(VENV)/registry.mk
+ifneq ($(wildcard $(STAMP)),)
+include $(REGISTRY)
+endif
+$(REGISTRY): voice2face/methods/__init__.py voice2face/registry.py voice2face/config.py \
+		voice2face/constants.py $(wildcard experiments/*.yaml) | $(STAMP)
+	$(BIN)/python -m voice2face.registry make > $@.tmp && mv $@.tmp $@
+needs = $(patsubst %,$(PRETRAINED)/%.ckpt,$(NEEDS_$(PROFILE)_$(1)))
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock data train train-now test test-all bench clean slurm test-slurm sweep sweep-now sweep-check
@@ -43,6 +41,7 @@ NEEDS_regression   := $(NEEDS_face_decoder) $(PRETRAINED)/decoder.ckpt
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: METHOD=$(METHOD) DATA=$(DATA) ARGS='key=value ...'"
+	$(if $(METHOD_NAMES),@echo "  methods: $(METHOD_NAMES)")
 
 LOCK   := requirements.lock
 UV     := $(BIN)/uv
@@ -80,29 +79,19 @@ $(DATA)/manifest.json: | $(STAMP)
 
 data: $(DATA)/manifest.json ## generate the default synthetic world (data/synth-default)
 
-# Pretrained nets: resumable runs with fixed names, exported to $(PRETRAINED).
-$(PRETRAINED)/%.ckpt: $(DATA)/manifest.json
+# Pretrained nets: resumable runs with fixed names, exported to $(PRETRAINED), each after the
+# nets its own method needs (the decoder after its target network and the judge).
+.SECONDEXPANSION:
+$(PRETRAINED)/%.ckpt: $(DATA)/manifest.json $$(call needs,$$(firstword $$(MAKER_$$*)))
 	$(need_profile)
-	$(BIN)/voice2face train $* data.root=$(DATA) profile=$(PROFILE) run.name=pretrain-$*-$(notdir $(DATA)) \
+	$(if $(MAKER_$*),,$(error $@: no pretrained net of that name; the registry makes $(patsubst MAKER_%,%.ckpt,$(filter MAKER_%,$(.VARIABLES)))))
+	$(BIN)/voice2face train $(MAKER_$*) data.root=$(DATA) profile=$(PROFILE) run.name=pretrain-$*-$(notdir $(DATA)) \
 		run.resume=auto run.evaluate=false $(PRETRAIN_ARGS) --export $@
-
-# The regression's target: trained like the judge but from another seed, so that it is not
-# the network that measures it (the methods refuse the judge's weights as a target).
-$(PRETRAINED)/face-target.ckpt: $(DATA)/manifest.json
-	$(need_profile)
-	$(BIN)/voice2face train face seed=1 data.root=$(DATA) profile=$(PROFILE) \
-		run.name=pretrain-face-target-$(notdir $(DATA)) run.resume=auto $(PRETRAIN_ARGS) --export $@
-
-# The face decoder on the target's features; after the judge, which it is checked against.
-$(PRETRAINED)/decoder.ckpt: $(PRETRAINED)/face-target.ckpt | $(PRETRAINED)/face.ckpt
-	$(need_profile)
-	$(BIN)/voice2face train face_decoder data.root=$(DATA) profile=$(PROFILE) model.target=$< \
-		run.name=pretrain-decoder-$(notdir $(DATA)) run.resume=auto $(PRETRAIN_ARGS) --export $@
 
 train: $(STAMP) ## train METHOD (default gan) on DATA; ARGS='key=value ...', PROFILE=cpu|paper
 	@$(MAKE) --no-print-directory train-now
 
-train-now: $(DATA)/manifest.json $(NEEDS_$(METHOD))
+train-now: $(DATA)/manifest.json $(call needs,$(METHOD))
 	$(need_profile)
 	$(BIN)/voice2face train $(METHOD) data.root=$(DATA) profile=$(PROFILE) $(ARGS)
 
@@ -138,7 +127,7 @@ test-slurm: $(STAMP) ## a real one-node SLURM (apt, root): 2-task CPU DDP job, r
 sweep: $(STAMP) sweep-check ## W&B sweep of METHOD (experiments/sweeps/) and an agent; COUNT=N trials; needs a W&B login
 	@$(MAKE) --no-print-directory sweep-now
 
-sweep-now: $(DATA)/manifest.json $(NEEDS_$(METHOD))
+sweep-now: $(DATA)/manifest.json $(call needs,$(METHOD))
 	$(BIN)/python -m voice2face.sweep $(METHOD) --data $(DATA) $(if $(COUNT),--count $(COUNT)) \
 		$(if $(SWEEP_ID),--sweep-id $(SWEEP_ID))
 
@@ -157,7 +146,7 @@ RESULTS_STARTED := $(shell date +%s)
 results: $(STAMP) ## train or reuse every method on DATA, evaluate alike, write docs/results.md; ARGS, PRETRAIN_ARGS
 	@$(MAKE) --no-print-directory results-now RESULTS_STARTED=$(RESULTS_STARTED)
 
-results-now: $(DATA)/manifest.json $(PRETRAINED)/$(VOICE_NET).ckpt $(NEEDS_regression)
+results-now: $(DATA)/manifest.json $(call needs,results)
 	$(BIN)/voice2face results --data $(DATA) --out $(RESULTS) --started $(RESULTS_STARTED) \
 		--pretrain-args '$(PRETRAIN_ARGS)' $(ARGS)
 

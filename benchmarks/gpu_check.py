@@ -15,16 +15,18 @@ every run (``logger.wandb=false``), so wandb may be absent.
 The checks, each a subprocess with its own time cap, its output in ``OUT/NN-<check>.log``:
 
 1. device, wheels, imports: the GPU torch sees; the wheels installed; what the methods import
-   and which pretrained nets their ``paper`` profiles load.
+   and, from the registry (``voice2face.methods``, what make reads too), the pretrained nets
+   their ``paper`` profiles need and the run that makes each.
 2. tests k/N: ``pytest -m "not slow"``, its files split over N processes. The suite has no
-   device switch: tests that train through ``voice2face.train`` take
+   device switch: tests that train through ``voice2face.training`` take
    ``trainer.accelerator=auto``, so the GPU; those that build their own
    ``Trainer(accelerator="cpu")`` stay on the CPU. A test that fails only because wandb or av
    is absent (not carried unless FULL=1) is reported as skipped
    (``benchmarks/gpu_check_pytest.py``); the two tests that compare the installed stack with
    the lock are deselected (the node's stack is its own: the imports row compares it).
 3. synth: a tiny world, 48 identities (16 training shards, so that 16 loader workers have one).
-4. pretrained <net>: the nets the paper profiles load, a few steps each, in dependency order.
+4. pretrained <net>: the nets the paper profiles need, each by its registry run
+   (``PRETRAINED``), a few steps each, in dependency order.
 5. paper <method>: every registered method's ``paper`` profile in bf16-mixed, a few steps with
    validation and the test evaluation; ``--jobs`` at a time on the one GPU.
 6. ddp gan: ``voice2face train gan`` on 2 ranks: NCCL over 2 GPUs; with one GPU, 2 ranks on it
@@ -73,9 +75,6 @@ PACKAGES = ROOT / "benchmarks" / "gpu-check-packages.txt"
 GROUPS = ("core", "full", "none")
 OPTIONAL = ("wandb", "av")  # the `full` group's imports: without them tests are skipped, not failed
 TORCH_STACK = ("torch", "torchaudio", "lightning", "torchmetrics")  # what the GPU node brings
-# the pretrained nets the methods load, as the Makefile makes them: file stem -> (method, overrides)
-BUILDS = {"voice": ("voice", ()), "face": ("face", ()), "dimnet": ("dimnet", ()),
-          "face-target": ("face", ("seed=1",)), "decoder": ("face_decoder", ())}
 # tests of "is this the locked environment": the node's torch stack is its own
 DESELECT = ("tests/test_environment.py::test_installed_torch_pair_is_the_locked_pair",
             "tests/test_environment.py::test_compiled_extensions_load")
@@ -130,45 +129,33 @@ def probe_device() -> dict:
 
 
 
-def probe_plan(world: str, profile: str) -> dict:
-    """The registry, the pretrained nets each method's resolved config names under
-    ``<world>/pretrained`` (derived from experiments/, nothing listed here), the order to
-    build them in, and what is installed of the lock's packages."""
+def probe_plan(profile: str) -> dict:
+    """The registry: its methods, the pretrained nets each needs under ``profile`` and the run
+    that makes each net (``voice2face.methods``: what make builds, nothing listed here), the
+    order to build them in; and what is installed of the lock's packages."""
     import importlib.metadata
     import importlib.util
 
-    from omegaconf import OmegaConf
-
     import voice2face.cli  # noqa: F401  (what `python -m voice2face.cli` imports first)
-    from voice2face.config import load_config, string_leaves
-    from voice2face.methods import METHODS
+    from voice2face.methods import METHODS, PRETRAINED, pretrained_needs
 
-    folder = Path(world) / "pretrained"
-
-    def loads(method: str, overrides=()) -> list[str]:
-        cfg = load_config(method, [f"data.root={world}", f"profile={profile}", *overrides])
-        leaves = string_leaves(OmegaConf.to_container(cfg, resolve=True))
-        return sorted({Path(s).stem for s in leaves
-                       if s.endswith(".ckpt") and Path(s).parent == folder})
-
-    needs = {m: loads(m) for m in sorted(METHODS)}
+    needs = {m: pretrained_needs(m, profile) for m in sorted(METHODS)}
+    deps = {n: pretrained_needs(method, profile, overrides)
+            for n, (method, overrides) in PRETRAINED.items()}
     order: list[str] = []
 
     def visit(name: str, path: tuple[str, ...]) -> None:
-        if name in order:
-            return
-        if name not in BUILDS:
-            raise SystemExit(f"{' <- '.join(path)} loads pretrained/{name}.ckpt, which "
-                             f"benchmarks/gpu_check.py cannot build: add it to BUILDS")
-        method, overrides = BUILDS[name]
-        for dep in loads(method, overrides):
-            if dep != name:  # a face net names the judge (itself) for validation it skips
+        if name in path:
+            raise SystemExit(f"the registry's pretrained nets need each other: "
+                             f"{' <- '.join((*path, name))}")
+        if name not in order:
+            for dep in deps[name]:
                 visit(dep, (*path, name))
-        order.append(name)
+            order.append(name)
 
-    for m, names in needs.items():
+    for names in needs.values():
         for name in names:
-            visit(name, (m,))
+            visit(name, ())
     pins = locked_versions()
     versions = {}
     for dist in TORCH_STACK:
@@ -176,8 +163,9 @@ def probe_plan(world: str, profile: str) -> dict:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
-    deps = {n: [d for d in loads(*BUILDS[n]) if d != n] for n in order}
-    return {"methods": sorted(METHODS), "needs": needs, "order": order, "deps": deps,
+    return {"methods": sorted(METHODS), "needs": needs, "order": order,
+            "deps": {n: deps[n] for n in order},
+            "makers": {n: [PRETRAINED[n][0], *PRETRAINED[n][1]] for n in order},
             "versions": versions,
             "locked": {d: pins.get(d) for d in TORCH_STACK},
             "absent": [m for m in OPTIONAL if importlib.util.find_spec(m) is None]}
@@ -507,10 +495,9 @@ def plan(args, mode: Mode, dev: dict, info: dict, work: Path, py: str) -> dict[s
     train = [Check("synth", [*cli, "synth", *WORLD, "--out", str(world), "--quiet"],
                    CAPS["synth"] * scale, needs=("imports",), key=key_synth)]
     for name in built:
-        method, overrides = BUILDS[name]
         deps = [f"pretrained {d}" for d in info["deps"][name]]
         train.append(Check(f"pretrained {name}",
-                           [*cli, "train", method, *common, *overrides, *steps,
+                           [*cli, "train", *info["makers"][name], *common, *steps,
                             f"run.name=pretrain-{name}", "run.evaluate=false",
                             "--export", str(pre / f"{name}.ckpt")],
                            CAPS["pretrained"] * scale, needs=("synth", *deps), key=key_train))
@@ -608,7 +595,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="with --wheel-list: also wandb and av")
     # internal: the probes and the two-rank launch run as subprocesses of this script
     p.add_argument("--probe", choices=["device", "plan"], help=argparse.SUPPRESS)
-    p.add_argument("--probe-world", default="", help=argparse.SUPPRESS)
     p.add_argument("--probe-profile", default="paper", help=argparse.SUPPRESS)
     p.add_argument("--ddp-gloo", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ddp-gloo-rank", action="store_true", help=argparse.SUPPRESS)
@@ -623,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         print("GPU_CHECK_JSON " + json.dumps(probe_device()))
         return 0
     if args.probe == "plan":
-        print("GPU_CHECK_JSON " + json.dumps(probe_plan(args.probe_world, args.probe_profile)))
+        print("GPU_CHECK_JSON " + json.dumps(probe_plan(args.probe_profile)))
         return 0
     if args.ddp_gloo:
         return ddp_gloo_launch(rest)
@@ -713,8 +699,7 @@ def run_checks(args, scratch: Path) -> int:
     runner.run(install, end)
 
     # 3. what imports, and the plan
-    imports = runner.add(Check("imports", [*me, "--probe", "plan", "--probe-world",
-                                           str(work / "world"), "--probe-profile", "paper"],
+    imports = runner.add(Check("imports", [*me, "--probe", "plan", "--probe-profile", "paper"],
                                CAPS["imports"], needs=("wheels",)))
     runner.run(imports, end)
     info = probed(imports)

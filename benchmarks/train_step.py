@@ -1,5 +1,5 @@
-"""Training throughput of every method: the suite (Lightning) beside a plain PyTorch loop of the
-same nets and the same updates.
+"""Training throughput of every method through Lightning, the share of each step that Lightning
+takes, and the GAN beside a plain PyTorch loop of the same nets and losses.
 
     python benchmarks/train_step.py --data data/synth-default [--methods gan cae ...] [--paper]
         [--steps 20] [--warmup 3] [--threads N] [--device cpu|cuda]
@@ -8,28 +8,33 @@ same nets and the same updates.
 For each method, at its ``cpu`` profile (and with ``--paper`` also its ``paper`` profile), one
 real training batch of ``--data`` is read through the method's own DataModule settings, moved
 to the device once, and repeated from memory, so data loading is not timed (``--data-batches
-N`` times the DataModule's training stream separately: decoding, features, collation). Then,
-from the same initial weights:
+N`` times the DataModule's training stream separately: decoding, features, collation). The
+method's module is fitted on it by a ``Trainer`` as ``voice2face train`` builds one (CSV
+logger, the profile's ``log_every_n_steps``, progress bar; no validation, no checkpoints), and
+``StepTimer`` splits each step's wall time (from the end of one batch to the end of the next)
+into the time in the method's own code and the rest, Lightning's: its loop, hooks, logger and
+progress bar. The method's code is its ``training_step``, its batch-transfer hooks (the voice
+cache's rows, features on the device) and, under automatic optimization, the optimizer's step,
+which runs Lightning's closure (``training_step``, ``zero_grad``, backward) inside it. What
+``training_step`` calls of Lightning (``self.log``, ``manual_backward``) counts as the method's,
+so the share is of the loop around the step; the plain GAN loop below, which logs nothing,
+gives the whole difference for the method where it matters most.
 
-- ``suite``: the method's ``training_step`` driven by a Lightning ``Trainer`` as
-  ``voice2face train`` builds it (CSV logger, ``log_every_n_steps`` of the profile, progress
-  bar; no validation, no checkpoints);
-- ``plain``: a plain PyTorch loop of the method's nets (its generator, critic, encoders,
-  frozen voice embedder or target network) and the losses of ``voice2face/losses.py``, with
-  ``torch.optim.Adam`` on the same parameters: the same updates written without Lightning,
-  the reference. It is built here from the nets, never by calling ``training_step``;
-  ``tests/test_train_step_bench.py`` checks that both make the same update.
+``gan`` and ``cgan`` are also run as ``PlainGan``: Wen et al.'s Algorithm 1 written with the
+nets of ``voice2face.nets`` and the losses of ``voice2face.losses``, from the same initial
+weights (``tests/test_train_step_bench.py`` checks that both compute the same losses and make
+the same update). The other methods have no second implementation: Lightning's share is
+measured inside their one.
 
-Samples per second exclude ``--warmup`` batches (allocations, Adam state, autotuning); the
-ratio is suite / plain (below 1: the suite costs that much). With ``--repeats R`` each side
-is timed R times, alternating, and the best rate is kept (other jobs on the machine only
-slow a run down).
+Samples per second exclude ``--warmup`` batches (allocations, Adam state, autotuning). With
+``--repeats R`` each side is timed R times, alternating, and the best rate is kept (other jobs
+on the machine only slow a run down).
 
-What a method reads from ``model.cache_voice`` (the ``cpu`` profiles of gan and cae): batches
-carry no audio and the frozen voice embedder's outputs come from a cache. Here the cache holds
-the embeddings of this batch's crops (the whole-utterance cache of ``on_fit_start`` would
-embed the whole training split first); the lookup is the same. Without the cache (the
-``paper`` profiles), both sides run the frozen embedder on the batch's crops every step.
+``model.cache_voice`` (the ``cpu`` profiles of gan and cae): batches carry no audio and the
+frozen voice embedder's outputs come from a cache, which the module makes at the start of fit
+from the DataModule's training split. Here that split is this batch's crops (the whole split
+would be embedded first, on both sides); the lookup per step is the same. Without the cache
+(the ``paper`` profiles), both sides run the frozen embedder on the batch's crops every step.
 
 Pretrained nets (the frozen voice embedder, regression's target and decoder) are read from
 ``--pretrained`` (default ``<data>/pretrained``); ``--make-pretrained`` makes the missing ones
@@ -37,13 +42,15 @@ there with 2-step runs (their weights do not change the timing; their widths are
 profiles'), linking those that ``<data>/pretrained`` has. The judge is not loaded (no
 validation).
 
-``--device cuda`` runs both sides on the first GPU (``torch.cuda.synchronize`` at the clock's
-ticks); ``--precision bf16-mixed`` is Lightning's autocast on the suite side and
-``torch.autocast(dtype=torch.bfloat16)`` around the plain step; ``--channels-last`` puts the
-nets' 4-D weights and the batch's faces in channels-last memory format on both sides (the
-method's ``model.channels_last``, which is otherwise false, also at the ``paper`` profile that
-turns it on: the precision and the layout are the command line's). So the paper profile in
-fp32 and in bf16 with channels-last:
+``--device cuda`` runs on the first GPU and synchronises it at every reading of the clock, so
+each region's time is the device's too; the host then never runs ahead of the device, so the
+rates are those of a loop that waits for its device at every step, and Lightning's share is
+its host time with nothing overlapping it: an upper bound for an unsynchronised run.
+``--precision bf16-mixed`` is Lightning's autocast and ``torch.autocast(dtype=torch.bfloat16)``
+around the plain step; ``--channels-last`` puts the nets' 4-D weights and the batch's faces in
+channels-last memory format on both sides (the method's ``model.channels_last``, which is
+otherwise false, also at the ``paper`` profile that turns it on: the precision and the layout
+are the command line's). So the paper profile in fp32 and in bf16 with channels-last:
 
     python benchmarks/train_step.py --profiles paper --methods gan cae --device cuda
     python benchmarks/train_step.py --profiles paper --methods gan cae --device cuda \
@@ -58,6 +65,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import itertools
 import os
 import statistics
@@ -71,7 +79,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lightning as L  # noqa: E402
@@ -80,31 +87,37 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
-from datamodules.features import compress_spectrogram  # noqa: E402
+from datamodules.features import device_features  # noqa: E402
 from voice2face.config import load_config  # noqa: E402
-from voice2face.losses import (covariate_loss, discriminator_loss, feature_l1_l2_loss,  # noqa: E402
-                               gender_loss, generator_loss, get_feature_loss, identity_loss,
-                               image_l1_loss, info_nce_loss)
-from voice2face.methods import METHODS  # noqa: E402
+from voice2face.constants import pretrained_dir  # noqa: E402
+from voice2face.losses import (discriminator_loss, gender_loss, generator_loss,  # noqa: E402
+                               identity_loss, image_l1_loss)
+from voice2face.methods import METHODS, PRETRAINED  # noqa: E402
 from voice2face.methods.base import data_info  # noqa: E402
-from voice2face.methods.cae import several_identities, training_pairing  # noqa: E402
-from voice2face.methods.generator import AdversarialModule, VoiceCache  # noqa: E402
+from voice2face.methods.common import adam  # noqa: E402
+from voice2face.methods.generator import VoiceCache, embed_utterances  # noqa: E402
 from voice2face.nets import faces_channels_last, perturb_embedding  # noqa: E402
-from voice2face.train import export, make_datamodule, train  # noqa: E402
+from voice2face.training import export, make_datamodule, train  # noqa: E402
 
-ORDER = ("gan", "cgan", "cae", "cae-concat", "regression", "dimnet", "voice", "face",
-         "face_decoder")
-# the pretrained nets the methods load, as the Makefile makes them: file -> (method, overrides)
-PRETRAINED = {"voice": ("voice", ()), "face": ("face", ()), "dimnet": ("dimnet", ()),
-              "face-target": ("face", ("seed=1",)), "decoder": ("face_decoder", ())}
+# the methods that also run as PlainGan
+PLAIN = ("gan", "cgan")
 # what the benchmark sets in every method's config: one in-memory batch, no judge, no W&B
 BENCH = ["logger.wandb=false", "data.num_workers=0", "data.shuffle_buffer=1",
          "eval.judge=null", "run.evaluate=false"]
+# a batch's utterances, which a cached-voice method's training batches do not carry
+AUDIO_KEYS = ("mel", "mel_lengths", "spec", "wave", "wave_lengths")
+# the module's own code in a training batch, besides the optimizers' steps (StepTimer)
+METHOD_HOOKS = ("on_before_batch_transfer", "on_after_batch_transfer", "training_step")
 
 
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # --- set-up -------------------------------------------------------------------------------
@@ -114,7 +127,7 @@ def ensure_pretrained(data: Path, folder: Path) -> Path:
     there, else made by a 2-step run (for timing only)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, (method, overrides) in PRETRAINED.items():
-        target, source = folder / f"{name}.ckpt", data / "pretrained" / f"{name}.ckpt"
+        target, source = folder / f"{name}.ckpt", pretrained_dir(data) / f"{name}.ckpt"
         if target.is_file():
             continue
         if source.is_file() and source.resolve() != target.resolve():
@@ -128,15 +141,46 @@ def ensure_pretrained(data: Path, folder: Path) -> Path:
     return folder
 
 
+class Repeat(IterableDataset):
+    """One batch, ``n`` times, from memory; a shallow copy each time, as a loader makes a new
+    batch (so what a hook adds to one is not in the next)."""
+
+    def __init__(self, batch: dict, n: int):
+        self.batch, self.n = batch, n
+
+    def __iter__(self):
+        return (dict(self.batch) for _ in range(self.n))
+
+
+class OneBatch(L.LightningDataModule):
+    """The training stream of a case: its batch ``n`` times. ``eval_dataloader`` is what
+    ``model.cache_voice`` embeds at the start of fit as the training split (``embed_utterances``
+    calls it); here it is the same batch's utterances."""
+
+    def __init__(self, batch: dict, n: int, utterances: dict | None):
+        super().__init__()
+        self.batch, self.n, self.utterances = batch, n, utterances
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(Repeat(self.batch, self.n), batch_size=None)
+
+    def eval_dataloader(self, split: str, rank: int = 0, world_size: int = 1) -> list[dict]:
+        if self.utterances is None:
+            raise ValueError("this case's batch carries its utterances: it has no voice cache")
+        return [self.utterances]
+
+
 @dataclass
 class Case:
-    """One method at one profile: its config, a module and one real batch on the device."""
+    """One method at one profile: its config, a module, one real training batch on the device
+    and, for ``model.cache_voice``, the same batch's utterances (CPU) to fill the cache from."""
 
     method: str
     profile: str
     cfg: dict[str, Any]
     module: L.LightningModule
     batch: dict[str, Any]
+    utterances: dict[str, Any] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -145,6 +189,9 @@ class Case:
     @property
     def steps_per_batch(self) -> int:
         return self.module.steps_per_batch
+
+    def data(self, batches: int) -> OneBatch:
+        return OneBatch(self.batch, batches, self.utterances)
 
 
 def method_config(method: str, data: Path, profile: str, pretrained: Path,
@@ -166,59 +213,251 @@ def make_case(method: str, data: Path, profile: str, pretrained: Path,
 
     ``channels_last`` sets the method's ``model.channels_last`` (either way: the ``paper``
     profiles turn it on) and puts the module's 4-D weights and the batch's faces in NHWC
-    memory here, for the plain loop's copy too."""
+    memory here, where ``PlainGan`` copies them from."""
     cfg = method_config(method, data, profile, pretrained,
                         [*overrides, f"model.channels_last={str(channels_last).lower()}"])
-    cls = METHODS[method]
     # every batch with audio, so that a cached-voice method's cache can be filled from it
     dm = make_datamodule(OmegaConf.create(cfg))
     batch = next(iter(dm.train_dataloader()))
     torch.manual_seed(cfg["seed"])
-    module = cls(cfg, data_info(dm))
-    dev = torch.device(device)
+    module = METHODS[method](cfg, data_info(dm))
+    utterances = None
     if cfg["model"].get("cache_voice"):
-        # the embeddings of this batch's crops stand in for the whole-utterance cache that
-        # on_fit_start makes (same lookup, without embedding the whole training split)
-        with torch.no_grad():
-            emb = module.voice(batch["mel"], batch["mel_lengths"])
-        module._voice_cache = VoiceCache(list(batch["key"]), emb.to(dev))
-        for k in ("mel", "mel_lengths", "spec"):
-            batch.pop(k, None)
-    if isinstance(module, AdversarialModule):
-        # what Lightning's on_before_batch_transfer reads off the CPU batch in training
-        batch = module.training_batch_facts(batch)
+        # as an evaluation batch: log-mel, and the index that orders the cache's rows
+        utterances = {**device_features(batch), "index": torch.arange(len(batch["key"]))}
+        batch = {k: v for k, v in batch.items() if k not in AUDIO_KEYS}
     if channels_last:
         module.to(memory_format=torch.channels_last)
-    return Case(method, profile, cfg, module, to_device(batch, dev, channels_last))
+    return Case(method, profile, cfg, module, to_device(batch, torch.device(device), channels_last),
+                utterances)
 
 
-# --- the suite ----------------------------------------------------------------------------
+# --- Lightning ----------------------------------------------------------------------------
 
-class Repeat(IterableDataset):
-    """One batch, ``n`` times, from memory."""
+class StepTimer(Callback):
+    """Per training batch, its wall time (``walls``: from the end of the previous batch, or
+    the start of training, to the end of this one) and the time of it spent in the method's
+    own code (``inside``): ``METHOD_HOOKS`` of the module and the optimizers' ``step``, each
+    wrapped for the fit. Regions nest (an optimizer step inside ``training_step`` under manual
+    optimization, ``training_step`` inside the optimizer's closure under automatic), and only
+    the outermost is counted. On a GPU every reading of the clock waits for the device."""
 
-    def __init__(self, batch: dict, n: int):
-        self.batch, self.n = batch, n
+    def __init__(self, device: torch.device | str = "cpu",
+                 clock: Callable[[], float] = time.perf_counter):
+        self.device, self.clock = torch.device(device), clock
+        self.walls: list[float] = []
+        self.inside: list[float] = []
+        self._depth, self._in_batch, self._tick = 0, 0.0, 0.0
+        self._wrapped: list[tuple[Any, str, Any]] = []  # (object, name, its own attribute)
 
-    def __iter__(self):
-        return itertools.repeat(self.batch, self.n)
-
-
-class Clock(Callback):
-    """The time at the end of every training batch (after the device has finished it)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.ticks = device, []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def _now(self) -> float:
         sync(self.device)
-        self.ticks.append(time.perf_counter())
+        return self.clock()
+
+    def _wrap(self, obj, name: str) -> None:
+        fn = getattr(obj, name)
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            outermost = self._depth == 0
+            start = self._now() if outermost else 0.0
+            self._depth += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if outermost:
+                    self._in_batch += self._now() - start
+
+        self._wrapped.append((obj, name, vars(obj).get(name)))
+        setattr(obj, name, timed)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for name in METHOD_HOOKS:
+            self._wrap(pl_module, name)
+        for opt in trainer.optimizers:  # the torch optimizers, which Lightning's wrappers call
+            self._wrap(opt, "step")
+        self._tick = self._now()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = self._now()
+        self.walls.append(now - self._tick)
+        self.inside.append(self._in_batch)
+        self._tick, self._in_batch = now, 0.0
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for obj, name, own in reversed(self._wrapped):
+            if own is None:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, own)
+        self._wrapped.clear()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass
+class Timing:
+    """Timed batches (after the warm-up) of one run: seconds of wall time and in the method."""
 
+    walls: list[float]
+    inside: list[float]
+    batch_size: int
+
+    @property
+    def steps_per_s(self) -> float:
+        return len(self.walls) / sum(self.walls)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.steps_per_s * self.batch_size
+
+    @property
+    def inside_ms(self) -> float:
+        return 1000 * statistics.fmean(self.inside)
+
+    @property
+    def lightning_share(self) -> float:
+        """The fraction of the wall time outside the method's code."""
+        return 1 - sum(self.inside) / sum(self.walls)
+
+
+def fit_suite(case: Case, batches: int, device: str = "cpu", precision: str = "32-true",
+              callbacks: list = (), progress_bar: bool = True) -> L.Trainer:
+    """``batches`` training batches of the case's module, as ``voice2face train`` runs them
+    (CSV logger, the profile's ``log_every_n_steps``, progress bar), without validation or
+    checkpoints."""
+    t = case.cfg["trainer"]
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-{case.method}-"))
+    trainer = L.Trainer(
+        max_steps=batches * case.steps_per_batch, max_epochs=-1,
+        accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
+        log_every_n_steps=t["log_every_n_steps"], gradient_clip_val=t["gradient_clip_val"],
+        logger=CSVLogger(folder, name="csv"), callbacks=list(callbacks), default_root_dir=folder,
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress_bar,
+        limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no validation, few workers: said above
+        trainer.fit(case.module, datamodule=case.data(batches))
+    return trainer
+
+
+def time_suite(case: Case, warmup: int, steps: int, device: str, precision: str,
+               progress_bar: bool = True) -> Timing:
+    timer = StepTimer(device)
+    fit_suite(case, warmup + steps, device, precision, [timer], progress_bar)
+    return Timing(timer.walls[warmup:], timer.inside[warmup:], case.batch_size)
+
+
+# --- the plain GAN ------------------------------------------------------------------------
+
+class PlainGan:
+    """Wen et al.'s Algorithm 1 (``voice2face/methods/gan.py``, the conditional variant with
+    ``model.conditional``) in plain PyTorch: ``FaceGenerator``, ``FaceCritic`` and the frozen
+    ``VoiceEmbedder``, the losses of ``voice2face.losses``, and Adam on each net.
+
+    ``step(batch)`` runs one batch, the critic step then the generator step, from the batch
+    the loader gives (features on the device where it carries waveforms) and returns its loss
+    terms by the names the module logs them under (without ``train/``). Random draws (the
+    embedding noise, z) come from the global RNG in the module's order.
+    """
+
+    def __init__(self, generator: torch.nn.Module, critic: torch.nn.Module,
+                 voice: torch.nn.Module, cfg: dict[str, Any], cache: VoiceCache | None = None,
+                 precision: str = "32-true"):
+        self.generator, self.critic, self.voice, self.cache = generator, critic, voice, cache
+        self.model, self.clip = cfg["model"], cfg["optim"]["clip_grad"]
+        self.channels_last = bool(self.model.get("channels_last"))
+        self.opt_g = adam(generator.parameters(), cfg["optim"])
+        self.opt_d = adam(critic.parameters(), cfg["optim"])
+        generator.train()
+        critic.train()
+        voice.eval()  # pretrained BatchNorm statistics, as the module keeps them
+        device = next(generator.parameters()).device
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                         if precision == "bf16-mixed" else contextlib.nullcontext())
+
+    @classmethod
+    def of(cls, case: Case, device: str = "cpu", precision: str = "32-true") -> PlainGan:
+        """On copies of the case's nets (its initial weights) on ``device``, with the voice
+        cache made as the module makes it at the start of fit."""
+        m, dev = case.module, torch.device(device)
+        generator, critic, voice = (copy.deepcopy(net).to(dev)
+                                    for net in (m.generator, m.critic, m.voice))
+        loop = cls(generator, critic, voice, case.cfg, precision=precision)
+        if case.cfg["model"]["cache_voice"]:
+            loop.cache = VoiceCache.from_shares(
+                [embed_utterances(voice, case.data(0), "train", dev)], dev)
+        return loop
+
+    def _update(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
+                                           self.clip)
+        opt.step()
+
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        batch = device_features(batch)
+        if self.channels_last:
+            batch = faces_channels_last(batch)
+        with self.autocast:
+            return self._step(batch)
+
+    def _step(self, batch: dict) -> dict[str, torch.Tensor]:
+        m, G, D = self.model, self.generator, self.critic
+        real, labels, gender = batch["face"], batch["label"], batch["gender"]
+        gender_weight, n = float(m["gender_weight"]), len(real)
+        with torch.no_grad():
+            voices = (self.cache.embeddings(batch["key"]) if self.cache is not None
+                      else self.voice(batch["mel"], batch["mel_lengths"]))
+        emb = perturb_embedding(voices, m["embedding_noise"])
+        cond = emb if m["conditional"] else None
+        fake = G(emb)  # generated once, used by both steps
+
+        # critic: real vs generated faces, identity of the real ones
+        out = D(torch.cat([real, fake.detach()]), None if cond is None else torch.cat([cond, cond]))
+        losses = {"loss_d": discriminator_loss(out["adversarial"][:n], out["adversarial"][n:]),
+                  "loss_c": identity_loss(out["identity"][:n], labels)}
+        loss = losses["loss_d"] + losses["loss_c"]
+        if gender_weight:
+            losses["loss_gender_real"] = gender_loss(out["gender"][:n], gender)
+            loss = loss + gender_weight * losses["loss_gender_real"]
+        self._update(self.opt_d, loss)
+
+        # generator: fool the critic and be recognised; the critic's weights get no gradient
+        D.requires_grad_(False)
+        out = D(fake, cond)
+        losses["loss_g"] = generator_loss(out["adversarial"])
+        losses["loss_id"] = identity_loss(out["identity"], labels)
+        loss = losses["loss_g"] + m["identity_weight"] * losses["loss_id"]
+        if gender_weight:
+            losses["loss_gender_fake"] = gender_loss(out["gender"], gender)
+            loss = loss + gender_weight * losses["loss_gender_fake"]
+        if m["face_weight"]:
+            losses["loss_face"] = image_l1_loss(fake, real)
+            loss = loss + m["face_weight"] * losses["loss_face"]
+        self._update(self.opt_g, loss)
+        D.requires_grad_(True)
+        return {k: v.detach() for k, v in losses.items()}
+
+
+def time_plain(case: Case, warmup: int, steps: int, device: str, precision: str) -> float:
+    """Samples per second of the plain loop, its batches timed as ``StepTimer`` times the
+    suite's: the clock read at the end of every batch, after the device."""
+    loop, dev = PlainGan.of(case, device, precision), torch.device(device)
+    walls = []
+    sync(dev)
+    tick = time.perf_counter()
+    for _ in range(warmup + steps):
+        loop.step(dict(case.batch))
+        sync(dev)
+        now = time.perf_counter()
+        walls.append(now - tick)
+        tick = now
+    return steps * case.batch_size / sum(walls[warmup:])
+
+
+# --- the rest of the table ----------------------------------------------------------------
 
 @contextlib.contextmanager
 def peak_memory(device: str, out: list):
@@ -236,285 +475,10 @@ def peak_memory(device: str, out: list):
     out.append(torch.cuda.max_memory_allocated() / 2 ** 20)
 
 
-def fit_suite(case: Case, batches: int, device: str = "cpu", precision: str = "32-true",
-              callbacks: list = (), progress_bar: bool = True) -> L.Trainer:
-    """``batches`` training batches of the case's module, as ``voice2face train`` runs them
-    (CSV logger, the profile's ``log_every_n_steps``, progress bar), without validation or
-    checkpoints."""
-    t = case.cfg["trainer"]
-    k = case.steps_per_batch
-    folder = Path(tempfile.mkdtemp(prefix=f"bench-{case.method}-"))
-    trainer = L.Trainer(
-        max_steps=batches * k, max_epochs=-1, accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1, precision=precision, log_every_n_steps=t["log_every_n_steps"],
-        gradient_clip_val=t["gradient_clip_val"], logger=CSVLogger(folder, name="csv"),
-        callbacks=list(callbacks), default_root_dir=folder, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=progress_bar, limit_val_batches=0,
-        num_sanity_val_steps=0, use_distributed_sampler=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no validation, few workers: said above
-        trainer.fit(case.module, DataLoader(Repeat(case.batch, batches), batch_size=None))
-    return trainer
-
-
-def time_suite(case: Case, warmup: int, steps: int, device: str, precision: str,
-               progress_bar: bool = True) -> float:
-    clock = Clock(torch.device(device))
-    fit_suite(case, warmup + steps, device, precision, [clock], progress_bar)
-    return steps * case.batch_size / (clock.ticks[-1] - clock.ticks[warmup - 1])
-
-
-# --- the plain loop -----------------------------------------------------------------------
-
-def adam(params, optim: dict) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=float(optim["lr"]),
-                            betas=tuple(optim.get("betas", (0.9, 0.999))),
-                            weight_decay=float(optim.get("weight_decay", 0.0)))
-
-
-def update(opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip:
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
-    opt.step()
-
-
-@contextlib.contextmanager
-def frozen(net: torch.nn.Module):
-    """No weight gradients for ``net`` in this backward (what Lightning's
-    ``toggled_optimizer`` does for the nets of the other optimizer)."""
-    flags = [p.requires_grad for p in net.parameters()]
-    net.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(net.parameters(), flags):
-            p.requires_grad_(f)
-
-
-class PlainLoop:
-    """The method's training update in plain PyTorch, on a copy of the case's nets.
-
-    ``step(i)`` runs the ``i``-th update (0-based) on the case's batch and returns its losses.
-    Trainable nets are put in train mode, frozen ones (voice embedder, target network) in
-    eval mode, as the methods keep them.
-    """
-
-    def __init__(self, case: Case, device: str = "cpu", precision: str = "32-true"):
-        self.case, self.device = case, torch.device(device)
-        self.m = copy.deepcopy(case.module).to(self.device)
-        self.cfg, self.batch = case.cfg, case.batch
-        self.clip = case.cfg["optim"].get("clip_grad")
-        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-                         if precision == "bf16-mixed" else contextlib.nullcontext())
-        build = {"gan": self._gan, "cgan": self._gan, "cae": self._cae, "cae-concat": self._cae,
-                 "regression": self._regression, "dimnet": self._dimnet, "voice": self._voice,
-                 "face": self._face, "face_decoder": self._face_decoder}[case.method]
-        self._step: Callable[[int], dict[str, torch.Tensor]] = build()
-
-    def step(self, i: int) -> dict[str, torch.Tensor]:
-        with self.autocast:
-            return self._step(i)
-
-    def _modes(self, trainable: list, frozen_nets: list) -> None:
-        for net in trainable:
-            net.train()
-        for net in frozen_nets:
-            net.eval()
-
-    def _voice_embeddings(self) -> Callable[[], torch.Tensor]:
-        """The frozen embedder's output: from the cache (a fixed tensor) or of the crops."""
-        m, b = self.m, self.batch
-        if m._voice_cache is not None:
-            cached = m._voice_cache.embeddings(b["key"]).to(self.device)
-            return lambda: cached
-
-        def embed():
-            with torch.no_grad():
-                return m.voice(b["mel"], b["mel_lengths"])
-        return embed
-
-    # Wen et al., Algorithm 1 (voice2face/methods/gan.py)
-    def _gan(self):
-        m, b, mc = self.m, self.batch, self.cfg["model"]
-        G, D = m.generator, m.critic
-        self._modes([G, D], [m.voice])
-        opt_g, opt_d = adam(G.parameters(), self.cfg["optim"]), adam(D.parameters(), self.cfg["optim"])
-        voices = self._voice_embeddings()
-        real, labels, gender = b["face"], b["label"], b["gender"]
-        gw, fw, n = float(mc["gender_weight"]), float(mc["face_weight"]), len(real)
-
-        def step(i):
-            emb = perturb_embedding(voices(), mc["embedding_noise"])
-            cond = emb if mc["conditional"] else None
-            fake = G(emb)
-            out = D(torch.cat([real, fake.detach()]), None if cond is None else torch.cat([cond, cond]))
-            loss_d = (discriminator_loss(out["adversarial"][:n], out["adversarial"][n:])
-                      + identity_loss(out["identity"][:n], labels))
-            if gw:
-                loss_d = loss_d + gw * gender_loss(out["gender"][:n], gender)
-            update(opt_d, loss_d, self.clip)
-            with frozen(D):
-                out = D(fake, cond)
-                loss_g = (generator_loss(out["adversarial"])
-                          + mc["identity_weight"] * identity_loss(out["identity"], labels))
-                if gw:
-                    loss_g = loss_g + gw * gender_loss(out["gender"], gender)
-                if fw:
-                    loss_g = loss_g + fw * image_l1_loss(fake, real)
-                update(opt_g, loss_g, self.clip)
-            return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
-        return step
-
-    # Liang et al., Algorithm 1 (voice2face/methods/cae.py)
-    def _cae(self):
-        m, b, mc = self.m, self.batch, self.cfg["model"]
-        G, D = m.generator, m.critic
-        self._modes([G, D], [m.voice])
-        opt_g, opt_d = adam(G.parameters(), self.cfg["optim"]), adam(D.parameters(), self.cfg["optim"])
-        voices = self._voice_embeddings()
-        face, labels, n = b["face"], b["label"], len(b["face"])
-        w = {k: float(v) for k, v in mc["weights"].items()}
-        seed = int(self.cfg["seed"])
-
-        if not several_identities(b["identity"]):  # read once, as training reads it off the CPU
-            raise ValueError("cae: the benchmark's batch has one identity: no pairing")
-
-        def step(i):
-            # the method's pairing RNG, on the device: a function of the seed and the optimizer
-            # step (2 per batch), rank 0's
-            g = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + 2 * i)
-            pairs, _ = training_pairing(b["identity"], g, paired=True)
-            emb = voices()
-            face_b, emb_b, label_b = face[pairs], emb[pairs], labels[pairs]
-            fake = G(face, emb_b)
-            out = D(torch.cat([face, fake.detach()]))
-            loss_d = (discriminator_loss(out["adversarial"][:n], out["adversarial"][n:])
-                      + identity_loss(out["identity"][:n], labels))
-            update(opt_d, loss_d, self.clip)
-            with frozen(D):
-                loss_g = 0.0
-                if w["proposal"]:
-                    loss_g = loss_g + w["proposal"] * image_l1_loss(fake, face)
-                if w["speaker"]:
-                    loss_g = loss_g + w["speaker"] * image_l1_loss(fake, face_b)
-                if w["identity"] or w["adversarial"]:
-                    out_fake = D(fake)
-                    if w["identity"]:
-                        loss_g = loss_g + w["identity"] * identity_loss(out_fake["identity"], label_b)
-                    if w["adversarial"]:
-                        loss_g = loss_g + w["adversarial"] * generator_loss(out_fake["adversarial"])
-                if w["cycle"]:
-                    loss_g = loss_g + w["cycle"] * image_l1_loss(G(fake, emb), face)
-                update(opt_g, loss_g, self.clip)
-            return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
-        return step
-
-    # Oh et al., Eq. 1's feature term or its variants (voice2face/methods/regression.py)
-    def _regression(self):
-        m, b, mc = self.m, self.batch, self.cfg["model"]
-        enc, target = m.encoder, m.target
-        self._modes([enc], [target] + ([m.decoder] if m.decoder is not None else []))
-        opt = adam(enc.parameters(), self.cfg["optim"])
-        faces = b["faces"]
-        k = faces.shape[1]
-        if mc["loss"] == "infonce":
-            def loss_fn(p, t):
-                return info_nce_loss(p, t, float(mc["temperature"]), labels=b["identity"])
-        elif mc["loss"] == "l1_l2":
-            def loss_fn(p, t):
-                return feature_l1_l2_loss(p, t, float(mc["l2_weight"]))
-        else:
-            loss_fn = get_feature_loss(mc["loss"])
-
-        def step(i):
-            if mc["encoder"] == "mel":
-                pred = enc(b["mel"], b["mel_lengths"])
-            else:
-                pred = enc(compress_spectrogram(b["spec"]), b["mel_lengths"])
-            with torch.no_grad():
-                feats = F.normalize(target(faces.flatten(0, 1)), dim=-1).unflatten(0, (-1, k))
-                true = F.normalize(feats.mean(1), dim=-1)
-            loss = loss_fn(pred, true)
-            update(opt, loss, self.clip)
-            return {"loss": loss.detach()}
-        return step
-
-    # Wen et al., ICLR 2019 (voice2face/methods/dimnet.py)
-    def _dimnet(self):
-        m, b, mc = self.m, self.batch, self.cfg["model"]
-        nets = [m.voice, m.face, m.heads]
-        self._modes(nets, [])
-        opt = adam(itertools.chain(*(n.parameters() for n in nets)), self.cfg["optim"])
-        k, w = b["faces"].shape[1], mc["gender_weight"]
-        labels_f, gender_f = b["label"].repeat_interleave(k), b["gender"].repeat_interleave(k)
-
-        def step(i):
-            ev = m.voice(b["mel"], b["mel_lengths"])
-            ef = F.normalize(m.face(b["faces"].flatten(0, 1)), dim=-1)
-            loss = (covariate_loss(m.heads(ev), b["label"], b["gender"], w)
-                    + covariate_loss(m.heads(ef), labels_f, gender_f, w))
-            update(opt, loss, self.clip)
-            return {"loss": loss.detach()}
-        return step
-
-    def _voice(self):
-        m, b = self.m, self.batch
-        self._modes([m.voice, m.classifier], [])
-        opt = adam(itertools.chain(m.voice.parameters(), m.classifier.parameters()),
-                   self.cfg["optim"])
-
-        def step(i):
-            loss = identity_loss(m.classifier(m.voice(b["mel"], b["mel_lengths"])), b["label"])
-            update(opt, loss, self.clip)
-            return {"loss": loss.detach()}
-        return step
-
-    def _face(self):
-        m, b = self.m, self.batch
-        self._modes([m.encoder], [])
-        opt = adam(m.encoder.parameters(), self.cfg["optim"])
-        k = b["faces"].shape[1]
-        labels, gender = b["label"].repeat_interleave(k), b["gender"].repeat_interleave(k)
-
-        def step(i):
-            out = m.encoder(b["faces"].flatten(0, 1))
-            loss = covariate_loss(out, labels, gender, self.cfg["model"]["gender_weight"])
-            update(opt, loss, self.clip)
-            return {"loss": loss.detach()}
-        return step
-
-    def _face_decoder(self):
-        m, b = self.m, self.batch
-        dec, target = m.decoder, m.target
-        self._modes([dec], [target])
-        opt = adam(dec.parameters(), self.cfg["optim"])
-        faces = b["faces"].flatten(0, 1)
-        fw = float(self.cfg["model"]["feature_weight"])
-
-        def step(i):
-            with torch.no_grad():
-                feature = F.normalize(target(faces), dim=-1)
-            recon = dec(feature)
-            loss = (recon - faces).abs().mean()
-            if fw:
-                loss = loss + fw * (F.normalize(target(recon), dim=-1) - feature).abs().sum(-1).mean()
-            update(opt, loss, self.clip)
-            return {"loss": loss.detach()}
-        return step
-
-
-def time_plain(case: Case, warmup: int, steps: int, device: str, precision: str) -> float:
-    loop, dev = PlainLoop(case, device, precision), torch.device(device)
-    for i in range(warmup):
-        loop.step(i)
-    sync(dev)
-    start = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        loop.step(i)
-    sync(dev)
-    return steps * case.batch_size / (time.perf_counter() - start)
+def mib(peaks: list[float | None]) -> str:
+    """The largest peak in MiB, or "-" where none was measured (a CPU run, no plain loop)."""
+    known = [m for m in peaks if m is not None]
+    return f"{max(known):.0f}" if known else "-"
 
 
 def time_data(method: str, data: Path, profile: str, pretrained: Path, batches: int) -> float:
@@ -530,24 +494,16 @@ def time_data(method: str, data: Path, profile: str, pretrained: Path, batches: 
     return batches * len(first["label"]) / (time.perf_counter() - start)
 
 
-# --- the table ----------------------------------------------------------------------------
-
-def mib(peaks: list[float | None]) -> str:
-    """The largest peak in MiB, or "-" where none was measured (a CPU run)."""
-    known = [m for m in peaks if m is not None]
-    return f"{max(known):.0f}" if known else "-"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data/synth-default"))
-    p.add_argument("--methods", nargs="+", default=list(ORDER), choices=ORDER)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--paper", action="store_true", help="also the paper profile's sizes")
     p.add_argument("--profiles", nargs="+", default=None, choices=["cpu", "paper"],
                    help="instead of --paper: exactly these profiles")
     p.add_argument("--steps", type=int, default=20, help="timed batches per side")
-    p.add_argument("--warmup", type=int, default=3, help="untimed batches first (>= 1)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     p.add_argument("--repeats", type=int, default=1, help="times each side, best kept")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -559,21 +515,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--make-pretrained", action="store_true",
                    help="make the missing pretrained nets in --pretrained (2-step runs)")
     p.add_argument("--no-progress-bar", action="store_true",
-                   help="suite without its progress bar (voice2face train has one)")
+                   help="Lightning without its progress bar (voice2face train has one)")
     p.add_argument("--data-batches", type=int, default=0,
                    help="also time N batches of each method's training stream (N well above "
                         "2 x data.num_workers: the workers prefetch while the first batch is read)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every method (e.g. data.batch_size=64)")
     args = p.parse_args(argv)
-    if args.warmup < 1:
-        p.error("--warmup must be at least 1 (the clock starts at the end of a batch)")
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be at least 1 and --warmup at least 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no GPU visible to torch")
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "offline")
-    pretrained = args.pretrained or args.data / "pretrained"
+    pretrained = args.pretrained or pretrained_dir(args.data)
     if args.make_pretrained:
         ensure_pretrained(args.data, pretrained)
     profiles = args.profiles or (["cpu", "paper"] if args.paper else ["cpu"])
@@ -584,36 +540,42 @@ def main(argv: list[str] | None = None) -> None:
           f"{', channels-last' if args.channels_last else ''}; data {args.data}; "
           f"{args.warmup} warm-up + {args.steps} timed batches, best of {args.repeats}; "
           f"load average before: {loadavg()}", flush=True)
-    head = (f"{'method':<13} {'profile':<7} {'batch':>5} | {'suite':>8} {'plain':>8} "
-            f"{'suite/plain':>11} | {'MiB suite':>9} {'MiB plain':>9}"
-            + (f" | {'data':>7}" if args.data_batches else ""))
+    head = (f"{'method':<13} {'profile':<7} {'batch':>5} | {'steps/s':>7} {'suite':>8} | "
+            f"{'in-step':>7} {'Lightning':>9} | {'plain':>8} {'suite/plain':>11} | "
+            f"{'MiB suite':>9} {'MiB plain':>9}" + (f" | {'data':>7}" if args.data_batches else ""))
     rows = []
-    for profile in profiles:
-        for method in args.methods:
-            case = make_case(method, args.data, profile, pretrained, args.set, args.device,
-                             args.channels_last)
-            suite, plain, mem_suite, mem_plain = [], [], [], []
-            for _ in range(args.repeats):
+    for profile, method in itertools.product(profiles, args.methods):
+        case = make_case(method, args.data, profile, pretrained, args.set, args.device,
+                         args.channels_last)
+        suite, plain, mem_suite, mem_plain = [], [], [], []
+        for _ in range(args.repeats):
+            if method in PLAIN:
                 with peak_memory(args.device, mem_plain):
                     plain.append(time_plain(case, args.warmup, args.steps, args.device,
                                             args.precision))
-                fresh = copy.deepcopy(case)  # the same initial weights each time
-                with peak_memory(args.device, mem_suite):
-                    suite.append(time_suite(fresh, args.warmup, args.steps, args.device,
-                                            args.precision, not args.no_progress_bar))
-                del fresh
-            s, pl = max(suite), max(plain)
-            row = (f"{method:<13} {profile:<7} {case.batch_size:>5} | {s:8.1f} {pl:8.1f} "
-                   f"{s / pl:11.2f} | {mib(mem_suite):>9} {mib(mem_plain):>9}")
-            if args.data_batches:
-                row += f" | {time_data(method, args.data, profile, pretrained, args.data_batches):7.1f}"
-            if args.repeats > 1:
-                row += (f"   (suite {statistics.median(suite):.1f}, plain "
-                        f"{statistics.median(plain):.1f} median)")
-            rows.append(row)
-            print(f"  done: {row}", file=sys.stderr, flush=True)
-    print("training samples/s (suite: Lightning training_step; plain: the same update in "
-          "plain PyTorch); MiB: peak allocated GPU memory of each side's run ('-': on a CPU)"
+            fresh = copy.deepcopy(case)  # the same initial weights each time
+            with peak_memory(args.device, mem_suite):
+                suite.append(time_suite(fresh, args.warmup, args.steps, args.device,
+                                        args.precision, not args.no_progress_bar))
+            del fresh
+        s = max(suite, key=lambda t: t.samples_per_s)
+        pl = (f"{max(plain):8.1f} {s.samples_per_s / max(plain):11.2f}" if plain
+              else f"{'-':>8} {'-':>11}")
+        row = (f"{method:<13} {profile:<7} {case.batch_size:>5} | {s.steps_per_s:7.2f} "
+               f"{s.samples_per_s:8.1f} | {s.inside_ms:7.1f} {s.lightning_share:9.1%} | {pl} | "
+               f"{mib(mem_suite):>9} {mib(mem_plain):>9}")
+        if args.data_batches:
+            row += f" | {time_data(method, args.data, profile, pretrained, args.data_batches):7.1f}"
+        if args.repeats > 1:
+            row += (f"   (suite {statistics.median(t.samples_per_s for t in suite):.1f}"
+                    + (f", plain {statistics.median(plain):.1f}" if plain else "") + " median)")
+        rows.append(row)
+        print(f"  done: {row}", file=sys.stderr, flush=True)
+    print("suite: training samples/s through Lightning, as voice2face train runs it; steps/s: "
+          "its batches (training_step calls) per second; in-step: ms per batch in the "
+          "method's own code; Lightning: the share of the wall time outside it; plain: "
+          f"samples/s of the plain PyTorch loop ({', '.join(PLAIN)}); MiB: peak allocated GPU "
+          "memory of each side's run ('-': on a CPU)"
           + ("; data: the DataModule's training stream" if args.data_batches else ""))
     print(head)
     print("\n".join(rows))

@@ -12,7 +12,7 @@ import pytest
 
 from test_methods import QUICK, train_quick
 from voice2face import cli
-from voice2face.train import export
+from voice2face.training import export
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, str]]:

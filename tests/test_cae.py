@@ -333,7 +333,7 @@ def test_generate_rejects_a_bad_proposal_image(cae_ckpt, tmp_path, capsys):
 def test_evaluation_adds_the_unchanged_proposals_and_table_3(cae_ckpt, tmp_path):
     """``evaluate`` measures a method with proposals also on the proposals themselves (the
     score of ignoring the voice), and reports Liang et al.'s cosine similarities."""
-    from voice2face.evaluate import evaluate
+    from voice2face.evaluation import evaluate
     r = evaluate(cae_ckpt, tmp_path / "eval")
     assert list(r["rows"])[:3] == ["method", "proposal_faces", "real_faces"]
     assert {"match_1to2", "gender_acc", "cosine", "identity_top1"} <= set(r["rows"]["proposal_faces"])

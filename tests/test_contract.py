@@ -11,7 +11,7 @@ import torch
 
 from datamodules import VoiceFaceDataModule
 from test_methods import pretrained, train_quick, world  # noqa: F401 (fixtures)
-from voice2face.evaluate import evaluate
+from voice2face.evaluation import evaluate
 from voice2face.methods import (METHODS, CheckpointError, Evaluation, MethodModule, Voices,
                                 evaluable_methods, generating_methods, load_method)
 from voice2face.methods.base import Embeddings, proposal_faces, read_checkpoint_meta

@@ -14,7 +14,7 @@ from PIL import Image
 from test_methods import pretrained_nets, train_quick
 from test_prepare import speechlike
 from voice2face import cli
-from voice2face.evaluate import evaluate
+from voice2face.evaluation import evaluate
 
 # the tiny world has 4 test identities: recall@5 and above are not applicable there
 KEYS = ["match_1to2", "match_1to2_gender", "recall@1", "gender_acc", "cosine", "identity_top1",

@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 
 from voice2face.config import load_config
 from voice2face.environment import locked_versions
-from voice2face.methods import METHODS
+from voice2face.methods import METHODS, PRETRAINED
 
 ROOT = Path(__file__).resolve().parent.parent
 # the GPU node: CPython 3.12 on Linux x86_64 (the wheels' platform)
@@ -121,6 +121,10 @@ def test_the_dry_run_plans_every_method_and_builds_each_net_before_its_users(tmp
     built = [c.split()[1] for c in checks if c.startswith("pretrained ")]
     assert {"voice", "face", "face-target", "decoder"} <= set(built)
     assert built.index("face-target") < built.index("decoder")
+    for name in built:  # each by the run the registry (and so make) makes it with
+        method, overrides = PRETRAINED[name]
+        words = commands[f"pretrained {name}"].split()
+        assert words[words.index("train") + 1] == method and set(overrides) <= set(words)
     assert {"ddp gan", "train_step fp32", "train_step bf16-cl", "datamodule"} <= set(checks)
     assert "--channels-last" in commands["train_step bf16-cl"]
 

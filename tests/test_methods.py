@@ -1,5 +1,5 @@
-"""Every registered method trains a few steps on a tiny world; the GAN's wiring; pretrained
-nets and the errors of loading the wrong one."""
+"""Every registered method trains a few steps on a tiny world; the GAN's wiring; the
+pretrained nets the others load (loading them: ``test_pretrained``)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from torch.utils.data import DataLoader, IterableDataset
 from datamodules import VoiceFaceDataModule
 from voice2face.config import load_config
 from voice2face.losses import identity_loss
-from voice2face.methods import METHODS, Voices, load_method
-from voice2face.methods.base import CheckpointError, data_info, read_checkpoint_meta
-from voice2face.methods.pretrained import load_judge, load_voice_embedder
-from voice2face.train import export, train
+from voice2face.methods import METHODS, PRETRAINED, Voices, load_method, pretrained_needs
+from voice2face.methods.base import CheckpointError, data_info
+from voice2face.training import export, train
 
 # Settings that make any method's run take seconds on a tiny world.
 QUICK = ["data.batch_size=4", "data.num_workers=0", "data.crop_seconds=0.3",
@@ -40,22 +39,23 @@ def train_quick(method: str, root: Path, runs: Path, *overrides: str) -> Path:
     return train(quick_config(method, root, runs, *overrides))
 
 
-# the pretrained nets of the Makefile, in the order it makes them: file -> (method, overrides)
-PRETRAINED = {"voice": ("voice", ()), "face": ("face", ()),
-              "dimnet": ("dimnet", ()),  # the cpu profiles' voice embedder of gan and cae
-              "face-target": ("face", ("seed=1",)),  # the regression's target: not the judge
-              "decoder": ("face_decoder", ())}
-
-
 def pretrained_nets(root: Path) -> Path:
-    """``root/pretrained/{voice,face,dimnet,face-target,decoder}.ckpt``, as the Makefile makes them;
-    trained once per world."""
+    """``root/pretrained/<stem>.ckpt`` of every net of the registry's ``PRETRAINED``, each by
+    its run and after the nets that run needs, as make builds them; trained once per world."""
     folder = root / "pretrained"
-    for name, (method, overrides) in PRETRAINED.items():
-        if not (folder / f"{name}.ckpt").is_file():
-            final = train_quick(method, root, root.parent / f"{root.name}-pretrain-runs",
-                                "trainer.max_steps=6", f"run.name={name}", *overrides)
-            export(final, folder / f"{name}.ckpt")
+
+    def build(name: str) -> None:
+        if (folder / f"{name}.ckpt").is_file():
+            return
+        method, overrides = PRETRAINED[name]
+        for need in pretrained_needs(method, "cpu", overrides):
+            build(need)
+        final = train_quick(method, root, root.parent / f"{root.name}-pretrain-runs",
+                            "trainer.max_steps=6", f"run.name={name}", *overrides)
+        export(final, folder / f"{name}.ckpt")
+
+    for name in PRETRAINED:
+        build(name)
     return folder
 
 
@@ -182,7 +182,7 @@ def test_cached_voices_are_the_embeddings_of_whole_utterances(method, world, pre
                                                               tmp_path):
     """model.cache_voice: training batches carry no audio, and what the method trains on is
     the frozen embedder's output for the whole utterance, computed here sample by sample."""
-    from voice2face.train import make_datamodule
+    from voice2face.training import make_datamodule
     cfg = quick_config(method, world, tmp_path, "model.cache_voice=true", "eval.judge=null")
     dm = make_datamodule(cfg, METHODS[method])
     module = METHODS[method](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
@@ -225,10 +225,10 @@ def test_gan_face_term_pulls_generated_faces_to_the_speakers(world, pretrained, 
     # the best a generator can do with voices that say nothing: the batch's pixel-wise median
     blind = float(image_l1_loss(batch["face"].median(0).values.expand_as(batch["face"]),
                                 batch["face"]))
-    trainer = L.Trainer(max_steps=2 * 30, accelerator="cpu", logger=False,
+    trainer = L.Trainer(max_steps=2 * 60, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(gan, DataLoader(Repeat(batch, 30), batch_size=None))
+    trainer.fit(gan, DataLoader(Repeat(batch, 60), batch_size=None))
     after = face_l1()
     assert after < 0.5 * before and after < 0.5 * blind  # it draws each speaker's face
     assert "train/loss_face" in trainer.logged_metrics
@@ -252,34 +252,11 @@ def test_gan_without_voice_checkpoint_says_how_to_make_one(world, tmp_path):
         train_quick("gan", world, tmp_path, f"model.voice={tmp_path / 'none.ckpt'}")
 
 
-def test_pretrained_loaders_check_what_they_load(world, pretrained, tmp_path, fake_root):
-    voice = load_voice_embedder(pretrained / "voice.ckpt")
-    assert not voice.training and not any(p.requires_grad for p in voice.parameters())
-    info = data_info(VoiceFaceDataModule(world))
-    judge = load_judge(pretrained / "face.ckpt", info)
-    assert judge(torch.zeros(1, 3, 16, 16))["identity"].shape == (1, info["num_train_identities"])
-    with pytest.raises(CheckpointError, match="method 'face', expected 'voice' or 'dimnet'"):
-        load_voice_embedder(pretrained / "face.ckpt")
-    with pytest.raises(CheckpointError, match="method 'voice', expected a face judge"):
-        load_judge(pretrained / "voice.ckpt", info)
-    other = dict(info, fingerprint="0123456789abcdef", root="/elsewhere")
-    with pytest.raises(CheckpointError, match="judge was trained on other data"):
-        load_judge(pretrained / "face.ckpt", other)
-    assert read_checkpoint_meta(pretrained / "face.ckpt")["data"]["fingerprint"] == info["fingerprint"]
-
-
-def test_dimnet_checkpoint_is_a_voice_embedder(world, tmp_path):
-    final = train_quick("dimnet", world, tmp_path, "trainer.max_steps=2",
-                        "trainer.val_check_interval=100")
-    voice = load_voice_embedder(final)
-    assert voice(torch.randn(2, 64, 30)).shape == (2, 64)
-
-
 def test_voice_cache_of_two_ranks_shares_is_the_one_process_cache(world, pretrained, tmp_path):
     """Under DDP each rank embeds every second training utterance and the shares are
     gathered: the cache they make is the one a single process makes, row for row."""
     from voice2face.methods.generator import VoiceCache, embed_utterances
-    from voice2face.train import make_datamodule
+    from voice2face.training import make_datamodule
     cfg = quick_config("gan", world, tmp_path, "model.cache_voice=true", "eval.judge=null")
     dm = make_datamodule(cfg, METHODS["gan"])
     gan = METHODS["gan"](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
@@ -305,7 +282,7 @@ def test_every_method_trains_in_bf16_with_channels_last(method, world, pretraine
     CPU: two batches train to finite weights, the 4-D weights and the faces are NHWC, and
     only the main loss is on the progress bar."""
     import lightning as L
-    from voice2face.train import make_datamodule
+    from voice2face.training import make_datamodule
     cfg = quick_config(method, world, tmp_path, "eval.judge=null", "model.channels_last=true")
     dm = make_datamodule(cfg, METHODS[method])
     module = METHODS[method](OmegaConf.to_container(cfg, resolve=True), data_info(dm))

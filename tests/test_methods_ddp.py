@@ -1,7 +1,7 @@
 """A real 2-process DDP run (gloo, CPU) of every registered method through `voice2face
 train` with `trainer.devices=2` and the default strategy, as a user would type it: Lightning
 picks plain DDP, and the GAN's and the CAE's two optimizer steps each leave a net without
-gradients (see voice2face/methods/gan.py and train.ddp_strategy); and the evaluation after
+gradients (see voice2face/methods/gan.py and training.ddp_strategy); and the evaluation after
 it for the methods that have one."""
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ from test_methods import Repeat, pretrained, quick_config, train_quick, world  #
 from test_prepare import speechlike
 from voice2face import cli
 from voice2face.config import load_config
-from voice2face.evaluate import evaluate
+from voice2face.evaluation import evaluate
 from voice2face.methods import METHODS, CheckpointError, Voices, load_method
 from voice2face.methods.base import data_info
-from voice2face.train import export
+from voice2face.training import export
 
 
 def build(name: str, world: Path, tmp_path: Path, *overrides: str):

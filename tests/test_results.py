@@ -16,15 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from fake_data import write_fake_dataset
 from voice2face.config import load_config
-from voice2face.losses import FEATURE_LOSSES
-from voice2face.methods import evaluable_methods, get_method
+from voice2face.constants import default_judge
+from voice2face.methods import METHODS, SPECS, Evaluation
 from voice2face.methods.base import CHECKPOINT_FORMAT
-from voice2face.nets.cae import GATINGS
 from voice2face.results import (COLUMNS, EVAL, MATCHING, PUBLISHED, RECORD, REFERENCES,
                                 TABLE_HEADER, Entry, Protocol, RowResult, digest, entries,
-                                finished, results_markdown, row_label, run_identity)
+                                finished, main, results_markdown, row_label, run_identity)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,6 +61,10 @@ def expected_cells(row: dict, ceiling: dict, matching_only: bool) -> list[float 
     return out
 
 
+def own_space(method: str) -> bool:
+    return METHODS[method].evaluation is Evaluation.OWN_SPACE
+
+
 def check_cells(cells: list[str], expected: list[float | None], what: str) -> None:
     for (key, _), cell, value in zip(COLUMNS, cells, expected):
         if value is None:
@@ -78,13 +83,13 @@ def check_table(text: str, rows: list[RowResult]) -> None:
     for r in rows:
         label = row_label(r)
         assert label in body, (label, list(body))
-        own_space = get_method(r.entry.method).evaluation.name == "OWN_SPACE"
         cells = body[label]
         check_cells(cells[:len(COLUMNS)], expected_cells(saved[r.entry.key]["rows"]["method"],
-                                                          ceiling, own_space), label)
+                                                          ceiling, own_space(r.entry.method)),
+                    label)
         assert cells[len(COLUMNS):] != ["—", "—"]  # training time and parameters
     # the reference rows: from the first row evaluated by its faces that has each
-    judged = [r for r in rows if get_method(r.entry.method).evaluation.name != "OWN_SPACE"]
+    judged = [r for r in rows if not own_space(r.entry.method)]
     for name, label in REFERENCES:
         source = next((r for r in judged if name in saved[r.entry.key]["rows"]), None)
         if source is None:
@@ -98,25 +103,38 @@ def check_table(text: str, rows: list[RowResult]) -> None:
 
 # --- fast: the rows, the table writer, the finished-run rule -----------------------------------
 
-def test_a_row_for_every_evaluable_method_and_variant():
-    keys = [e.key for e in entries()]
-    assert len(keys) == len(set(keys))
-    assert {e.method for e in entries()} == set(evaluable_methods())
-    assert {f"cae-{g}" for g in GATINGS if g != "concat"} | {"cae-concat"} <= set(keys)
-    assert {f"regression-{loss}" for loss in FEATURE_LOSSES} <= set(keys)
-    assert {"gan", "cgan", "dimnet"} <= set(keys)
-    assert keys[:2] == ["gan", "cgan"] and keys[-1] == "dimnet"
-    # the variant's override comes last, after the user's: it holds
-    cae = next(e for e in entries() if e.key == "cae-channel")
-    assert load_config("cae", ["model.gating=full", *cae.overrides]).model.gating == "channel"
+def test_a_row_for_every_variant_of_every_evaluated_method_in_the_registrys_order():
+    rows = entries()
+    assert len({e.key for e in rows}) == len(rows)
+    # the methods evaluation measures, none other, each method's rows together in SPECS' order
+    measured = {n for n, c in METHODS.items() if c.evaluation is not Evaluation.PRETRAINING}
+    assert {e.method for e in rows} == measured
+    at = [list(SPECS).index(e.method) for e in rows]
+    assert at == sorted(at)
+    for name in measured:
+        mine = [e for e in rows if e.method == name]
+        variants = SPECS[name].variants
+        if not variants:
+            assert [(e.key, e.overrides) for e in mine] == [(name, ())]
+        assert len(mine) == max(1, sum(len(values) for values in variants.values()))
+        for key, values in variants.items():
+            # one row per value, whose config has it even when the user's override says
+            # another: the variant's override comes after the user's
+            made = []
+            for e in mine:
+                if any(o.startswith(f"{key}=") for o in e.overrides):
+                    other = next((v for v in values if f"{key}={v}" not in e.overrides), values[0])
+                    cfg = load_config(name, [f"{key}={other}", *e.overrides])
+                    made.append(str(OmegaConf.select(cfg, key)))
+            assert sorted(made) == sorted(map(str, values))
 
 
 def fake_metrics(entry: Entry, rng: random.Random) -> dict:
-    cls = get_method(entry.method)
+    cls = METHODS[entry.method]
     keys = ["match_1to2", "match_1to2_gender", "recall@1", "recall@5", "recall@10",
             "recall@20", "gender_acc", "cosine", "identity_top1", "identity_top5"]
     rows = {"method": {k: rng.random() for k in keys}}
-    if cls.evaluation.name != "OWN_SPACE":
+    if cls.evaluation is not Evaluation.OWN_SPACE:
         rows["method"]["frechet"] = 3 * rng.random()
     if cls.needs_proposal:
         rows["proposal_faces"] = {k: rng.random() for k in keys}
@@ -137,8 +155,7 @@ def fake_rows(tmp_path: Path) -> list[RowResult]:
         path.write_text(json.dumps(fake_metrics(e, rng)))
         record = {"train_seconds": 100 * rng.random(), "max_steps": 3,
                   "parameters": {"trained": 123456, "by_net": {"net": 123456}}}
-        rows.append(RowResult(e, folder, json.loads(path.read_text()), path, record,
-                              evaluation=get_method(e.method).evaluation.name))
+        rows.append(RowResult(e, folder, json.loads(path.read_text()), path, record))
     return rows
 
 
@@ -195,6 +212,28 @@ def test_the_published_numbers_are_filled_in_with_their_sources(tmp_path):
     assert "| 76.07 % | Table 3; Sec. 4.2 |" in section
     assert "| 59.69 % | Table 3 |" in section
     assert not any("| — |" in line for line in body)
+
+
+def test_the_judge_and_the_pretrained_nets_are_checked_before_any_training(tmp_path, capsys):
+    """Without ``--judge`` the data's own judge is checked; a missing net is named with the
+    command that makes it: each that the registry says the row needs."""
+    from voice2face.methods import pretrained_needs
+
+    world = tmp_path / "world"
+    write_fake_dataset(world)
+    runs = tmp_path / "runs"
+    assert main(["--data", str(world), "--only", "gan", "profile=cpu", f"run.root={runs}"]) != 0
+    err = capsys.readouterr().err
+    assert "make results" in err
+    for stem in pretrained_needs("gan", "cpu"):
+        assert str(world / "pretrained" / f"{stem}.ckpt") in err, (stem, err)
+    assert str(default_judge(world)) in err
+    judge = tmp_path / "judge.ckpt"
+    assert main(["--data", str(world), "--only", "gan", "--judge", str(judge), "profile=cpu",
+                 f"run.root={runs}"]) != 0
+    err = capsys.readouterr().err
+    assert str(judge) in err and str(default_judge(world)) not in err
+    assert not runs.exists()  # nothing trained
 
 
 def fake_checkpoint(path: Path, method: str, fingerprint: str) -> None:
@@ -262,8 +301,7 @@ def rows_on_disk(text: str) -> list[RowResult]:
         folder = Path(cells[0].strip("`"))
         path = folder / EVAL / "metrics.json"
         out.append(RowResult(by_key[key], folder, json.loads(path.read_text()), path,
-                             json.loads((folder / RECORD).read_text()),
-                             evaluation=get_method(by_key[key].method).evaluation.name))
+                             json.loads((folder / RECORD).read_text())))
     return out
 
 
@@ -310,7 +348,7 @@ def test_make_results_on_a_tiny_world_reuses_finished_runs_and_retrains_changed_
     assert gan.folder != old.folder and old.folder.is_dir()
     assert gan.record["max_steps"] == 3 and gan.record["train_seconds"] > 0
     assert torch.load(gan.folder / "checkpoints" / "final.ckpt", weights_only=False,
-                      map_location="cpu")["global_step"] == 3 * get_method("gan").steps_per_batch
+                      map_location="cpu")["global_step"] == 3 * METHODS["gan"].steps_per_batch
 
 
 def test_ctrl_c_says_which_rows_are_kept_and_what_was_running(monkeypatch, capsys):

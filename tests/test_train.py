@@ -17,7 +17,7 @@ from voice2face.cli import main as cli_main
 from voice2face.config import EXPERIMENTS, ConfigError, load_config
 from voice2face.methods import METHODS, Evaluation, MethodModule, load_method
 from voice2face.methods.base import CheckpointError, read_checkpoint_meta
-from voice2face.train import is_rank_zero, run_folder, train
+from voice2face.training import is_rank_zero, run_folder, train
 from voice2face.train import main as train_main
 
 
@@ -216,7 +216,7 @@ class TwoStepToy(ToyModule):
 SRUN_TASK = """
 import sys
 from voice2face.config import load_config
-from voice2face.train import run_folder, start_run
+from voice2face.training import run_folder, start_run
 cfg = load_config("face", sys.argv[1:])
 folder, _ = run_folder(cfg)
 start_run(cfg, folder)
@@ -301,7 +301,7 @@ def test_a_real_ctrl_c(fake_root, tmp_path):
 def test_a_distributed_run_of_a_method_with_idle_nets_finds_unused_parameters(method):
     """Lightning picks plain DDP by itself for devices > 1; the methods whose backward passes
     leave a net without gradients (the GAN, the CAE) get find_unused_parameters then too."""
-    from voice2face.train import ddp_strategy, processes
+    from voice2face.training import ddp_strategy, processes
     cls = METHODS[method]
     wants = getattr(cls, "ddp_find_unused_parameters", False)
     assert wants == (method in ("gan", "cgan", "cae", "cae-concat"))
@@ -328,7 +328,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, {repo!r})
-from voice2face.train import RankSeed
+from voice2face.training import RankSeed
 
 
 class Draws(L.LightningModule):
@@ -397,7 +397,7 @@ def test_more_processes_than_val_samples_is_refused_before_anything_starts(fake_
 # --- a run is never damaged -------------------------------------------------------------------
 
 def test_a_second_writer_is_stopped_naming_the_holder(toy):
-    from voice2face.train import RunLock
+    from voice2face.training import RunLock
     folder = train(toy("trainer.max_steps=2", "run.name=busy")).parent.parent
     before = (folder / "config.yaml").read_text()
     with RunLock(folder):  # as a trainer of this run still running would hold it
@@ -550,7 +550,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_run_resumes(fake_root, tmp
 
 
 def test_training_time_adds_up_across_resumes(toy):
-    from voice2face.train import training_seconds
+    from voice2face.training import training_seconds
     final = train(toy("trainer.max_steps=2", "run.name=t"))
     first = training_seconds(final)
     assert first is not None and first > 0

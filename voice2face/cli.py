@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": ("voice2face.evaluate", "metrics table and sample grid of a trained checkpoint"),
     "generate": ("voice2face.generate", "generate a face image from an audio file"),
     "results": ("voice2face.results", "train or reuse every method, evaluate alike, write one table"),
+    "upgrade": ("voice2face.upgrade", "add the description of its nets to an older checkpoint"),
 }
 
 

@@ -11,7 +11,7 @@ do all the work in ``compute()``:
 
 Liang et al.'s face retrieval (the speaker among the top 5 of a sampled gallery of 500
 faces) needs no state of its own: ``sampled_galleries``, ``gallery_hits`` and
-``gallery_chance`` are plain functions of the embeddings, called by ``voice2face.evaluate``.
+``gallery_chance`` are plain functions of the embeddings, called by ``voice2face.evaluation``.
 
 Both take two kinds of sample through one ``update``::
 

@@ -1,17 +1,18 @@
 """``voice2face results [--data DIR] [--out docs/results.md] [key=value ...]``: every method,
 one protocol, one table.
 
-For every evaluable method of the registry and each of its variants (``ENTRIES``: the CAE
-once per gating granularity, the regression once per feature loss), this trains the method
-on ``--data`` with the ``key=value`` overrides (or reuses a finished run of the same
-settings), evaluates it with ``voice2face.evaluate.evaluate`` under one protocol (the same
-judge, test trials, batch size and seed for every row), and writes one Markdown table with
-the reference rows, a table of the papers' published numbers, and a figure of one test
-speaker per row with each method's face (``--figure``).
+For every evaluable method of the registry and each of its variants (the rows of its
+``MethodSpec``, in the registry's order: the CAE once per gating granularity, the regression
+once per feature loss), this trains the method on ``--data`` with the ``key=value`` overrides
+(or reuses a finished run of the same settings), evaluates it with
+``voice2face.evaluation.evaluate`` under one protocol (the same judge, test trials, batch size
+and seed for every row), and writes one Markdown table with the reference rows, a table of
+the papers' published numbers, and a figure of one test speaker per row with each method's
+face (``--figure``).
 
-The pretrained nets (``DATA/pretrained/{voice,face,face-target,decoder}.ckpt``) are the
-Makefile's targets: ``make results`` builds the missing ones first, with ``PRETRAIN_ARGS``;
-this command only checks that they exist.
+The pretrained nets the rows' configs and the judge name (``DATA/pretrained/*.ckpt``, the
+registry's ``pretrained_needs``) are the Makefile's targets: ``make results`` builds the
+missing ones first, with ``PRETRAIN_ARGS``; this command only checks that they exist.
 
 **Reuse.** Each row trains in ``<run.root>/results-<row>-<data>-<digest>/``, where the
 digest is of the run's identity: its resolved config (the ``run`` and ``logger`` sections
@@ -41,7 +42,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import shlex
 import sys
 import time
@@ -49,14 +49,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from voice2face.config import string_leaves
+from datamodules import VoiceFaceDataModule
+from voice2face.config import load_config, string_leaves
+from voice2face.constants import default_judge
 from voice2face.errors import UserError, reports_errors
+from voice2face.evaluation import (RETRIEVAL_GALLERY, RETRIEVAL_K, RETRIEVAL_KEY,
+                                   chosen_identities, evaluate)
+from voice2face.grid import column_grid, save_png
+from voice2face.methods import METHODS, SPECS, Evaluation, MethodModule, Voices, load_method
+from voice2face.methods.base import (CheckpointError, data_info, proposal_faces,
+                                     read_checkpoint_meta)
+from voice2face.training import train, training_seconds
 
 RECORD = "results-run.json"  # in a run folder: written when its training has finished
 EVAL = "results-eval"        # in a run folder: the evaluation of this protocol
-ORDER = ("gan", "cgan", "cae", "cae-concat", "regression", "dimnet")  # rows first in this order
 
 
 # --- what is compared ------------------------------------------------------------------------
@@ -69,26 +78,16 @@ class Entry:
     method: str                      # registry name
     overrides: tuple[str, ...] = ()  # applied after the user's, so the variant holds
 
+    @property
+    def cls(self) -> type[MethodModule]:
+        return METHODS[self.method]
+
 
 def entries() -> list[Entry]:
-    """Every evaluable method of the registry, in ``ORDER`` (others after, by name); the CAE
-    once per gating granularity of ``nets.cae.GATINGS`` (``concat`` is ``cae-concat``) and the
-    regression once per loss of ``losses.FEATURE_LOSSES``."""
-    from voice2face.losses import FEATURE_LOSSES
-    from voice2face.methods import evaluable_methods
-    from voice2face.nets.cae import GATINGS
-
-    variants = {
-        "cae": [("model.gating", g) for g in GATINGS if g != "concat"],
-        "regression": [("model.loss", loss) for loss in FEATURE_LOSSES],
-    }
-    methods = sorted(evaluable_methods(), key=lambda m: (ORDER.index(m) if m in ORDER else
-                                                         len(ORDER), m))
-    out = []
-    for m in methods:
-        for key, value in variants.get(m, [(None, None)]):
-            out.append(Entry(f"{m}-{value}" if key else m, m, (f"{key}={value}",) if key else ()))
-    return out
+    """The rows of every evaluable method of the registry (``MethodSpec.rows``), in its
+    order."""
+    return [Entry(key, spec.name, overrides) for spec in SPECS.values() if spec.evaluable
+            for key, overrides in spec.rows()]
 
 
 def select(all_entries: list[Entry], only: str | None) -> list[Entry]:
@@ -139,8 +138,6 @@ def finished(folder: Path, identity: dict[str, Any], method: str, fingerprint: s
              ) -> tuple[bool, str]:
     """Whether ``folder`` holds a finished run of ``identity`` (the module docstring's rule),
     and why not."""
-    from voice2face.methods.base import CheckpointError, read_checkpoint_meta
-
     if not (folder / "config.yaml").is_file():
         return False, "no run folder" if not folder.exists() else "no config.yaml"
     saved = comparable(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=True))
@@ -174,7 +171,10 @@ class RowResult:
     record: dict[str, Any]           # the run's results-run.json
     trained_now: bool = False
     evaluated_now: bool = False
-    evaluation: str = ""             # the method's Evaluation name
+
+    @property
+    def evaluation(self) -> Evaluation:
+        return self.entry.cls.evaluation
 
     @property
     def train_seconds(self) -> float:
@@ -205,9 +205,6 @@ def ensure_run(entry: Entry, cfg: DictConfig, identity: dict[str, Any], fingerpr
                command: str, log=print) -> tuple[Path, dict[str, Any], bool]:
     """The finished run folder of ``entry`` (trained now unless one exists), its record, and
     whether it was trained now. ``command``: the equivalent ``voice2face train`` line."""
-    from voice2face.methods import load_method
-    from voice2face.train import train, training_seconds
-
     folder = Path(cfg.run.root) / cfg.run.name
     done, why = finished(folder, identity, entry.method, fingerprint)
     if done:
@@ -259,8 +256,6 @@ class Protocol:
 
 def ensure_evaluation(entry: Entry, folder: Path, protocol: Protocol, log=print
                       ) -> tuple[Path, dict[str, Any], bool]:
-    from voice2face.evaluate import evaluate
-
     out = folder / EVAL
     final = folder / "checkpoints" / "final.ckpt"
     key = protocol.key(final)
@@ -286,7 +281,7 @@ COLUMNS = [
     ("fraction:match_1to2_gender", "same gender, chance→ceiling"),
     ("frechet", "Fréchet (judge)"),
     ("recall@1", "R@1"), ("recall@5", "R@5"), ("recall@10", "R@10"),
-    ("retrieval_top5", "top-5 of 500 images"),
+    (RETRIEVAL_KEY, f"top-{RETRIEVAL_K} of {RETRIEVAL_GALLERY} images"),
     ("gender_acc", "gender acc"), ("identity_top1", "known top-1"),
     ("identity_top5", "known top-5"),
 ]
@@ -304,8 +299,9 @@ TABLE_HEADER = ["method"] + [h for _, h in COLUMNS] + ["training time", "trained
 # The papers' own numbers on VoxCeleb/VGGFace (or AVSpeech), with their own encoders, judges
 # and splits: not comparable with a synthetic world. Each row: (paper, method here, what is
 # measured: protocol, gallery, split; value; unit; where in the paper). The papers are the
-# plain-text copies in shared/papers/ (its README names them), except the last four rows,
-# context only: the two strongest published voice-face matchers, without a file here.
+# plain-text copies in shared/papers/ (its README names them), except the rows of methods
+# not implemented here, context only: the two strongest published voice-face matchers, without
+# a file here.
 # The Speech2Face-style report (shared/papers/000, Turk. J. Comput. Math. Educ. 12(13), 2021)
 # gives no numbers (its results are qualitative), so it has no row.
 _WEN = "Wen, Singh & Raj, NeurIPS 2019"
@@ -422,7 +418,8 @@ def fmt_count(n: int) -> str:
 
 def row_label(r: RowResult) -> str:
     label = r.metrics.get("label") or r.entry.key
-    return f"{label}, own space" if r.evaluation == "OWN_SPACE" else label
+    own = r.evaluation is Evaluation.OWN_SPACE
+    return f"{label}, {Evaluation.OWN_SPACE.value}" if own else label
 
 
 def references(rows: list[RowResult]) -> list[tuple[str, str, dict[str, float], RowResult]]:
@@ -430,7 +427,7 @@ def references(rows: list[RowResult]) -> list[tuple[str, str, dict[str, float], 
     are the same: one judge, one test split, one seed); real faces and chance from a row
     evaluated by its generated faces, so their gender and identity columns are the judge's."""
     out = []
-    judged = [r for r in rows if r.evaluation != "OWN_SPACE"] or rows
+    judged = [r for r in rows if r.evaluation is not Evaluation.OWN_SPACE] or rows
     for name, label in REFERENCES:
         source = next((r for r in judged if name in r.metrics["rows"]), None)
         if source is not None:
@@ -443,7 +440,8 @@ def table_rows(rows: list[RowResult]) -> list[tuple[str, list[str]]]:
     ceiling = next((r.metrics["rows"].get("ceiling", {}) for r in rows), {})
     out = []
     for r in rows:
-        values = cell_values(r.metrics["rows"]["method"], ceiling, r.evaluation == "OWN_SPACE")
+        values = cell_values(r.metrics["rows"]["method"], ceiling,
+                             r.evaluation is Evaluation.OWN_SPACE)
         out.append((row_label(r), [fmt(values[k]) for k, _ in COLUMNS]
                     + [fmt_seconds(r.train_seconds), fmt_count(r.parameters)]))
     for name, label, row, _ in references(rows):
@@ -530,7 +528,7 @@ def results_markdown(rows: list[RowResult], context: dict[str, Any]) -> str:
               + f", training {len(trained)} of {len(rows)} runs and reusing the others. From "
               f"scratch, the runs' recorded training times add up to {fmt_seconds(total_train)} "
               f"and their evaluations to {fmt_seconds(total_eval)}, plus the synthetic world and "
-              "the four pretrained nets (`make data`, `DATA/pretrained/*.ckpt`).", ""]
+              "the pretrained nets (`make data`, `DATA/pretrained/*.ckpt`).", ""]
     lines += ["## Published numbers (the papers' own, not comparable)", "",
               "What the papers report on real data (VoxCeleb voices, VGGFace or AVSpeech faces), "
               "with their own encoders, judges and splits. They are not comparable with the "
@@ -539,8 +537,9 @@ def results_markdown(rows: list[RowResult], context: dict[str, Any]) -> str:
               "recalls; bare numbers are cosines. \"where\" is the table or section of the "
               "paper. Deep Face Gen does not say what its accuracies measure. The "
               "Speech2Face-style report (Turk. J. Comput. Math. Educ., 2021) gives no numbers. "
-              "The last four rows, the strongest published voice-face matchers (no paper file "
-              "here), are context: about what 1:2 matching reaches on real data.", ""]
+              "The rows of methods not implemented here, the strongest published voice-face "
+              "matchers (no paper file here), are context: about what 1:2 matching reaches on "
+              "real data.", ""]
     lines += _md_table(["paper", "method here", "measure", "reported", "where"],
                        [[paper, method, what, fmt_published(v, unit), where]
                         for paper, method, what, v, unit, where in PUBLISHED], align="---")
@@ -560,21 +559,14 @@ def figure(rows: list[RowResult], protocol: Protocol, n_identities: int = 6):
     """One test speaker per row (``n_identities``, drawn by the seed as evaluation draws its
     grid): a real face, the proposal face, then each face-generating row's face from the
     speaker's first test utterance, through the method contract."""
-    import torch
-
-    from datamodules import VoiceFaceDataModule
-    from voice2face.grid import column_grid
-    from voice2face.methods import Voices, load_method
-    from voice2face.methods.base import proposal_faces
-
-    makers = [r for r in rows if r.evaluation == "GENERATED_FACES"]
+    makers = [r for r in rows if r.evaluation is Evaluation.GENERATED_FACES]
     if not makers:
         return None
     dm = VoiceFaceDataModule(protocol.data, eval_batch_size=protocol.batch_size, num_workers=0,
                              spectrogram=True)
     names = {i["index"]: i["name"] for i in dm.identities}
-    test_ids = sorted(i["index"] for i in dm.identities if i["split"] == "test")
-    chosen = sorted(random.Random(protocol.seed).sample(test_ids, min(n_identities, len(test_ids))))
+    chosen = chosen_identities([i["index"] for i in dm.identities if i["split"] == "test"],
+                               n_identities, protocol.seed)
     first: dict[int, tuple[Voices, torch.Tensor]] = {}
     for batch in dm.eval_dataloader("test", rank=0, world_size=1):
         for i, identity in enumerate(batch["identity"].tolist()):
@@ -591,7 +583,7 @@ def figure(rows: list[RowResult], protocol: Protocol, n_identities: int = 6):
     proposal = proposal_faces(real, torch.tensor(ids)) if len(ids) > 1 else None
     columns: list[list[torch.Tensor | None]] = [list(real)]
     titles = ["real face"]
-    if proposal is not None and any(_needs_proposal(r) for r in makers):
+    if proposal is not None and any(r.entry.cls.needs_proposal for r in makers):
         columns.append(list(proposal))
         titles.append("proposal (CAE input)")
     for r in makers:
@@ -614,11 +606,6 @@ def figure(rows: list[RowResult], protocol: Protocol, n_identities: int = 6):
                                 for k, i in enumerate(ids)])
 
 
-def _needs_proposal(r: RowResult) -> bool:
-    from voice2face.methods import get_method
-    return get_method(r.entry.method).needs_proposal
-
-
 # --- the command -----------------------------------------------------------------------------
 
 def train_overrides(entry: Entry, data: Path, overrides: list[str]) -> list[str]:
@@ -630,7 +617,6 @@ def train_overrides(entry: Entry, data: Path, overrides: list[str]) -> list[str]
 def configure(entry: Entry, data: Path, overrides: list[str]) -> tuple[DictConfig, dict, str]:
     """The config ``entry`` trains with, its identity, and the equivalent command line; the
     run folder is named after the identity, and an unfinished one is resumed."""
-    from voice2face.config import load_config
     extra = train_overrides(entry, data, overrides)
     cfg = load_config(entry.method, extra)
     identity = run_identity(cfg, sha1_file(data / "manifest.json"))
@@ -652,12 +638,6 @@ def check_pretrained(cfgs: list[DictConfig], judge: Path) -> None:
 
 
 def run(args, argv: list[str]) -> int:
-    import torch
-
-    from datamodules import VoiceFaceDataModule
-    from voice2face.methods import get_method
-    from voice2face.methods.base import data_info
-
     _PROGRESS.update(done=[], now=None)
 
     started = time.time()
@@ -669,7 +649,7 @@ def run(args, argv: list[str]) -> int:
     overrides = list(args.overrides)
     manifest_sha1 = sha1_file(data / "manifest.json")
     info = data_info(VoiceFaceDataModule(data, num_workers=0))
-    judge = Path(args.judge) if args.judge else data / "pretrained" / "face.ckpt"
+    judge = Path(args.judge) if args.judge else default_judge(data)
     configured = [configure(e, data, overrides) for e in chosen]
     check_pretrained([cfg for cfg, _, _ in configured], judge)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -686,13 +666,12 @@ def run(args, argv: list[str]) -> int:
         metrics_path, metrics, evaluated_now = ensure_evaluation(entry, folder, protocol)
         _PROGRESS["done"].append(entry.key)
         rows.append(RowResult(entry, folder, metrics, metrics_path, record, trained_now,
-                              evaluated_now, get_method(entry.method).evaluation.name))
+                              evaluated_now))
 
     out = Path(args.out)
     figure_path = Path(args.figure) if args.figure else out.parent / "images" / "results-grid.png"
     image = figure(rows, protocol, args.figure_identities)
     if image is not None:
-        from voice2face.grid import save_png
         save_png(image, figure_path)
         print(f"voice2face results: wrote {figure_path}")
     since = args.started if args.started else started
@@ -749,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="test speakers (rows) in the figure")
     parser.add_argument("--only", help="comma-separated rows to run and show (default: all): "
                         + ", ".join(e.key for e in entries()))
-    parser.add_argument("--judge", help="face checkpoint (default: DATA/pretrained/face.ckpt)")
+    parser.add_argument("--judge", help=f"face checkpoint (default: "
+                        f"{default_judge('DATA').as_posix()})")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed, every row")
     parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     parser.add_argument("--workers", type=int, default=0, help="evaluation DataLoader workers")

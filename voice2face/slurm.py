@@ -6,10 +6,11 @@ The script runs ``srun .venv/bin/voice2face train <method>`` with one task per G
 (``data.num_workers`` one fewer, unless the overrides set it), ``trainer.devices``/
 ``trainer.num_nodes`` matching the allocation, the config profile written out (``paper`` on
 GPUs, ``cpu`` without, unless the overrides name one: the node never resolves
-``profile=auto`` itself), a fixed ``run.name`` and ``run.resume=auto``: a job that SLURM
-requeues (``voice2face/requeue.py`` on ``SIGUSR1``, sent 90 s before the time limit, saves
-``checkpoints/last.ckpt`` and requeues it) runs the same command again and continues in the
-same run folder from that checkpoint.
+``profile=auto`` itself), a fixed ``run.name`` and ``run.resume=auto``. On ``SIGUSR1``, sent
+90 s before the time limit, the ranks save ``checkpoints/last.ckpt`` at a batch boundary and
+rank zero runs ``scontrol requeue`` (``voice2face/requeue.py``; Lightning's own auto-requeue
+is off); the requeued job runs the same command again and continues in the same run folder
+from that checkpoint.
 
 Before anything is submitted, the job's overrides are checked against the config of the
 profile it will run, and the pretrained nets that config loads must exist; a missing one is

@@ -35,6 +35,13 @@ loaded from its own checkpoint, so it ``generates`` and is measured by its rende
 with its own feature measures (``extra_metrics``) beside them.
 ``method`` is the registry name the module was trained under (``cgan``), ``variant`` what
 distinguishes the run within it, ``label`` both, for tables.
+
+Checkpoints: besides Lightning's entries, ``voice2face`` (the method, the checkpoint format
+and the data's facts) and ``nets``, how to rebuild each net the method offers to others
+(``exported_nets``) from ``voice2face.nets`` alone: ``{name: {"net": class name in NETS,
+"config": constructor arguments, "prefix": where its weights are in the state dict}}``.
+``methods.pretrained`` loads frozen nets through it, never through another method's module;
+``voice2face upgrade`` writes it into a checkpoint saved before it existed.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ import torch
 from torch import Tensor
 
 from voice2face.errors import UserError
+from voice2face.nets import NETS, faces_channels_last
 
 CHECKPOINT_FORMAT = 1
 
@@ -201,8 +209,6 @@ class MethodModule(L.LightningModule):
         data.md says why); batches with features already (``worker``, evaluation) pass.
         Then the faces go channels-last where the method's nets are."""
         from datamodules.features import device_features
-
-        from voice2face.nets import faces_channels_last
         batch = device_features(batch, spectrogram=self.needs_spectrogram)
         return faces_channels_last(batch) if self.channels_last else batch
 
@@ -299,9 +305,28 @@ class MethodModule(L.LightningModule):
 
     # --- checkpoints -----------------------------------------------------------------------
 
+    def exported_nets(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The nets other methods and evaluation load from this method's checkpoints: name ->
+        (the net's attribute path in this module, its constructor's arguments); none by
+        default."""
+        return {}
+
+    def net_descriptions(self) -> dict[str, dict[str, Any]]:
+        """The checkpoint's ``nets`` entry (module docstring) of ``exported_nets``."""
+        out = {}
+        for name, (attribute, config) in self.exported_nets().items():
+            net = self.get_submodule(attribute)
+            if NETS.get(type(net).__name__) is not type(net):
+                raise TypeError(f"{self.method}: exported net {name!r} is a {type(net).__name__}, "
+                                f"which voice2face.nets.NETS does not list")
+            out[name] = {"net": type(net).__name__, "config": dict(config),
+                         "prefix": f"{attribute}."}
+        return out
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["voice2face"] = {"method": self.method, "format": CHECKPOINT_FORMAT,
                                     "data": self.data_info}
+        checkpoint["nets"] = self.net_descriptions()
 
 
 class CheckpointError(UserError, ValueError):
@@ -309,6 +334,12 @@ class CheckpointError(UserError, ValueError):
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's ``voice2face`` entry: its method, format and data."""
+    return read_checkpoint(path)["voice2face"]
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The whole checkpoint (tensors memory-mapped), an error unless it is a voice2face one."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; expected a .ckpt file (a run "
@@ -323,7 +354,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     if meta is None or meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a voice2face checkpoint (format {CHECKPOINT_FORMAT}); "
                               f"found keys {sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt)}")
-    return meta
+    return ckpt
 
 
 def load_module(path: str | Path, classes: Mapping[str, type[MethodModule]],

@@ -1,19 +1,27 @@
-"""Small pieces the methods share: optimizers from config, and validation of embeddings."""
+"""Small pieces the methods share: optimizers from config, validation of embeddings, and the
+target network's feature of a face (the Speech2Face family's)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from voice2face.metrics import RecallAtK, applicable
+from voice2face.nets import FaceTrunk
 
 
 def adam(params, optim: dict[str, Any]) -> torch.optim.Adam:
     """Adam with ``optim.lr``, ``optim.betas`` and ``optim.weight_decay`` (if given)."""
     return torch.optim.Adam(params, lr=float(optim["lr"]), betas=tuple(optim.get("betas", (0.9, 0.999))),
                             weight_decay=float(optim.get("weight_decay", 0.0)))
+
+
+def unit_features(target: FaceTrunk, faces: torch.Tensor) -> torch.Tensor:
+    """The target network's feature of faces: its unit embedding ``[B, dim]``."""
+    return F.normalize(target(faces), dim=-1)
 
 
 class SplitHalfRecall(nn.Module):

@@ -40,6 +40,9 @@ class DimnetModule(MethodModule):
         self.heads = CovariateHeads(m["dim"], data["num_train_identities"], m["scale"])
         self.val_match = CrossModalMatching(n_way=2, exhaustive=True)
 
+    def exported_nets(self):
+        return {"voice": ("voice", self.voice.config)}  # load_voice_embedder
+
     # either modality in the shared space, with the shared heads' predictions
     def voice_outputs(self, mel: torch.Tensor, lengths: torch.Tensor | None = None):
         emb = self.voice(mel, lengths)

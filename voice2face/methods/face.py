@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from torchmetrics.classification import BinaryAccuracy
 
 from voice2face.losses import covariate_loss, top1_accuracy
@@ -32,10 +31,19 @@ class FaceModule(MethodModule):
     def __init__(self, cfg, data):
         super().__init__(cfg, data)
         m = cfg["model"]
-        self.encoder = FaceEncoder(data["face_size"], data["num_train_identities"], dim=m["dim"],
-                                   width=m["width"], scale=m["scale"])
+        self.encoder_config = {"face_size": data["face_size"],
+                               "num_classes": data["num_train_identities"], "dim": m["dim"],
+                               "width": m["width"], "norm": "batch", "scale": m["scale"]}
+        self.encoder = FaceEncoder(**self.encoder_config)
         self.val_recall = SplitHalfRecall("val")
         self.val_gender = BinaryAccuracy()
+
+    def exported_nets(self):
+        """``encoder``: the judge (``load_judge``); ``trunk``: its trunk alone, the target
+        network of the Speech2Face family (``load_target``)."""
+        c = self.encoder_config
+        trunk = {k: c[k] for k in ("face_size", "dim", "width", "norm")}
+        return {"encoder": ("encoder", c), "trunk": ("encoder.trunk", trunk)}
 
     def training_step(self, batch, batch_idx):
         faces = batch["faces"].flatten(0, 1)  # [B*K, 3, S, S]

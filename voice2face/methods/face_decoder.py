@@ -21,20 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from voice2face.grid import GridCollector, log_grid
 from voice2face.methods.base import Evaluation, MethodModule
-from voice2face.methods.common import adam
+from voice2face.methods.common import adam, unit_features
 from voice2face.methods.pretrained import freeze, load_target
 from voice2face.nets import FaceTrunk
 from voice2face.nets.speech2face import FaceDecoder
-
-
-def unit_features(target: FaceTrunk, faces: torch.Tensor) -> torch.Tensor:
-    """The target network's feature of faces: its unit embedding ``[B, dim]``."""
-    return F.normalize(target(faces), dim=-1)
 
 
 class FaceDecoderModule(MethodModule):
@@ -54,6 +48,12 @@ class FaceDecoderModule(MethodModule):
         self.decoder = FaceDecoder(target_net["dim"], data["face_size"], m["width"], m["norm"])
         self.val_l1 = MeanMetric()
         self._grid: GridCollector | None = None
+
+    def exported_nets(self):
+        """``decoder`` and the ``target`` it renders the features of (``load_face_decoder``:
+        the regression checks that its own target is that one)."""
+        return {"decoder": ("decoder", self.decoder.config),
+                "target": ("target", self.hparams["target_net"])}
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -63,11 +63,10 @@ from torchmetrics import MeanMetric
 from datamodules.features import N_FFT, SAMPLE_RATE, AudioFeatures, compress_spectrogram
 from voice2face.grid import GridCollector
 from voice2face.losses import feature_l1_l2_loss, get_feature_loss, info_nce_loss
-from voice2face.methods.base import CheckpointError, Voices, load_module
-from voice2face.methods.common import adam
-from voice2face.methods.face_decoder import FaceDecoderModule, unit_features
+from voice2face.methods.base import CheckpointError, Voices
+from voice2face.methods.common import adam, unit_features
 from voice2face.methods.generator import GeneratorModule
-from voice2face.methods.pretrained import freeze, load_target, same_weights
+from voice2face.methods.pretrained import freeze, load_face_decoder, load_target, same_weights
 from voice2face.metrics import RecallAtK, applicable
 from voice2face.nets import FaceTrunk, SpectrogramEncoder, VoiceEmbedder
 from voice2face.nets.speech2face import FaceDecoder
@@ -258,15 +257,15 @@ class RegressionModule(GeneratorModule):
     # --- the contract ----------------------------------------------------------------------
 
     def _attach_decoder(self, path: str | Path) -> None:
-        module = load_module(path, {"face_decoder": FaceDecoderModule})
+        decoder, target = load_face_decoder(path)
         # a decoder renders the features of the network it was trained on, and no other
-        if not same_weights(module.target, self.target):
+        if not same_weights(target, self.target):
             raise CheckpointError(f"{path}: this face decoder was trained on the features of "
                                   f"another target network than this regression's; train one "
                                   f"with `voice2face train face_decoder model.target=<the "
                                   f"regression's model.target>`")
-        self.decoder = freeze(module.decoder).to(self.device)
-        self.hparams["decoder_net"] = module.decoder.config
+        self.decoder = decoder.to(self.device)
+        self.hparams["decoder_net"] = decoder.config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A run trained without a decoder and resumed with one (the decoder came later):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import warnings
 
-
 from voice2face.losses import identity_loss, top1_accuracy
 from voice2face.methods.base import Evaluation, MethodModule
 from voice2face.methods.common import SplitHalfRecall, adam
@@ -30,6 +29,9 @@ class VoiceModule(MethodModule):
                                    norm=m.get("norm", "bin"))  # older checkpoints: bin
         self.classifier = CosineClassifier(m["dim"], data["num_train_identities"], m["scale"])
         self.val_recall = SplitHalfRecall("val")
+
+    def exported_nets(self):
+        return {"voice": ("voice", self.voice.config)}  # load_voice_embedder
 
     def training_step(self, batch, batch_idx):
         logits = self.classifier(self.voice(batch["mel"], batch["mel_lengths"]))

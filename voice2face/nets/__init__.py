@@ -9,7 +9,13 @@ from voice2face.nets.layout import faces_channels_last, to_channels_last
 from voice2face.nets.speech2face import FaceDecoder, SpectrogramEncoder
 from voice2face.nets.voice import VoiceEmbedder, perturb_embedding
 
-__all__ = ["CAECritic", "CosineClassifier", "CovariateHeads", "FaceCritic", "FaceDecoder",
+# the nets a checkpoint may describe by class name (``checkpoint["nets"]``), so that a loader
+# rebuilds them from their constructor arguments without the method that trained them
+NETS = {net.__name__: net for net in (CAECritic, CosineClassifier, CovariateHeads, FaceCritic,
+                                      FaceDecoder, FaceEncoder, FaceGenerator, FaceTrunk,
+                                      GatedUNet, SpectrogramEncoder, VoiceEmbedder)}
+
+__all__ = ["NETS", "CAECritic", "CosineClassifier", "CovariateHeads", "FaceCritic", "FaceDecoder",
            "FaceEncoder", "FaceGenerator", "FaceTrunk", "GatedConvTranspose2d", "GatedUNet",
            "SpectrogramEncoder", "VoiceEmbedder",
            "faces_channels_last", "perturb_embedding", "to_channels_last"]
