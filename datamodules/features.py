@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torchaudio
 
-SAMPLE_RATE = 16_000
+from voice2face.constants import SAMPLE_RATE
+
 WIN_LENGTH = 400  # 25 ms at 16 kHz
 HOP_LENGTH = 160  # 10 ms
 N_FFT = 512

@@ -20,13 +20,13 @@ import soundfile as sf
 import webdataset as wds
 from PIL import Image
 
+from voice2face.constants import SAMPLE_RATE
 from voice2face.errors import UserError
 
 FORMAT_VERSION = 1
 SAMPLE_SPLITS = ("train", "known", "val", "test")
 GALLERY_SPLITS = ("train", "val", "test")
 IDENTITY_SPLITS = ("train", "val", "test")
-SAMPLE_RATE = 16_000
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from voice2face.constants import SAMPLE_RATE
 from voice2face.errors import UserError, check_output_path, int_in, reports_errors
 
-SAMPLE_RATE = 16_000
 FORMATS = "WAV, FLAC, OGG, MP3, M4A/MP4/AAC or another format FFmpeg reads"
 
 

@@ -60,7 +60,8 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
-from datamodules.features import N_FFT, SAMPLE_RATE, AudioFeatures, compress_spectrogram
+from datamodules.features import N_FFT, AudioFeatures, compress_spectrogram
+from voice2face.constants import SAMPLE_RATE
 from voice2face.grid import GridCollector
 from voice2face.losses import feature_l1_l2_loss, get_feature_loss, info_nce_loss
 from voice2face.methods.base import CheckpointError, Voices

@@ -32,7 +32,8 @@ import torch
 import torchaudio.functional as AF
 import webrtcvad
 
-from datamodules.shards import SAMPLE_RATE, encode_flac
+from datamodules.shards import encode_flac
+from voice2face.constants import SAMPLE_RATE
 
 from .report import EMPTY_AUDIO, NO_SPEECH, TOO_SHORT, UNREADABLE_AUDIO, Skip
 
