@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from datamodules import VoiceFaceDataModule  # noqa: E402
 from datamodules.features import AudioFeatures, face_to_tensor, random_crop  # noqa: E402
 from datamodules.shards import decode_audio, decode_image, iter_tar  # noqa: E402
+from voice2face.constants import SAMPLE_RATE  # noqa: E402
 
 HAS_DEVICE_FEATURES = "features" in inspect.signature(VoiceFaceDataModule).parameters
 
@@ -73,7 +74,7 @@ def per_sample_costs(root: Path, crop_seconds: float, batch: int, gpu_rate: floa
     shard = root / "shards" / "train-000000.tar"
     raws = [r for _, r in zip(range(50), iter_tar(shard))]
     waves = [decode_audio(r["flac"])[0] for r in raws]
-    crop = int(crop_seconds * 16000)
+    crop = int(crop_seconds * SAMPLE_RATE)
     rng = np.random.default_rng(0)
     crops = [torch.from_numpy(np.ascontiguousarray(random_crop(w, crop, rng))) for w in waves]
     mel, spec = AudioFeatures(), AudioFeatures(spectrogram=True)
@@ -91,7 +92,7 @@ def per_sample_costs(root: Path, crop_seconds: float, batch: int, gpu_rate: floa
     stacked = torch.stack((crops * (batch // n + 1))[:batch])
     batched = timed(lambda: mel(stacked), 2) / batch
     batched_spec = timed(lambda: spec(stacked), 2) / batch
-    seconds = np.mean([len(w) for w in waves]) / 16000
+    seconds = np.mean([len(w) for w in waves]) / SAMPLE_RATE
     print(f"\nper-sample costs, one thread ({n} samples of {shard.name}, utterances "
           f"{seconds:.1f} s on average, crops {crop_seconds} s):")
     for name, t in (("FLAC decode (whole utterance)", flac),

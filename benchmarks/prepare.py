@@ -28,9 +28,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from voice2face.prepare.audio import AudioSettings, prepare_utterance  # noqa: E402
 from voice2face.prepare.faces import FACE_SUFFIXES, FaceSettings, prepare_face  # noqa: E402
+from voice2face.constants import SAMPLE_RATE as SR  # noqa: E402
 from voice2face.prepare.report import Skip  # noqa: E402
-
-SR = 16_000
 
 
 def voiced(seconds: float, rng: np.random.Generator) -> np.ndarray:

@@ -38,6 +38,8 @@ import numpy as np
 from scipy import fft as sfft
 from scipy.ndimage import uniform_filter1d
 
+from voice2face.constants import SAMPLE_RATE
+
 from .ceiling import match_accuracy, world_ceilings
 
 FRAME, HOP, NFFT = 640, 160, 2048          # 40 ms frames every 10 ms, at 16 kHz
@@ -59,7 +61,7 @@ def _frames(x: np.ndarray) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(x, FRAME)[::HOP]
 
 
-def pitch_track(x: np.ndarray, sr: int = 16_000):
+def pitch_track(x: np.ndarray, sr: int = SAMPLE_RATE):
     """Per 10 ms frame: f0 (Hz), voiced mask, the frames' power spectra ``[T, NFFT/2+1]``
     and their periodicity (the normalised autocorrelation at the period).
 
@@ -106,7 +108,7 @@ def tremor_depth(logf: np.ndarray, runs: list[slice]) -> tuple[float, float]:
              for r in runs if r.stop - r.start >= 15]
     if not parts:
         return -6.0, 0.0
-    t = np.concatenate([p[0] for p in parts]) * (HOP / 16_000)
+    t = np.concatenate([p[0] for p in parts]) * (HOP / SAMPLE_RATE)
     x = np.concatenate([p[1] for p in parts])
     rates = np.arange(3.5, 8.01, 0.05)
     amplitude = 2 * np.abs(np.exp(-2j * np.pi * rates[:, None] * t[None]) @ x) / len(x)
@@ -165,7 +167,7 @@ def spectral_shift(envelope: np.ndarray, template: np.ndarray) -> float:
     return float(shifts[k] + step)
 
 
-def measure(x: np.ndarray, sr: int = 16_000) -> dict:
+def measure(x: np.ndarray, sr: int = SAMPLE_RATE) -> dict:
     """The explicit measurements of one utterance, before the template shift (which needs
     the population's template): pitch statistics, perturbation, band levels, envelope."""
     f0, voiced, power, periodicity = pitch_track(x, sr)

@@ -36,6 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
+from voice2face.constants import SAMPLE_RATE
 from voice2face.splits import SPLIT_LETTERS, fold, initial, split_of_name
 
 from .names import NAMES, NATIONALITIES
@@ -62,7 +63,7 @@ class WorldConfig:
     faces: int = 5                 # face images per identity
     faces_per_sample: int = 2
     face_size: int = 64
-    sample_rate: int = 16_000
+    sample_rate: int = SAMPLE_RATE
     seconds: tuple[float, float] = (2.0, 4.0)
     snr_db: tuple[float, float] = (20.0, 40.0)
     p_male: float = 0.55           # VoxCeleb1 is 55% male
