@@ -8,7 +8,11 @@ once per feature loss), this trains the method on ``--data`` with the ``key=valu
 ``voice2face.evaluation.evaluate`` under one protocol (the same judge, test trials, batch size
 and seed for every row), and writes one Markdown table with the reference rows, a table of
 the papers' published numbers, and a figure of one test speaker per row with each method's
-face (``--figure``).
+face (``--figure``). On a synthetic world it also writes the instrument table
+(``voice2face.evaluation.instrument``: the o-oracle, the voice-embedder oracle, the
+gender-only control, real faces, chance and the ceiling, through the judge's embedding and in
+attribute space), and beside each chance→ceiling column of the main table a chance→bound
+column, the bound being the voice-embedder oracle's 1:2 through the judge.
 
 The pretrained nets the rows' configs and the judge name (``DATA/pretrained/*.ckpt``, the
 registry's ``pretrained_needs``) are the Makefile's targets: ``make results`` builds the
@@ -31,7 +35,10 @@ A finished run is reused with its recorded training time; an unfinished one (int
 resumed from its last checkpoint; a changed config, data or pretrained net gives another
 digest, so a new run (the old folder stays, and is reused if the settings come back). The
 evaluation is reused likewise when ``results-eval/key.json`` records the same checkpoint,
-judge, data, seed, batch size and device.
+judge, data, seed, batch size and device. The instrument is measured once per table with the
+protocol's judge and the voice embedder of the ``gan`` row's config (``model.voice``, which the
+CAE rows read too) and kept with the runs (``<run.root>/results-instrument-<data>.json``), reused
+while it records the same SHA-1s of manifest, judge and voice embedder, batch size and device.
 """
 
 from __future__ import annotations
@@ -52,12 +59,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules import VoiceFaceDataModule
+from datamodules import VoiceFaceDataModule, read_manifest
+from voice2face.atomic import write_bytes
 from voice2face.config import load_config, string_leaves
 from voice2face.constants import default_judge
 from voice2face.errors import UserError, reports_errors
 from voice2face.evaluation import (RETRIEVAL_GALLERY, RETRIEVAL_K, RETRIEVAL_KEY,
                                    chosen_identities, evaluate)
+from voice2face.evaluation import instrument as instr
 from voice2face.grid import column_grid, save_png
 from voice2face.methods import METHODS, SPECS, Evaluation, MethodModule, Voices, load_method
 from voice2face.methods.base import (CheckpointError, data_info, proposal_faces,
@@ -272,20 +281,152 @@ def ensure_evaluation(entry: Entry, folder: Path, protocol: Protocol, log=print
     return metrics, json.loads(metrics.read_text()), True
 
 
+# --- the instrument: bounds and controls, once per table ------------------------------------
+
+# Bumped when what the instrument computes changes, so that a kept one is measured again.
+INSTRUMENT_VERSION = 1
+
+
+@dataclass
+class Instrument:
+    """The instrument of the table's data (``instr.instrument``'s result), what it was
+    measured with and where it is kept."""
+
+    result: dict[str, Any]
+    voice: Path
+    cache: Path
+    measured_now: bool = False
+
+
+def instrument_cache(runs: Path, data: Path) -> Path:
+    """Where the instrument of ``data`` is kept: with the runs (``run.root``), like the
+    evaluations, not beside the table it feeds."""
+    return Path(runs) / f"results-instrument-{Path(data).name}.json"
+
+
+def instrument_voice(chosen: list[Entry], configured: list[tuple[DictConfig, dict, str]],
+                     data: Path, overrides: list[str]) -> Path | None:
+    """The voice embedder the instrument estimates o from: ``model.voice`` of the ``gan``
+    row's config as this command builds it (its profile's; the CAE rows read the same one),
+    else of the first row run that names one, else of the gan config these overrides make;
+    None when they make none."""
+    gan = next(e for e in entries() if e.method == "gan")
+    named = [c for e, (c, _, _) in zip(chosen, configured) if e.key == gan.key] + \
+        [c for c, _, _ in configured if "voice" in c.model]
+    if not named:
+        try:
+            named = [load_config(gan.method, train_overrides(gan, data, overrides))]
+        except UserError:  # an override of the rows run that the gan config does not have
+            return None
+    return Path(named[0].model.voice)
+
+
+def instrument_key(protocol: Protocol, voice: Path) -> dict[str, Any]:
+    """What the instrument depends on: the data, the judge and the voice embedder (by their
+    files' SHA-1s), and how it was measured."""
+    return {"manifest_sha1": protocol.manifest_sha1, "judge_sha1": protocol.judge_sha1,
+            "voice_sha1": sha1_file(voice), "batch_size": protocol.batch_size,
+            "device": protocol.device, "version": INSTRUMENT_VERSION}
+
+
+def ensure_instrument(protocol: Protocol, voice: Path, cache: Path, log=print) -> Instrument:
+    """The instrument of ``protocol``'s data and judge with ``voice``: the one kept in
+    ``cache`` if it records the same ``instrument_key``, else measured now and kept there
+    (written whole or not at all)."""
+    key = instrument_key(protocol, voice)
+    if cache.is_file():
+        kept = json.loads(cache.read_text())
+        if kept.get("key") == key:
+            log(f"voice2face results: reusing the instrument {cache}")
+            return Instrument(kept["instrument"], voice, cache)
+    log(f"voice2face results: measuring the instrument on {protocol.data} (judge "
+        f"{protocol.judge}, voice embedder {voice})")
+    result = instr.measure(protocol.data, protocol.judge, voice,
+                           batch_size=protocol.batch_size, workers=protocol.workers,
+                           device=protocol.device)
+    write_bytes(cache, (json.dumps({"key": key, "judge": str(protocol.judge), "voice": str(voice),
+                                    "instrument": result}, indent=1) + "\n").encode())
+    return Instrument(result, voice, cache, measured_now=True)
+
+
+def table_instrument(protocol: Protocol, voice: Path | None, cache: Path, log=print
+                     ) -> Instrument | str:
+    """``ensure_instrument``, or the sentence that says why the table has none."""
+    if read_manifest(protocol.data).get("kind") != "synthetic":
+        return ("the instrument reads the attributes a synthetic world hides (its faces' z, "
+                "its voices' o); this data has none")
+    if voice is None:
+        return "no row's config names a voice embedder (`model.voice`) to estimate o from"
+    if not voice.is_file():
+        return (f"no voice embedder at {voice} (`model.voice` of the gan row's config) to "
+                f"estimate o from")
+    return ensure_instrument(protocol, voice, cache, log)
+
+
+def instrument_markdown(measured: Instrument | str) -> list[str]:
+    """The Instrument section: the table and what it means, or why there is none."""
+    lines = ["## Instrument: bounds and controls", ""]
+    if isinstance(measured, str):
+        return lines + [f"No instrument: {measured}.", ""]
+    r = measured.result
+    lines += [
+        "What a generator could score through this judge, measured as `voice2face evaluate` "
+        "measures the rows above (one face per test utterance against every single test "
+        "gallery image) from the attributes the synthetic world hides: z of each face, the o "
+        "each voice observes (`voice2face.evaluation.instrument`). Two instruments: the "
+        "judge's embedding (1:2 by cosine, the table above), and its attribute read-outs (a "
+        "ridge regression from the judge embedding of one face to the world's attributes, "
+        "fitted on the training gallery) matched by the world's Bayes rule; the last three "
+        "columns compare the probes' read-outs with the speakers' true attributes.", "",
+    ]
+    lines += _md_table(["probe"] + [h for _, _, h in instr.COLUMNS],
+                       [[instr.ROWS[key]] + [fmt(row.get(k)) for k, _, _ in instr.COLUMNS]
+                        for key, row in r["rows"].items()])
+    r2 = ", ".join(f"{k.rsplit('_', 1)[1]} {v:.3f}" for k, v in r["readout_r2"].items())
+    voice_r2 = ", ".join(f"{k} {v:.3f}" for k, v in r["voice_r2"].items())
+    lines += [
+        "",
+        "- **o-oracle**: the mean training face of the attributes o that the speaker's voice "
+        "observed, a generator that heard everything a voice reveals; with exact read-outs it "
+        "would reach the ceiling in attribute space, so what it lacks is the judge's.",
+        f"- **voice-embedder oracle**: the same with o estimated from `{measured.voice}` (the "
+        "voice embedder the GAN and CAE rows read) by a ridge probe fitted on the training "
+        "utterances and calibrated on the validation ones: the bound of the chance→bound "
+        "columns (1:2 through the judge).",
+        "- **posterior mean**: E[face | o] instead, the squared-error optimum, which shrinks "
+        "toward the mean face: a comparison row.",
+        "- **gender-only control**: the mean training face of the speaker's gender, what a "
+        "generator that knows the gender and nothing else draws: chance on same-gender "
+        "matching.",
+        "- **real faces**: a held-out photo of the speaker, the real-faces row above.",
+        f"- The read-outs' R² on single test gallery faces: {r2}; the voice probe's R² of o on "
+        f"the test utterances: {voice_r2}.",
+        f"- Measured in {fmt_seconds(float(r.get('seconds', 0)))}"
+        + (" by this invocation" if measured.measured_now else " (reused)")
+        + f" and kept in `{measured.cache}`, keyed by the SHA-1s of the manifest, the judge "
+        "and the voice embedder.",
+        "",
+    ]
+    return lines
+
+
 # --- the table -------------------------------------------------------------------------------
 
-# (key in metrics.json rows, header); "fraction:<key>" is (x - 0.5) / (ceiling - 0.5)
+# (key in metrics.json rows, header); "fraction:<key>" is (x - 0.5) / (ceiling - 0.5),
+# "bound:<key>" is (x - 0.5) / (bound - 0.5) with the instrument's bound (``instr.BOUND``)
 COLUMNS = [
     ("match_1to2", "1:2"), ("match_1to2_gender", "1:2 same gender"),
-    ("fraction:match_1to2", "1:2, chance→ceiling"),
+    ("fraction:match_1to2", "1:2, chance→ceiling"), ("bound:match_1to2", "1:2, chance→bound"),
     ("fraction:match_1to2_gender", "same gender, chance→ceiling"),
+    ("bound:match_1to2_gender", "same gender, chance→bound"),
     ("frechet", "Fréchet (judge)"),
     ("recall@1", "R@1"), ("recall@5", "R@5"), ("recall@10", "R@10"),
     (RETRIEVAL_KEY, f"top-{RETRIEVAL_K} of {RETRIEVAL_GALLERY} images"),
     ("gender_acc", "gender acc"), ("identity_top1", "known top-1"),
     ("identity_top5", "known top-5"),
 ]
-# the columns a method measured in its own space (no faces) is shown in: matching only
+# the columns a method measured in its own space (no faces) is shown in: matching only (not
+# chance→bound: the bound is of faces through the judge)
 MATCHING = {"match_1to2", "match_1to2_gender", "fraction:match_1to2",
             "fraction:match_1to2_gender", "recall@1", "recall@5", "recall@10"}
 REFERENCES = [  # (row in metrics.json, label, from a run that has it)
@@ -383,22 +524,23 @@ def fmt_published(value: str, unit: str) -> str:
 
 
 def fraction(x: float, ceiling: float | None) -> float | None:
-    """How far from chance (0.5) toward the world's ceiling ``x`` is: 0 at chance, 1 at the
-    ceiling."""
+    """How far from chance (0.5) toward ``ceiling`` (the world's, or the instrument's bound)
+    ``x`` is: 0 at chance, 1 at the ceiling."""
     if ceiling is None or ceiling <= 0.5:
         return None
     return (x - 0.5) / (ceiling - 0.5)
 
 
-def cell_values(row: dict[str, float], ceiling: dict[str, float], matching_only: bool = False
-                ) -> dict[str, float | None]:
+def cell_values(row: dict[str, float], ceiling: dict[str, float], matching_only: bool = False,
+                bound: dict[str, float] | None = None) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key, _ in COLUMNS:
         if matching_only and key not in MATCHING:
             out[key] = None
-        elif key.startswith("fraction:"):
-            base = key.split(":", 1)[1]
-            out[key] = fraction(row[base], ceiling.get(base)) if base in row else None
+        elif key.startswith(("fraction:", "bound:")):
+            kind, base = key.split(":", 1)
+            top = (ceiling if kind == "fraction" else bound or {}).get(base)
+            out[key] = fraction(row[base], top) if base in row else None
         else:
             out[key] = row.get(key)
     return out
@@ -435,17 +577,28 @@ def references(rows: list[RowResult]) -> list[tuple[str, str, dict[str, float], 
     return out
 
 
-def table_rows(rows: list[RowResult]) -> list[tuple[str, list[str]]]:
-    """(label, cells) per row of the main table, methods first, then the references."""
+def bound_of(instrument: dict[str, Any] | None) -> dict[str, float]:
+    """The bound of the chance→bound columns: the instrument's ``instr.BOUND`` row, 1:2
+    through the judge's embedding ({} without an instrument)."""
+    if not instrument:
+        return {}
+    row = instrument["rows"][instr.BOUND]
+    return {k: row[k] for k in ("match_1to2", "match_1to2_gender") if k in row}
+
+
+def table_rows(rows: list[RowResult], bound: dict[str, float] | None = None
+               ) -> list[tuple[str, list[str]]]:
+    """(label, cells) per row of the main table, methods first, then the references;
+    ``bound``: ``bound_of`` the instrument."""
     ceiling = next((r.metrics["rows"].get("ceiling", {}) for r in rows), {})
     out = []
     for r in rows:
         values = cell_values(r.metrics["rows"]["method"], ceiling,
-                             r.evaluation is Evaluation.OWN_SPACE)
+                             r.evaluation is Evaluation.OWN_SPACE, bound)
         out.append((row_label(r), [fmt(values[k]) for k, _ in COLUMNS]
                     + [fmt_seconds(r.train_seconds), fmt_count(r.parameters)]))
     for name, label, row, _ in references(rows):
-        values = cell_values(row, ceiling)
+        values = cell_values(row, ceiling, bound=bound)
         out.append((label, [fmt(values[k]) for k, _ in COLUMNS] + ["—", "—"]))
     return out
 
@@ -459,13 +612,17 @@ def _md_table(header: list[str], rows: list[list[str]], align: str = "---:") -> 
 def results_markdown(rows: list[RowResult], context: dict[str, Any]) -> str:
     """docs/results.md: the table, how it was made, the runs, the papers' numbers, the
     figure. ``context``: ``command``, ``seconds`` (this invocation), ``figure`` (path
-    relative to the file, or None), ``protocol`` (a ``Protocol``), ``started`` (optional)."""
+    relative to the file, or None), ``protocol`` (a ``Protocol``), ``started`` (optional),
+    ``instrument`` (optional: an ``Instrument``, or a sentence saying why there is none)."""
     if not rows:
         raise UserError("no rows to write")
     p: Protocol = context["protocol"]
     first = rows[0].metrics
     counts = first["counts"]
     ceiling = first["rows"].get("ceiling")
+    measured = context.get("instrument")
+    instrument = measured if isinstance(measured, Instrument) else None
+    bound = bound_of(instrument.result if instrument else None)
     trained = [r for r in rows if r.trained_now]
     total_train = sum(r.train_seconds for r in rows)
     total_eval = sum(float(r.metrics.get("seconds", 0)) for r in rows)
@@ -479,7 +636,8 @@ def results_markdown(rows: list[RowResult], context: dict[str, Any]) -> str:
         f"batch size {p.batch_size}: the same test trials and proposal faces for every method.",
         "",
     ]
-    lines += _md_table(TABLE_HEADER, [[label, *cells] for label, cells in table_rows(rows)])
+    lines += _md_table(TABLE_HEADER, [[label, *cells] for label, cells
+                                      in table_rows(rows, bound)])
     lines += [
         "",
         "- **1:2**: exhaustive 1:2 matching (the speaker's face against another test "
@@ -489,6 +647,15 @@ def results_markdown(rows: list[RowResult], context: dict[str, Any]) -> str:
         + (f" ({ceiling['match_1to2']:.3f} and {ceiling['match_1to2_gender']:.3f})"
            if ceiling and "match_1to2_gender" in ceiling else "")
         + "; real faces can pass 1 (face against face needs no voice).",
+        "- **chance→bound**: (x − 0.5) / (bound − 0.5), of the way from chance to the bound "
+        "a generator can reach"
+        + (f": the voice-embedder oracle's 1:2 through the judge ({fmt(bound.get('match_1to2'))} "
+           f"and {fmt(bound.get('match_1to2_gender'))}; [Instrument](#instrument-bounds-and-"
+           "controls) below), what the mean face of the attributes that the GAN and CAE rows' "
+           "voice embedder reveals scores through this judge; — where the bound is not above "
+           "chance. The o-oracle's distance from the ceiling is the judge's, the bound's "
+           "further distance the voice embedder's." if bound else
+           (f"; not measured: {measured}" if isinstance(measured, str) else "; not measured.")),
         "- **Fréchet (judge)**: Fréchet distance between the judge's features of the faces and "
         "of half the real test gallery; lower is better.",
         "- **R@K**: recall@K of the speaker among the test identities (one mean judge "
@@ -497,7 +664,8 @@ def results_markdown(rows: list[RowResult], context: dict[str, Any]) -> str:
         "training speakers.",
         "- A row marked **own space** (`dimnet`) makes no faces: its voice embedding is "
         "matched against its own face embeddings, so only the matching columns apply (its "
-        "own gender and identity heads' numbers are in its `metrics.json`).",
+        "own gender and identity heads' numbers are in its `metrics.json`), and not "
+        "chance→bound, whose bound is of faces through the judge.",
         "- **training time**: wall time of the training run (`voice2face train`: data set-up, "
         "fit with its validations, final checkpoint), recorded in the run folder when it "
         "finished; the pretrained nets and the evaluation are not included. **trained "
@@ -507,8 +675,10 @@ def results_markdown(rows: list[RowResult], context: dict[str, Any]) -> str:
         "- The reference rows come from one run's `metrics.json` (every run measures the same "
         "ones); the proposal-faces row is what a CAE that ignored the voice would score.",
         "",
-        "## Runs", "",
     ]
+    if measured is not None:
+        lines += instrument_markdown(measured)
+    lines += ["## Runs", ""]
     run_rows = []
     for r in rows:
         nets = ", ".join(f"{k} {fmt_count(v)}" for k, v in r.record["parameters"]["by_net"].items())
@@ -527,8 +697,11 @@ def results_markdown(rows: list[RowResult], context: dict[str, Any]) -> str:
                  if context.get("started") else "")
               + f", training {len(trained)} of {len(rows)} runs and reusing the others. From "
               f"scratch, the runs' recorded training times add up to {fmt_seconds(total_train)} "
-              f"and their evaluations to {fmt_seconds(total_eval)}, plus the synthetic world and "
-              "the pretrained nets (`make data`, `DATA/pretrained/*.ckpt`).", ""]
+              f"and their evaluations to {fmt_seconds(total_eval)}"
+              + (f", the instrument to {fmt_seconds(float(instrument.result.get('seconds', 0)))}"
+                 if instrument else "")
+              + ", plus the synthetic world and the pretrained nets (`make data`, "
+              "`DATA/pretrained/*.ckpt`).", ""]
     lines += ["## Published numbers (the papers' own, not comparable)", "",
               "What the papers report on real data (VoxCeleb voices, VGGFace or AVSpeech faces), "
               "with their own encoders, judges and splits. They are not comparable with the "
@@ -669,6 +842,10 @@ def run(args, argv: list[str]) -> int:
                               evaluated_now))
 
     out = Path(args.out)
+    _PROGRESS["now"] = "measuring the instrument (every row is finished and kept)"
+    measured = table_instrument(protocol, instrument_voice(chosen, configured, data, overrides),
+                                instrument_cache(configured[0][0].run.root, data))
+    _PROGRESS["now"] = None
     figure_path = Path(args.figure) if args.figure else out.parent / "images" / "results-grid.png"
     image = figure(rows, protocol, args.figure_identities)
     if image is not None:
@@ -678,7 +855,8 @@ def run(args, argv: list[str]) -> int:
     context = {"protocol": protocol, "command": shlex.join(["voice2face", "results", *argv]),
                "make_command": make_command(args, overrides) if args.started else None,
                "seconds": time.time() - since, "started": args.started,
-               "figure": os.path.relpath(figure_path, out.parent) if image is not None else None}
+               "figure": os.path.relpath(figure_path, out.parent) if image is not None else None,
+               "instrument": measured}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(results_markdown(rows, context))

@@ -46,6 +46,8 @@ about twice as steep in o as real faces' (measured through the default world's c
 judge: the o-oracle's agreement R² of age -0.73 instead of 0.42).
 
 Everything here is a function of arrays: no data is loaded, nothing is drawn at random.
+``voice2face.evaluation.instrument`` makes the passes over the data and assembles the rows
+into the instrument table that ``voice2face results`` and ``benchmarks/instrument.py`` print.
 """
 
 from __future__ import annotations
