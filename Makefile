@@ -141,6 +141,8 @@ clean: ## remove runs and generated data (keeps .venv)
 # when a run counts as finished) and evaluated under one protocol: $(RESULTS) and its figure.
 # ARGS go to every method's run, PRETRAIN_ARGS to the pretrained nets built first.
 RESULTS ?= docs/results.md
+# the README's methods table is written from the table that README links to, docs/results.md
+README_TABLE ?= $(if $(filter docs/results.md,$(RESULTS)),README.md)
 RESULTS_STARTED := $(shell date +%s)
 .PHONY: results results-now
 results: $(STAMP) ## train or reuse every method on DATA, evaluate alike, write docs/results.md; ARGS, PRETRAIN_ARGS
@@ -148,7 +150,7 @@ results: $(STAMP) ## train or reuse every method on DATA, evaluate alike, write 
 
 results-now: $(DATA)/manifest.json $(call needs,results)
 	$(BIN)/voice2face results --data $(DATA) --out $(RESULTS) --started $(RESULTS_STARTED) \
-		--pretrain-args '$(PRETRAIN_ARGS)' $(ARGS)
+		--pretrain-args '$(PRETRAIN_ARGS)' $(if $(README_TABLE),--readme $(README_TABLE)) $(ARGS)
 
 # Issue 23: one command that proves the GPU path, on a GPU node with its own Python 3.12, torch,
 # torchaudio, lightning and torchmetrics that reaches no package index (docs/gpu-check.md).

@@ -861,10 +861,60 @@ def run(args, argv: list[str]) -> int:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(results_markdown(rows, context))
     os.replace(tmp, out)
+    if args.readme:
+        write_readme_table(Path(args.readme), methods_table(rows, str(configured[0][0].profile)))
+        print(f"voice2face results: wrote the methods table of {args.readme}")
     print(f"voice2face results: wrote {out} ({len(rows)} rows; "
           f"{sum(r.trained_now for r in rows)} trained, {sum(not r.trained_now for r in rows)} "
           f"reused) in {fmt_seconds(time.time() - started)}")
     return 0
+
+
+# The README's table of methods, written by this command between these lines (``--readme``)
+README_BEGIN = "<!-- methods: written by `make results` (voice2face results --readme) -->"
+README_END = "<!-- end of methods -->"
+
+
+def methods_table(rows: list[RowResult], profile: str) -> str:
+    """Every registered method: what it is (its spec), what it needs before it trains under
+    ``profile`` and its test 1:2 / same-gender 1:2 from ``rows`` (its default variant's row)."""
+    from voice2face.config import load_config
+    from voice2face.methods import pretrained_needs
+
+    by_key = {r.entry.key: r for r in rows}
+    real = next((r.metrics["rows"]["real_faces"] for r in rows), None)
+    lines = ["| method | what it is | needs | test 1:2 / same gender |", "|---|---|---|---:|"]
+    for name, spec in SPECS.items():
+        key = name
+        for option in spec.variants:  # the row of the variant its config trains by default
+            key = f"{name}-{OmegaConf.select(load_config(name, [f'profile={profile}']), option)}"
+        row = by_key.get(key)
+        if name == "face":
+            number = ("the judge" if real is None else
+                      f"the judge; real faces {fmt(real['match_1to2'])} / "
+                      f"{fmt(real['match_1to2_gender'])}")
+        elif not spec.evaluable:
+            number = "(pretraining)"
+        elif row is None:
+            number = "(not in this table)"
+        else:
+            m = row.metrics["rows"]["method"]
+            own = " (own space)" if row.evaluation is Evaluation.OWN_SPACE else ""
+            number = f"{fmt(m['match_1to2'])} / {fmt(m['match_1to2_gender'])}{own}"
+        needs = ", ".join(f"`{n}.ckpt`" for n in pretrained_needs(name, profile)) or "data"
+        lines.append(f"| `{name}` | {spec.about} | {needs} | {number} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_readme_table(path: Path, table: str) -> None:
+    """Replace the block between ``README_BEGIN`` and ``README_END`` of ``path``."""
+    text = path.read_text()
+    head, begin, rest = text.partition(README_BEGIN)
+    _, end, tail = rest.partition(README_END)
+    if not begin or not end:
+        raise UserError(f"--readme {path}: no block between the lines {README_BEGIN!r} and "
+                        f"{README_END!r} to write the methods table into")
+    write_bytes(path, (head + begin + "\n" + table + end + tail).encode())
 
 
 def make_command(args, overrides: list[str]) -> str:
@@ -900,6 +950,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="key=value overrides for every row's run (e.g. trainer.max_steps=5)")
     parser.add_argument("--data", default="data/synth-default", help="dataset folder")
     parser.add_argument("--out", default="docs/results.md", help="the Markdown file to write")
+    parser.add_argument("--readme", help="also write the methods table of this README (the "
+                        "block between its methods markers)")
     parser.add_argument("--figure", help="the figure's PNG (default: OUT's folder/images/"
                         "results-grid.png)")
     parser.add_argument("--figure-identities", type=int, default=6,

@@ -69,19 +69,27 @@ class MethodSpec:
                 for key, values in self.variants.items() for value in values]
 
 
-_SPECS = [  # results rows and `make help` list them in this order
-    MethodSpec("gan", GanModule, "Wen et al. 2019: identity-conditioned GAN"),
-    MethodSpec("cgan", GanModule, "its conditional variant (experiments/cgan.yaml extends gan.yaml)"),
-    MethodSpec("cae", CaeModule, "Liang et al. 2020: the Controlled AutoEncoder",
+_SPECS = [  # results rows and the README's table list them in this order
+    MethodSpec("gan", GanModule, "the voice-to-face GAN of Wen, Singh & Raj (NeurIPS 2019)"),
+    MethodSpec("cgan", GanModule, "its conditional variant: noise z and a projection discriminator"),
+    MethodSpec("cae", CaeModule, "the Controlled AutoEncoder of Liang et al. (2020): a proposal "
+               "face morphed toward the speaker by a U-Net with voice-gated decoder filters; "
+               "`model.gating` is the variant",
                variants={"model.gating": tuple(g for g in GATINGS if g != "concat")}),
-    MethodSpec("cae-concat", CaeModule, "its ablation: voice concatenated at the bottleneck, no gating"),
-    MethodSpec("regression", RegressionModule, "Oh et al. 2019: voice -> face feature -> decoder",
+    MethodSpec("cae-concat", CaeModule, "its ablation: the same U-Net conditioned by "
+               "concatenating the voice embedding at the bottleneck"),
+    MethodSpec("regression", RegressionModule, "Speech2Face (Oh et al., CVPR 2019): a voice "
+               "encoder regresses a face network's feature, a face decoder renders it; "
+               "`model.loss` is the variant",
                variants={"model.loss": tuple(FEATURE_LOSSES)}),
-    MethodSpec("dimnet", DimnetModule, "pretraining and baseline: DIMNet voice and face embedders"),
-    MethodSpec("voice", VoiceModule, "pretraining: speaker-recognition voice embedder"),
-    MethodSpec("face", FaceModule, "pretraining: face-identity encoder, the evaluation judge"),
-    MethodSpec("face_decoder", FaceDecoderModule,
-               "pretraining: renders face features (Speech2Face family)", checked_against_judge=True),
+    MethodSpec("dimnet", DimnetModule, "DIMNet: voice and face embedders through shared identity "
+               "and gender classifiers, measured in its own space"),
+    MethodSpec("voice", VoiceModule, "speaker-recognition voice embedder (Wen et al. 2019, "
+               "Table 2), identity cross-entropy"),
+    MethodSpec("face", FaceModule, "face-identity encoder with identity and gender heads: the "
+               "evaluation **judge**"),
+    MethodSpec("face_decoder", FaceDecoderModule, "renders a face-identity network's feature as "
+               "a face (the regression's decoder)", checked_against_judge=True),
 ]
 SPECS: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
 METHODS: dict[str, type[MethodModule]] = {s.name: s.cls for s in _SPECS}
