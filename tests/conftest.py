@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny datasets written into temporary folders (nothing is downloaded)."""
+"""Shared fixtures: tiny datasets written into temporary folders (nothing is downloaded), the
+pretrained nets trained on them, and the benchmark script. Plain helpers: ``helpers``."""
 
 from __future__ import annotations
 
@@ -45,3 +46,33 @@ def _seeded():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+# --- the tiny world and its nets: built once per session ---------------------------------------
+# helpers imports Lightning: the fixtures import it when first used, so that a module that
+# needs none of them does not wait for it.
+
+@pytest.fixture(scope="session")
+def world(fake_root) -> Path:
+    """The tiny dataset the methods train on (one line to swap for another world)."""
+    return fake_root
+
+
+@pytest.fixture(scope="session")
+def pretrained(world) -> Path:
+    """The world's ``pretrained/`` folder, with every net of the registry's ``PRETRAINED``."""
+    from helpers import pretrained_nets
+    return pretrained_nets(world)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """A runs folder that a module's trained-checkpoint fixtures share."""
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def bench():
+    """benchmarks/train_step.py, loaded as a module."""
+    from helpers import REPO, load_script
+    return load_script("train_step_bench", REPO / "benchmarks" / "train_step.py")

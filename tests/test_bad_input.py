@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_methods import QUICK, train_quick
+from helpers import QUICK, train_quick
 from voice2face import cli
 from voice2face.training import export
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError
 
 from voice2face import cli
 from voice2face.config import EXPERIMENTS, ConfigError, load_config
@@ -58,9 +59,15 @@ def test_unknown_key_is_an_error_that_names_it(experiments):
 
 
 def test_struct_mode_after_merge(experiments):
+    """A misspelt key is an error where the code writes or reads the merged config, not a new
+    key or a None."""
     cfg = load_config("toy", [], root=experiments)
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigAttributeError, match="new_key"):
         cfg.model.new_key = 1
+    with pytest.raises(ConfigAttributeError, match="widht"):
+        _ = cfg.model.widht
+    cfg.model.width = 9  # a declared key still takes a value
+    assert cfg.model.width == 9
 
 
 @pytest.mark.parametrize("method", METHOD_FILES)
@@ -86,7 +93,6 @@ def test_cli_unknown_command(capsys):
     assert "train" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not METHODS, reason="no method registered yet")
 def test_print_config_exits_before_training(capsys):
     method = sorted(METHODS)[0]
     assert train_main([method, "--print-config", "seed=7"]) == 0
@@ -117,8 +123,6 @@ def test_a_variant_extends_its_method(experiments):
 
 
 def test_cgan_is_gan_with_the_switch_and_eval_keys_are_shared():
-    assert OmegaConf.to_container(OmegaConf.load(EXPERIMENTS / "cgan.yaml")) == {
-        "extends": "gan", "model": {"conditional": True}}
     for profile in ("cpu", "paper"):
         gan, cgan = (OmegaConf.to_container(load_config(m, [f"profile={profile}"]))
                      for m in ("gan", "cgan"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from datamodules import VoiceFaceDataModule
-from test_methods import pretrained, train_quick, world  # noqa: F401 (fixtures)
+from helpers import train_quick
 from voice2face.evaluation import evaluate
 from voice2face.methods import (METHODS, CheckpointError, Evaluation, MethodModule, Voices,
                                 evaluable_methods, generating_methods, load_method)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datamodules import VoiceFaceDataModule
-from test_datamodule import all_keys
+from helpers import all_keys
 
 
 class KeyRecorder(L.LightningModule):

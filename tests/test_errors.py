@@ -41,7 +41,7 @@ def test_bugs_keep_their_traceback():
         raise RuntimeError("a bug")
     with pytest.raises(RuntimeError, match="a bug"):
         report("voice2face x", bug)
-    with pytest.raises(KeyError):  # not a UserError, although it is about input
+    with pytest.raises(KeyError, match="key"):  # not a UserError, although it is about input
         report("voice2face x", lambda: {}["key"])
 
 

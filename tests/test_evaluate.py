@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from test_methods import pretrained_nets, train_quick
-from test_prepare import speechlike
+from helpers import speechlike, train_quick
 from voice2face import cli
 from voice2face.evaluation import evaluate
 
@@ -22,19 +21,7 @@ KEYS = ["match_1to2", "match_1to2_gender", "recall@1", "gender_acc", "cosine", "
 
 
 @pytest.fixture(scope="module")
-def world(fake_root) -> Path:
-    """The tiny dataset evaluated here (one line to swap for another world)."""
-    pretrained_nets(fake_root)
-    return fake_root
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("runs")
-
-
-@pytest.fixture(scope="module")
-def cgan(world, runs) -> Path:
+def cgan(world, pretrained, runs) -> Path:
     """A conditional GAN trained with W&B logging on, so validation logs its grid there."""
     return train_quick("cgan", world, runs, "trainer.max_steps=4", "run.name=cgan",
                        "logger.wandb=true")
@@ -58,9 +45,8 @@ def test_evaluate_writes_table_json_and_grid(world, cgan, tmp_path):
     for key in ("recall@5", "recall@10", "recall@50", "recall@20_image"):
         assert all(key not in row for row in saved["rows"].values()), key
         assert "not applicable" in saved["not_computed"][key], key
-    assert saved["not_computed"]["recall@5"] == (
-        "recall@5 not applicable: K=5 is at least the gallery size, 4 identities, so every "
-        "probe would score 1")
+    assert "K=5" in saved["not_computed"]["recall@5"]
+    assert "4 identities" in saved["not_computed"]["recall@5"]
     assert "recall@10_image" in saved["rows"]["method"]  # 10 of 12 images: a real number
     assert saved["counts"]["test_utterances"] == 16 and saved["counts"]["known_utterances"] == 6
     table = (tmp_path / "eval" / "metrics.md").read_text()
@@ -73,9 +59,7 @@ def test_evaluate_writes_table_json_and_grid(world, cgan, tmp_path):
     assert saved["rows"]["chance"]["retrieval_top5"] == pytest.approx(1 - 126 / 792)
     assert "retrieval_top5" in saved["rows"]["method"]
     assert "retrieval_top5" not in saved["rows"]["real_faces"]
-    assert ("Face retrieval (Liang et al.): an image of the speaker is among the 5 nearest to "
-            "the generated face in a gallery of all 12 test gallery images (the split has "
-            "fewer than 500) for ") in table
+    assert "Face retrieval (Liang et al.)" in table and "all 12 test gallery images" in table
     grid = Image.open(tmp_path / "eval" / "grid.png")
     assert grid.size[1] >= 3 * 16 and grid.mode == "RGB"
 
@@ -87,19 +71,19 @@ def test_same_seed_same_numbers(world, cgan, tmp_path):
     assert (tmp_path / "a" / "grid.png").read_bytes() == (tmp_path / "b" / "grid.png").read_bytes()
 
 
-def test_ceiling_row_of_a_synthetic_world(world, cgan, tmp_path):
+def test_ceiling_row_of_a_synthetic_world(world, pretrained, cgan, tmp_path):
     synthetic = tmp_path / "world"
     shutil.copytree(world, synthetic, ignore=shutil.ignore_patterns("pretrained"))
     manifest = json.loads((synthetic / "manifest.json").read_text())
     manifest.update(kind="synthetic", ceilings={"match_1to2": 0.8, "match_1to2_gender": 0.7,
                                                 "trials": 1000})
     (synthetic / "manifest.json").write_text(json.dumps(manifest))
-    r = evaluate(cgan, tmp_path / "eval", data=synthetic, judge=world / "pretrained" / "face.ckpt")
+    r = evaluate(cgan, tmp_path / "eval", data=synthetic, judge=pretrained / "face.ckpt")
     assert r["rows"]["ceiling"] == {"match_1to2": 0.8, "match_1to2_gender": 0.7}
     assert "| ceiling (synthetic world) | 0.800 | 0.700 |" in (tmp_path / "eval" / "metrics.md").read_text()
 
 
-def test_dimnet_is_evaluated_in_its_own_space(world, runs, tmp_path):
+def test_dimnet_is_evaluated_in_its_own_space(world, pretrained, runs, tmp_path):
     final = train_quick("dimnet", world, runs, "trainer.max_steps=2", "run.name=dimnet",
                         "trainer.val_check_interval=100")
     r = evaluate(final, tmp_path / "eval")
@@ -110,7 +94,7 @@ def test_dimnet_is_evaluated_in_its_own_space(world, runs, tmp_path):
     assert "Face retrieval" not in (tmp_path / "eval" / "metrics.md").read_text()
 
 
-def test_cli_and_its_errors(world, cgan, tmp_path, capsys):
+def test_cli_and_its_errors(world, pretrained, cgan, tmp_path, capsys):
     assert cli.main(["evaluate", "--ckpt", str(cgan), "--out", str(tmp_path / "ok")]) == 0
     out = capsys.readouterr().out
     assert "| chance |" in out and "metrics.json" in out
@@ -119,7 +103,7 @@ def test_cli_and_its_errors(world, cgan, tmp_path, capsys):
         assert cli.main(["evaluate", *args, "--out", str(tmp_path / "err")]) == 2
         return capsys.readouterr().err
 
-    voice = world / "pretrained" / "voice.ckpt"
+    voice = pretrained / "voice.ckpt"
     assert "a checkpoint of method 'voice', expected" in error("--ckpt", str(voice))
     assert "expected a face judge" in error("--ckpt", str(cgan), "--judge", str(voice))
     empty = tmp_path / "empty"
@@ -132,7 +116,7 @@ def test_cli_and_its_errors(world, cgan, tmp_path, capsys):
     manifest["identities"][0]["name"] = "Fredrika Other"
     (other / "manifest.json").write_text(json.dumps(manifest))
     msg = error("--ckpt", str(cgan), "--data", str(other), "--judge",
-                str(world / "pretrained" / "face.ckpt"), "--allow-other-data")
+                str(pretrained / "face.ckpt"), "--allow-other-data")
     assert "judge was trained on other data" in msg and "voice2face train face" in msg
     assert "no judge at" in error("--ckpt", str(cgan), "--data", str(other), "--allow-other-data")
 
@@ -145,7 +129,7 @@ def test_validation_logs_the_grid_to_wandb_and_the_run_folder(cgan):
     assert list(offline.glob("files/media/images/val/grid_*.png"))
 
 
-def test_generate_a_face_from_an_audio_file(cgan, world, tmp_path, capsys):
+def test_generate_a_face_from_an_audio_file(cgan, pretrained, tmp_path, capsys):
     import numpy as np
     import soundfile as sf
     import torch
@@ -167,7 +151,7 @@ def test_generate_a_face_from_an_audio_file(cgan, world, tmp_path, capsys):
 
     (tmp_path / "broken.flac").write_bytes(b"fLaC but not really")
     assert "cannot decode audio file" in error(str(tmp_path / "broken.flac"))
-    assert cli.main(["generate", "--ckpt", str(world / "pretrained" / "face.ckpt"),
+    assert cli.main(["generate", "--ckpt", str(pretrained / "face.ckpt"),
                      str(tmp_path / "voice.wav")]) == 2
     assert "a checkpoint of method 'face', expected" in capsys.readouterr().err
 
@@ -266,11 +250,11 @@ def test_output_and_data_paths_are_checked_before_work(cgan, tmp_path, capsys, n
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
     line = evaluate_fails(capsys, "--ckpt", cgan, "--out", a_file)
-    assert line.endswith(f"--out {a_file} is a file; expected a folder to write into")
+    assert f"--out {a_file} is a file" in line
     line = evaluate_fails(capsys, "--ckpt", cgan, "--out", a_file / "eval")
-    assert line.endswith(f"--out {a_file / 'eval'}: {a_file} is a file, not a folder")
+    assert f"--out {a_file / 'eval'}: {a_file} is a file" in line
     line = evaluate_fails(capsys, "--ckpt", cgan, "--out", tmp_path / "e", "--data", a_file)
-    assert line.endswith(f"--data {a_file} is a file; expected a dataset folder")
+    assert f"--data {a_file} is a file" in line
     assert a_file.read_text() == "mine" and not (tmp_path / "e").exists()
 
 
@@ -287,8 +271,9 @@ def test_data_other_than_the_checkpoints_needs_allow_other_data(world, cgan, tmp
     fingerprint = data_info(VoiceFaceDataModule(world))["fingerprint"]
     args = ["--ckpt", other, "--data", world, "--out", tmp_path / "eval"]
     line = evaluate_fails(capsys, *args)
-    assert (f"{other} was trained on /elsewhere/world-b (identity table 0123456789abcdef), and "
-            f"{world} holds other data (identity table {fingerprint})") in line
+    # both worlds named, each with its identity table
+    for fact in (str(other), "/elsewhere/world-b", "0123456789abcdef", str(world), fingerprint):
+        assert fact in line, (fact, line)
     assert "--allow-other-data" in line and not (tmp_path / "eval").exists()
     # without --data, evaluate takes the checkpoint's own data: not there any more
     assert "/elsewhere/world-b does not exist" in evaluate_fails(capsys, *args[:2], *args[4:])
@@ -308,19 +293,20 @@ def test_data_other_than_the_checkpoints_needs_allow_other_data(world, cgan, tmp
     manifest["identities"][0]["name"] = "Fredrika Other"
     (moved / "manifest.json").write_text(json.dumps(manifest))
     line = evaluate_fails(capsys, "--ckpt", other, "--out", tmp_path / "eval2")
-    assert f"{other} was trained on {moved} (identity table {fingerprint}), and {moved} holds " \
-           f"other data" in line and "pass --data with the data it was trained on" in line
+    assert str(other) in line and str(moved) in line and fingerprint in line
+    assert "holds other data" in line and "--data" in line
     assert not (tmp_path / "eval2").exists()
 
 
-def test_a_truncated_test_shard_says_what_evaluate_can_do(world, cgan, tmp_path, capsys):
+def test_a_truncated_test_shard_says_what_evaluate_can_do(world, pretrained, cgan, tmp_path,
+                                                          capsys):
     damaged = tmp_path / "damaged"
     shutil.copytree(world, damaged, ignore=shutil.ignore_patterns("pretrained"))
     shard = json.loads((damaged / "manifest.json").read_text())["splits"]["test"]["shards"][0]
     path = damaged / "shards" / shard["name"]
     path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
     line = evaluate_fails(capsys, "--ckpt", cgan, "--data", damaged, "--judge",
-                          world / "pretrained" / "face.ckpt", "--out", tmp_path / "eval")
+                          pretrained / "face.ckpt", "--out", tmp_path / "eval")
     assert str(path) in line and "truncated" in line
     assert "skip_corrupt" not in line and "voice2face synth" in line
     assert not (tmp_path / "eval").exists()

@@ -13,8 +13,7 @@ import torch
 import torchaudio.functional as AF
 from PIL import Image
 
-from test_methods import train_quick
-from test_prepare import speechlike
+from helpers import speechlike, train_quick
 from voice2face import cli
 from voice2face.generate import FORMATS, faces_from_codes, load_speech, voice_codes
 from voice2face.methods import load_method
@@ -85,19 +84,16 @@ def test_every_format_decodes_to_the_speech_at_16k(name, tmp_path):
 
 # --- a world and checkpoints ----------------------------------------------------------------
 
-from test_evaluate import runs, world  # noqa: E402,F401 (fixtures: the tiny world, its nets)
-
-
 def quick(method: str, world: Path, runs: Path, *overrides: str) -> Path:
     return train_quick(method, world, runs, "trainer.max_steps=1", f"run.name={method}",
                        "trainer.val_check_interval=100", *overrides)
 
 
 @pytest.fixture(scope="module")
-def cgan(world, runs) -> Path:
+def cgan(world, pretrained, runs) -> Path:
     # the speaker-recognition embedder: after the fixture's 6 steps it already tells these
     # clips apart, which fusion needs to show (the 6-step DIMNet of the cpu profile may not)
-    return quick("cgan", world, runs, f"model.voice={world / 'pretrained' / 'voice.ckpt'}")
+    return quick("cgan", world, runs, f"model.voice={pretrained / 'voice.ckpt'}")
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +192,7 @@ def test_grid_puts_each_files_face_beside_the_fused_one(cgan, clips, tmp_path, c
 
 
 @pytest.fixture(scope="module")
-def cae(world, runs) -> Path:
+def cae(world, pretrained, runs) -> Path:
     return quick("cae", world, runs)
 
 
@@ -258,9 +254,8 @@ def test_bad_audio_files_are_named(cgan, clips, tmp_path, capsys):
     assert str(short) in line and "s of speech" in line and "need at least 1 s" in line
 
 
-def test_checkpoints_of_methods_without_faces_or_of_another_kind(world, runs, clips,
+def test_checkpoints_of_methods_without_faces_or_of_another_kind(world, pretrained, runs, clips,
                                                                  tmp_path, capsys):
-    pretrained = world / "pretrained"
     for name in ("voice", "face", "decoder"):
         line = error_line(capsys, "--ckpt", pretrained / f"{name}.ckpt", clips[0])
         assert str(pretrained / f"{name}.ckpt") in line and "expected 'cae' or" in line, line
@@ -360,8 +355,7 @@ def test_the_default_proposal_must_come_from_the_checkpoints_data(world, cae, cl
     (moved / "manifest.json").write_text(json.dumps(manifest))
     out.unlink()
     line = error_line(capsys, "--ckpt", moved_ckpt, clips[0], "--out", out)
-    assert f"no --proposal given, and {moved}, where the checkpoint was trained, now holds " \
-           f"other data (identity table " in line
+    assert "no --proposal given" in line and str(moved) in line and "other data" in line
     assert ckpt["hyper_parameters"]["data"]["fingerprint"] in line and "--proposal" in line
     assert not out.exists()
 

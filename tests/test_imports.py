@@ -11,51 +11,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("voice2face", "datamodules")
+from helpers import import_graph, module_files
+
 # libraries that also answer make on the command line: config's profile=auto calls hardware
 LIBRARIES_WITH_MAIN = {"voice2face.hardware"}
 # layers below the methods: they know nothing of methods
 LOWER = ("voice2face.nets", "voice2face.metrics", "voice2face.losses", "voice2face.grid",
          "voice2face.splits", "datamodules")
-
-
-def module_files() -> dict[str, Path]:
-    out = {}
-    for package in PACKAGES:
-        for path in sorted((REPO / package).rglob("*.py")):
-            parts = list(path.relative_to(REPO).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts.pop()
-            out[".".join(parts)] = path
-    return out
-
-
-def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
-    """The package modules that ``name`` imports, anywhere in its file."""
-    is_package = path.name == "__init__.py"
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from the module's own package upwards
-                base = name.split(".")[: len(name.split(".")) - node.level + is_package]
-                source = ".".join(base + ([node.module] if node.module else []))
-            else:
-                source = node.module
-            # `from pkg import sub` imports the submodule; `from mod import name` the module
-            targets = [f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source
-                       for a in node.names]
-        else:
-            continue
-        found.update(t for t in targets if t in modules and t != name)
-    return found
-
-
-def import_graph() -> dict[str, set[str]]:
-    files = module_files()
-    return {name: imports_of(name, path, set(files)) for name, path in files.items()}
 
 
 def defines_main(path: Path) -> bool:

@@ -1,71 +1,45 @@
-"""Every registered method trains a few steps on a tiny world; the GAN's wiring; the
-pretrained nets the others load (loading them: ``test_pretrained``)."""
+"""Every registered method trains a few steps on a tiny world; the GAN's wiring."""
 
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from datamodules import VoiceFaceDataModule
+from helpers import (Repeat, changed_parameters, fixed_batch, parameters_of, quick_config,
+                     train_quick)
 from voice2face.config import load_config
 from voice2face.losses import identity_loss
-from voice2face.methods import METHODS, PRETRAINED, Voices, load_method, pretrained_needs
+from voice2face.methods import METHODS, Voices, load_method
 from voice2face.methods.base import CheckpointError, data_info
-from voice2face.training import export, train
-
-# Settings that make any method's run take seconds on a tiny world.
-QUICK = ["data.batch_size=4", "data.num_workers=0", "data.crop_seconds=0.3",
-         "logger.wandb=false", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
-         "run.checkpoint_every=100", "run.evaluate=false", "profile=cpu", "seed=0"]
 
 
-@pytest.fixture(scope="session")
-def world(fake_root) -> Path:
-    """The tiny dataset these tests train on (one line to swap for another world)."""
-    return fake_root
+@pytest.fixture
+def initial_parameters(monkeypatch) -> dict[str, torch.Tensor]:
+    """Filled with the parameters of the module that ``voice2face.training.train`` fits, as
+    they are when the fit starts."""
+    import voice2face.training as training
+    initial: dict[str, torch.Tensor] = {}
+    original = training.fit
+
+    def fit(cfg, method_cls, module, *args):
+        initial.update(parameters_of(module))
+        return original(cfg, method_cls, module, *args)
+    monkeypatch.setattr(training, "fit", fit)
+    return initial
 
 
-def quick_config(method: str, root: Path, runs: Path, *overrides: str):
-    return load_config(method, [f"data.root={root}", f"run.root={runs}", *QUICK, *overrides])
-
-
-def train_quick(method: str, root: Path, runs: Path, *overrides: str) -> Path:
-    """Final checkpoint of a short run of ``method`` on ``root``."""
-    return train(quick_config(method, root, runs, *overrides))
-
-
-def pretrained_nets(root: Path) -> Path:
-    """``root/pretrained/<stem>.ckpt`` of every net of the registry's ``PRETRAINED``, each by
-    its run and after the nets that run needs, as make builds them; trained once per world."""
-    folder = root / "pretrained"
-
-    def build(name: str) -> None:
-        if (folder / f"{name}.ckpt").is_file():
-            return
-        method, overrides = PRETRAINED[name]
-        for need in pretrained_needs(method, "cpu", overrides):
-            build(need)
-        final = train_quick(method, root, root.parent / f"{root.name}-pretrain-runs",
-                            "trainer.max_steps=6", f"run.name={name}", *overrides)
-        export(final, folder / f"{name}.ckpt")
-
-    for name in PRETRAINED:
-        build(name)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def pretrained(world) -> Path:
-    return pretrained_nets(world)
+def trainable(module: torch.nn.Module) -> set[str]:
+    return {k for k, p in module.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_trains_a_few_steps(method, world, pretrained, tmp_path):
+def test_every_method_trains_a_few_steps(method, world, pretrained, tmp_path,
+                                         initial_parameters):
     final = train_quick(method, world, tmp_path, "trainer.max_steps=4", "run.name=r")
     ckpt = torch.load(final, weights_only=False, map_location="cpu")
     assert ckpt["global_step"] == 4 * METHODS[method].steps_per_batch
@@ -73,30 +47,32 @@ def test_every_method_trains_a_few_steps(method, world, pretrained, tmp_path):
     assert isinstance(module, METHODS[method]) and not module.training
     for name, p in module.state_dict().items():
         assert torch.isfinite(p.float()).all(), name
+    # every trained parameter moved; the frozen nets' stayed as they were loaded
+    assert changed_parameters(module, initial_parameters) == trainable(module)
     (log,) = (tmp_path / "r").glob("csv/version_*/metrics.csv")
     header = log.read_text().splitlines()[0]
     assert "train/" in header and "val/" in header
 
 
-def test_paper_profile_settings():
-    cfg = load_config("gan", ["profile=paper"])
-    assert (cfg.optim.lr, list(cfg.optim.betas), cfg.data.batch_size) == (2e-4, [0.5, 0.999], 128)
-    assert (cfg.model.width, cfg.model.embedding_noise) == (1.0, 0.05)
-    assert cfg.model.voice.endswith("/pretrained/voice.ckpt")
-    assert cfg.eval.judge.endswith("/pretrained/face.ckpt")
-
-
-class Repeat(IterableDataset):
-    def __init__(self, batch, n):
-        self.batch, self.n = batch, n
-
-    def __iter__(self):
-        return iter([self.batch] * self.n)
-
-
-def fixed_batch(root: Path, n: int = 6) -> dict:
-    dm = VoiceFaceDataModule(root, batch_size=n, num_workers=0, crop_seconds=0.3)
-    return next(iter(dm.train_dataloader()))
+@pytest.mark.parametrize("method", ["gan", "cae", "regression"])
+def test_a_profile_s_settings_reach_the_optimizers_and_nets(method, world, pretrained):
+    """A module trains with what its profile says: Adam with the config's learning rate and
+    betas for every optimizer, and nets at the config's width (their sizes at width 1 are
+    checked against the papers in test_nets, test_cae_nets and test_speech2face), so the
+    paper profile's nets are the wider ones."""
+    from voice2face.training import make_datamodule
+    trained = {}
+    for profile in ("cpu", "paper"):
+        cfg = load_config(method, [f"data.root={world}", f"profile={profile}"])
+        module = METHODS[method](OmegaConf.to_container(cfg, resolve=True),
+                                 data_info(make_datamodule(cfg, METHODS[method])))
+        optimizers = module.configure_optimizers()
+        for opt in optimizers if isinstance(optimizers, list) else [optimizers]:
+            assert isinstance(opt, torch.optim.Adam)
+            assert [(g["lr"], g["betas"]) for g in opt.param_groups] == [
+                (cfg.optim.lr, tuple(cfg.optim.betas))] * len(opt.param_groups)
+        trained[profile] = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert trained["paper"] > 4 * trained["cpu"], trained
 
 
 class KnownVoices(torch.nn.Module):
@@ -189,7 +165,7 @@ def test_cached_voices_are_the_embeddings_of_whole_utterances(method, world, pre
     batch = next(iter(dm.train_dataloader()))
     assert "mel" not in batch and "mel_lengths" not in batch
     assert "mel" in next(iter(dm.eval_dataloader("val")))  # evaluation still hears them
-    with pytest.raises(KeyError):  # no cache before fit starts, and no audio to embed
+    with pytest.raises(KeyError, match="mel"):  # no cache before fit starts, no audio to embed
         module.training_voices(batch)
 
     class Fit:  # what on_fit_start reads of its trainer
@@ -240,11 +216,18 @@ def test_gan_checkpoint_needs_no_voice_checkpoint(world, pretrained, tmp_path):
     shutil.copy(pretrained / "voice.ckpt", voice)
     final = train_quick("cgan", world, tmp_path, "trainer.max_steps=2", f"model.voice={voice}",
                         "trainer.val_check_interval=100")
+    from voice2face.methods.pretrained import load_voice_embedder, same_weights
+    embedder = load_voice_embedder(voice)
     voice.unlink()
     gan = load_method(final, expect="cgan")
     assert gan.conditional and gan.critic.projection is not None
-    faces = gan.generate_faces(Voices(torch.randn(2, 64, 50), torch.tensor([50, 30])))
-    assert faces.shape == (2, 3, 16, 16) and faces.abs().max() <= 1
+    assert same_weights(gan.voice, embedder)  # the frozen net it trained with, kept in it
+    voices = Voices(torch.randn(2, 64, 50), torch.tensor([50, 30]))
+    torch.manual_seed(0)
+    faces = gan.generate_faces(voices)
+    torch.manual_seed(0)  # the same z
+    with torch.no_grad():
+        assert torch.equal(faces, gan.generator(embedder(voices.mel, voices.lengths)))
 
 
 def test_gan_without_voice_checkpoint_says_how_to_make_one(world, tmp_path):
@@ -286,6 +269,7 @@ def test_every_method_trains_in_bf16_with_channels_last(method, world, pretraine
     cfg = quick_config(method, world, tmp_path, "eval.judge=null", "model.channels_last=true")
     dm = make_datamodule(cfg, METHODS[method])
     module = METHODS[method](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+    initial = parameters_of(module)
     trainer = L.Trainer(max_steps=2 * module.steps_per_batch, accelerator="cpu",
                         precision="bf16-mixed", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
@@ -295,6 +279,7 @@ def test_every_method_trains_in_bf16_with_channels_last(method, world, pretraine
     assert set(trainer.progress_bar_metrics) == {MAIN_LOSS.get(method, "train/loss")}
     for name, p in module.named_parameters():
         assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
+    assert changed_parameters(module, initial) == trainable(module)
     four_d = [p for p in module.parameters() if p.dim() == 4 and p.shape[-1] > 1]
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
     if four_d:  # a method with face nets (not voice's 1-D one) gets NHWC faces
@@ -307,7 +292,8 @@ def test_every_method_trains_in_bf16_with_channels_last(method, world, pretraine
     ("regression", []),                     # log-mel and the STFT
     ("voice", [])])
 def test_features_computed_on_the_device_train_a_method(method, overrides, world, pretrained,
-                                                        tmp_path, monkeypatch):
+                                                        tmp_path, monkeypatch,
+                                                        initial_parameters):
     """data.features=device: the training batches carry waveform crops, and the method turns
     them into the features it reads in on_after_batch_transfer (datamodules.features)."""
     import datamodules.features as features
@@ -325,3 +311,5 @@ def test_features_computed_on_the_device_train_a_method(method, overrides, world
     assert any(seen), "no training batch carried waveforms"
     assert torch.load(final, weights_only=False, map_location="cpu")["global_step"] == (
         2 * METHODS[method].steps_per_batch)
+    module = load_method(final)
+    assert changed_parameters(module, initial_parameters) == trainable(module)

@@ -14,21 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_methods import QUICK, pretrained_nets
+from helpers import QUICK
 from voice2face.methods import METHODS, Evaluation
-
-
-@pytest.fixture(scope="module")
-def world(fake_root) -> Path:
-    """The tiny dataset trained on here (one line to swap for another world)."""
-    pretrained_nets(fake_root)
-    return fake_root
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_trains_under_plain_ddp_with_two_processes(method, world, tmp_path):
+def test_every_method_trains_under_plain_ddp_with_two_processes(method, world, pretrained,
+                                                                 tmp_path):
     cls = METHODS[method]
     evaluable = cls.evaluation is not Evaluation.PRETRAINING
     args = [f"data.root={world}", f"run.root={tmp_path}", *QUICK, f"run.evaluate={evaluable}",
@@ -67,8 +61,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
 
 sys.path.insert(0, {tests!r})
-from test_cae import one_identity
-from test_methods import fixed_batch, quick_config
+from helpers import fixed_batch, one_identity, quick_config
 from datamodules import VoiceFaceDataModule
 from voice2face.methods.base import data_info
 from voice2face.methods.cae import CaeModule
@@ -103,7 +96,8 @@ torch.save({{"global_step": trainer.global_step,
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_cae_trains_under_ddp_when_one_rank_has_a_batch_of_one_identity(world, tmp_path):
+def test_cae_trains_under_ddp_when_one_rank_has_a_batch_of_one_identity(world, pretrained,
+                                                                        tmp_path):
     script = tmp_path / "cae_one_identity.py"
     script.write_text(CAE_ONE_IDENTITY_SCRIPT.format(tests=str(Path(__file__).parent),
                                                      world=str(world), out=str(tmp_path)))

@@ -143,7 +143,7 @@ def test_stats_pooling_is_mean_and_std_over_valid_frames():
     torch.testing.assert_close(captured["in"], torch.cat([mean, std], -1), rtol=1e-4, atol=1e-4)
 
 
-def test_generator_range_and_noise():
+def test_generator_range_noise_and_voice():
     torch.manual_seed(0)
     gen = FaceGenerator(64, 16, width=0.25, noise_dim=8).eval()
     e = torch.randn(2, 64)
@@ -152,6 +152,8 @@ def test_generator_range_and_noise():
     assert not torch.equal(a, b)  # z is drawn anew
     z = torch.randn(2, 8)
     assert torch.equal(gen(e, z), gen(e, z))
+    # under the same z, another voice embedding gives another face
+    assert (gen(e, z) - gen(e.flip(0), z)).abs().max() > 1e-3
 
 
 def test_paper_sizes():

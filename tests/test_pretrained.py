@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules import VoiceFaceDataModule
-from test_imports import import_graph
-from test_methods import pretrained, train_quick, world  # noqa: F401 (fixtures)
+from helpers import import_graph, train_quick
 from voice2face import cli
 from voice2face.methods import METHODS, CheckpointError, Voices, load_method
 from voice2face.methods.base import data_info, read_checkpoint, read_checkpoint_meta

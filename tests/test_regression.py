@@ -16,10 +16,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from datamodules import VoiceFaceDataModule
-from test_methods import Repeat, pretrained, quick_config, train_quick, world  # noqa: F401
-from test_prepare import speechlike
+from helpers import Repeat, quick_config, speechlike, train_quick
 from voice2face import cli
-from voice2face.config import load_config
 from voice2face.evaluation import evaluate
 from voice2face.methods import METHODS, CheckpointError, Voices, load_method
 from voice2face.methods.base import data_info
@@ -110,11 +108,21 @@ def test_regression_loss_falls_on_a_fixed_batch_and_only_the_encoder_trains(
 
 @pytest.mark.parametrize("loss", ["l1", "l2", "l1_l2", "infonce"])
 def test_each_loss_is_a_variant(loss, world, pretrained, tmp_path):
+    """The variant's loss is the one the module trains on, with the config's parameters and the
+    identities (InfoNCE keeps another sample of the speaker out of the negatives); each is
+    checked against a loop in test_speech2face."""
+    from voice2face import losses
     reg = build("regression", world, tmp_path, f"model.loss={loss}")
     assert reg.label == f"regression ({loss})"
-    pred, true = torch.randn(4, 64), torch.randn(4, 64)
-    value = reg.feature_loss(pred, true, torch.tensor([0, 0, 1, 2]))
-    assert value.ndim == 0 and float(value) > 0
+    pred, true, identity = torch.randn(4, 64), torch.randn(4, 64), torch.tensor([0, 0, 1, 2])
+    m = reg.cfg["model"]
+    named = {"l1": losses.feature_l1_loss(pred, true), "l2": losses.feature_l2_loss(pred, true),
+             "l1_l2": losses.feature_l1_l2_loss(pred, true, float(m["l2_weight"])),
+             "infonce": losses.info_nce_loss(pred, true, float(m["temperature"]), labels=identity)}
+    assert len({float(v) for v in named.values()}) == 4  # four losses, told apart here
+    unlabelled = losses.info_nce_loss(pred, true, float(m["temperature"]))
+    assert float(unlabelled) != float(named["infonce"])
+    assert torch.equal(reg.feature_loss(pred, true, identity), named[loss])
     with pytest.raises(KeyError, match="unknown feature loss 'l3'; valid: l1, l2"):
         build("regression", world, tmp_path, "model.loss=l3")
 
@@ -204,9 +212,21 @@ def test_evaluation_adds_the_feature_measures(world, pretrained, regression, tmp
     extra = r["extra"]
     assert extra["test/feature_gallery_identities"] == 4  # the tiny world's test identities
     assert extra["test/feature_gallery_images"] == 12
+    # the distances, recomputed one utterance at a time: predicted against true feature
+    reg = load_method(regression, expect="regression")
+    dm = VoiceFaceDataModule(world, eval_batch_size=5, num_workers=0, spectrogram=True)
     for split in ("known", "test"):
-        assert -1 <= extra[f"{split}/feature_cosine"] <= 1
-        assert 0 <= extra[f"{split}/feature_l2"] <= 2 and extra[f"{split}/feature_l1"] >= 0
+        distances = {"cosine": [], "l2": [], "l1": []}
+        for batch in dm.eval_dataloader(split, rank=0, world_size=1):
+            with torch.no_grad():
+                pred, true = reg.predict(Voices.of(batch)), reg.face_features(batch["faces"])
+            for p, t in zip(F.normalize(pred, dim=-1), F.normalize(true, dim=-1)):
+                distances["cosine"].append(float(F.cosine_similarity(p, t, dim=0)))
+                distances["l2"].append(float((p - t).norm()))
+                distances["l1"].append(float((p - t).abs().sum()))
+        for k, values in distances.items():
+            assert extra[f"{split}/feature_{k}"] == pytest.approx(sum(values) / len(values),
+                                                                  rel=1e-5, abs=1e-6), (split, k)
     for suffix in ("", "_l1", "_l2"):
         # a rate (its arithmetic against a loop in test_metrics); how far above chance (1/4) a
         # regression of 3 steps lands is luck of the arithmetic
@@ -230,14 +250,6 @@ def reg_faces_match_the_decoder(ckpt: Path, decoder: Path, world: Path) -> bool:
     with torch.no_grad():
         want = reg.decoder(reg.face_features(faces))
     return torch.allclose(reg.reference_faces(faces), want)
-
-
-def test_paper_profiles_have_the_report_sizes():
-    reg = load_config("regression", ["profile=paper"])
-    assert (reg.model.width, reg.model.encoder, reg.model.loss) == (1.0, "spectrogram", "l1")
-    assert reg.model.target.endswith("/pretrained/face-target.ckpt")
-    assert reg.model.decoder.endswith("/pretrained/decoder.ckpt") and reg.data.spectrogram
-    assert load_config("face_decoder", ["profile=paper"]).model.width == 1.0
 
 
 def test_an_evaluation_encodes_each_utterance_once(world, pretrained, regression):

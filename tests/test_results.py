@@ -24,8 +24,9 @@ from voice2face.constants import default_judge
 from voice2face.methods import METHODS, SPECS, Evaluation
 from voice2face.methods.base import CHECKPOINT_FORMAT
 from voice2face.results import (COLUMNS, EVAL, MATCHING, PUBLISHED, RECORD, REFERENCES,
-                                TABLE_HEADER, Entry, Protocol, RowResult, digest, entries,
-                                finished, main, results_markdown, row_label, run_identity)
+                                TABLE_HEADER, Entry, Protocol, RowResult, bound_of, digest,
+                                entries, finished, instrument_cache, main, results_markdown,
+                                row_label, run_identity)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,15 +48,19 @@ def md_table(text: str, first_header: str) -> tuple[list[str], dict[str, list[st
     return split(lines[start]), body
 
 
-def expected_cells(row: dict, ceiling: dict, matching_only: bool) -> list[float | None]:
+def expected_cells(row: dict, ceiling: dict, matching_only: bool, bound: dict | None = None
+                   ) -> list[float | None]:
+    """A row's cells by the columns' definitions: ``fraction:`` toward the ceiling, ``bound:``
+    toward the instrument's ``bound`` (none without one)."""
     out = []
     for key, _ in COLUMNS:
+        top = ceiling if key.startswith("fraction:") else bound or {}
         if matching_only and key not in MATCHING:
             out.append(None)
-        elif key.startswith("fraction:"):
+        elif key.startswith(("fraction:", "bound:")):
             base = key.split(":", 1)[1]
-            out.append((row[base] - 0.5) / (ceiling[base] - 0.5) if base in row and base in ceiling
-                       else None)
+            out.append((row[base] - 0.5) / (top[base] - 0.5)
+                       if base in row and top.get(base, 0.5) > 0.5 else None)
         else:
             out.append(row.get(key))
     return out
@@ -73,9 +78,9 @@ def check_cells(cells: list[str], expected: list[float | None], what: str) -> No
             assert math.isclose(float(cell), value, abs_tol=5.1e-4), (what, key, cell, value)
 
 
-def check_table(text: str, rows: list[RowResult]) -> None:
+def check_table(text: str, rows: list[RowResult], bound: dict | None = None) -> None:
     """Every row and column is there, and every number is its metrics.json's (read from the
-    file), rounded to three decimals."""
+    file), rounded to three decimals; ``bound``: the instrument's (``bound_of``), if any."""
     header, body = md_table(text, "method")
     assert header == TABLE_HEADER
     saved = {r.entry.key: json.loads(r.metrics_path.read_text()) for r in rows}
@@ -85,7 +90,8 @@ def check_table(text: str, rows: list[RowResult]) -> None:
         assert label in body, (label, list(body))
         cells = body[label]
         check_cells(cells[:len(COLUMNS)], expected_cells(saved[r.entry.key]["rows"]["method"],
-                                                          ceiling, own_space(r.entry.method)),
+                                                          ceiling, own_space(r.entry.method),
+                                                          bound),
                     label)
         assert cells[len(COLUMNS):] != ["—", "—"]  # training time and parameters
     # the reference rows: from the first row evaluated by its faces that has each
@@ -96,7 +102,8 @@ def check_table(text: str, rows: list[RowResult]) -> None:
             assert label not in body
             continue
         check_cells(body[label][:len(COLUMNS)],
-                    expected_cells(saved[source.entry.key]["rows"][name], ceiling, False), label)
+                    expected_cells(saved[source.entry.key]["rows"][name], ceiling, False, bound),
+                    label)
     assert len(body) == len(rows) + sum(1 for n, _ in REFERENCES
                                         if any(n in saved[r.entry.key]["rows"] for r in judged))
 
@@ -175,6 +182,34 @@ def test_the_table_shows_every_row_and_column_from_the_metrics_json(tmp_path):
     header, published = md_table(text, "paper")
     assert header == ["paper", "method here", "measure", "reported", "where"] and published
     assert "not comparable" in text and "![" in text and "voice2face results" in text
+
+
+def test_the_readme_methods_table_is_written_from_the_rows_between_its_markers(tmp_path):
+    from voice2face.methods import SPECS, pretrained_needs
+    from voice2face.errors import UserError
+    from voice2face.results import README_BEGIN, README_END, methods_table, write_readme_table
+    rows = fake_rows(tmp_path)
+    by_key = {r.entry.key: r.metrics["rows"] for r in rows}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")
+    write_readme_table(readme, methods_table(rows, "cpu"))
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    _, body = md_table(text, "method")
+    assert set(body) == {f"`{name}`" for name in SPECS}
+    cell = {name[1:-1]: cells[-1] for name, cells in body.items()}
+    # each method's number is its default variant's row: the config's gating / loss
+    for name, key in (("gan", "gan"), ("cae", "cae-full"), ("regression", "regression-l1")):
+        m = by_key[key]["method"]
+        assert cell[name] == f"{m['match_1to2']:.3f} / {m['match_1to2_gender']:.3f}"
+    assert cell["dimnet"].endswith("(own space)") and cell["voice"] == "(pretraining)"
+    assert f"{by_key['gan']['real_faces']['match_1to2']:.3f}" in cell["face"]
+    assert body["`gan`"][1] == ", ".join(f"`{n}.ckpt`" for n in pretrained_needs("gan", "cpu"))
+    # a README without the markers is refused, unchanged
+    readme.write_text("no markers\n")
+    with pytest.raises(UserError, match="no block between"):
+        write_readme_table(readme, "table")
+    assert readme.read_text() == "no markers\n"
 
 
 def test_the_published_numbers_are_filled_in_with_their_sources(tmp_path):
@@ -286,6 +321,168 @@ def test_the_run_identity_follows_config_data_and_pretrained_nets(tmp_path):
     assert same() != base
 
 
+# --- the instrument: kept, and shown as bounds and as chance→bound columns ----------------------
+
+def fake_instrument(rng: random.Random) -> dict:
+    """An instrument result (``evaluation.instrument.instrument``'s shape) with three-decimal
+    numbers, the bound above chance."""
+    from voice2face.evaluation.instrument import COLUMNS as ICOLUMNS, ROWS
+    rows = {key: {k: round(rng.uniform(0.3, 0.95), 3) for k, _, _ in ICOLUMNS} for key in ROWS}
+    rows["voice_oracle"].update(match_1to2=0.676, match_1to2_gender=0.572)
+    rows["chance"].update(match_1to2=0.5, match_1to2_gender=0.5)
+    return {"rows": rows, "readout_r2": {"readout_r2_gender": 0.6, "readout_r2_age": 0.5,
+                                         "readout_r2_size": 0.2},
+            "voice_r2": {"gender": 0.9, "age": 0.3, "size": 0.7}, "sigma": [0.64, 0.9, 1.17],
+            "sigma_voice": [0.7, 1.5, 1.3], "counts": {}, "seconds": 12.0}
+
+
+def test_chance_to_bound_is_computed_from_the_tables_own_numbers(tmp_path):
+    """Beside each chance→ceiling column, chance→bound: (value − chance) / (bound − chance),
+    the bound being the Instrument table's voice-embedder oracle on that protocol (judge),
+    chance the main table's chance row; every number read back from the written Markdown."""
+    from voice2face.evaluation.instrument import COLUMNS as ICOLUMNS, ROWS
+    from voice2face.results import Instrument
+    rng = random.Random(1)
+    rows = fake_rows(tmp_path)
+    for r in rows:  # three decimals, so that the table's rounded numbers are the exact ones
+        for row in r.metrics["rows"].values():
+            row.update({k: round(v, 3) for k, v in row.items()})
+        r.metrics_path.write_text(json.dumps(r.metrics))
+    measured = Instrument(fake_instrument(rng), tmp_path / "voice.ckpt",
+                          tmp_path / "results-instrument.json", measured_now=True)
+    protocol = Protocol(tmp_path / "world", tmp_path / "world" / "pretrained" / "face.ckpt")
+    text = results_markdown(rows, {"protocol": protocol, "command": "voice2face results",
+                                   "seconds": 1.0, "figure": None, "instrument": measured})
+    header, body = md_table(text, "method")
+    at = {h: header.index(h) - 1 for h in header}  # cells come without the first column
+    # each chance→bound column right after its chance→ceiling column
+    for protocol_name in ("1:2", "same gender"):
+        assert header[header.index(f"{protocol_name}, chance→ceiling") + 1] == \
+            f"{protocol_name}, chance→bound"
+    iheader, instrument = md_table(text, "probe")
+    assert iheader == ["probe"] + [h for _, _, h in ICOLUMNS]
+    assert set(instrument) == set(ROWS.values())
+    oracle = instrument[ROWS["voice_oracle"]]
+    bound = {"1:2": float(oracle[0]), "1:2 same gender": float(oracle[1])}
+    assert bound == {"1:2": 0.676, "1:2 same gender": 0.572}
+    chance = body["chance"]
+    checked = 0
+    for label, cells in body.items():
+        for value_header, column in (("1:2", "1:2, chance→bound"),
+                                     ("1:2 same gender", "same gender, chance→bound")):
+            cell = cells[at[column]]
+            if label.endswith(", own space"):  # the bound is of faces through the judge
+                assert cell == "—", label
+                continue
+            value, zero = float(cells[at[value_header]]), float(chance[at[value_header]])
+            want = (value - zero) / (bound[value_header] - zero)
+            assert float(cell) == pytest.approx(want, abs=5.1e-4), (label, column, cell, want)
+            checked += 1
+    assert checked == 2 * (len(body) - 1)
+    assert "0.676 and 0.572" in text and "## Instrument: bounds and controls" in text
+    # and every other column as before
+    check_table(text, rows, {"match_1to2": 0.676, "match_1to2_gender": 0.572})
+
+
+def test_without_an_instrument_the_bound_columns_are_empty_and_say_why(tmp_path):
+    rows = fake_rows(tmp_path)
+    protocol = Protocol(tmp_path / "world", tmp_path / "world" / "pretrained" / "face.ckpt")
+    why = "the instrument reads the attributes a synthetic world hides; this data has none"
+    text = results_markdown(rows, {"protocol": protocol, "command": "voice2face results",
+                                   "seconds": 1.0, "figure": None, "instrument": why})
+    check_table(text, rows)  # no bound: every chance→bound cell "—"
+    assert f"No instrument: {why}." in text and "| probe |" not in text
+
+
+def write_inputs(folder: Path) -> tuple[Path, Path, Path]:
+    """A manifest, a judge and a voice embedder as files (their bytes are what is keyed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in (("manifest.json", b"{}"), ("face.ckpt", b"judge v1"),
+                          ("voice.ckpt", b"voice v1")):
+        (folder / name).write_bytes(content)
+    return folder / "manifest.json", folder / "face.ckpt", folder / "voice.ckpt"
+
+
+def test_the_instrument_is_kept_and_measured_again_when_its_inputs_change(tmp_path, monkeypatch):
+    import voice2face.results as results
+    from voice2face.results import ensure_instrument, instrument_cache, sha1_file
+
+    calls = []
+
+    def measure(data, judge, voice, **options):
+        calls.append((Path(judge).read_bytes(), Path(voice).read_bytes()))
+        return {"rows": {"voice_oracle": {"match_1to2": 0.6 + 0.01 * len(calls)}},
+                "seconds": 1.0}
+    monkeypatch.setattr(results.instr, "measure", measure)
+    manifest, judge, voice = write_inputs(tmp_path / "world")
+    cache = instrument_cache(tmp_path / "runs", tmp_path / "world")
+
+    def protocol(judge_path: Path) -> Protocol:
+        return Protocol(tmp_path / "world", judge_path, manifest_sha1=sha1_file(manifest),
+                        judge_sha1=sha1_file(judge_path))
+
+    first = ensure_instrument(protocol(judge), voice, cache, log=lambda *a: None)
+    assert first.measured_now and len(calls) == 1 and cache.is_file()
+    again = ensure_instrument(protocol(judge), voice, cache, log=lambda *a: None)
+    assert not again.measured_now and len(calls) == 1 and again.result == first.result
+    # the same judge at another path is the same judge
+    twin = tmp_path / "elsewhere" / "face.ckpt"
+    twin.parent.mkdir()
+    twin.write_bytes(judge.read_bytes())
+    assert not ensure_instrument(protocol(twin), voice, cache, log=lambda *a: None).measured_now
+    # another judge: measured again, and kept for the next call
+    other = tmp_path / "other" / "face.ckpt"
+    other.parent.mkdir()
+    other.write_bytes(b"judge v2")
+    changed = ensure_instrument(protocol(other), voice, cache, log=lambda *a: None)
+    assert changed.measured_now and calls[-1] == (b"judge v2", b"voice v1")
+    assert changed.result != first.result
+    assert not ensure_instrument(protocol(other), voice, cache, log=lambda *a: None).measured_now
+    # another voice embedder, or another manifest: measured again
+    voice.write_bytes(b"voice v2")
+    os.utime(voice, ns=(1, 1))
+    assert ensure_instrument(protocol(other), voice, cache, log=lambda *a: None).measured_now
+    manifest.write_bytes(b'{"other": 1}')
+    assert ensure_instrument(protocol(other), voice, cache, log=lambda *a: None).measured_now
+    assert len(calls) == 4
+    kept = json.loads(cache.read_text())
+    assert kept["key"]["judge_sha1"] == sha1_file(other)
+    assert kept["key"]["voice_sha1"] == sha1_file(voice)
+    assert kept["key"]["manifest_sha1"] == sha1_file(manifest)
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary file left
+
+
+def test_the_instruments_voice_embedder_is_the_gan_configs_and_real_data_has_none(tmp_path):
+    """The voice embedder is ``model.voice`` of the gan row's config under the run's profile,
+    even when the gan row is not run; on data that is not a synthetic world there is no
+    instrument, and the sentence says why."""
+    from voice2face.results import configure, instrument_voice, table_instrument
+
+    world = tmp_path / "world"
+    write_fake_dataset(world)
+    by_key = {e.key: e for e in entries()}
+    for profile, stem in (("cpu", "dimnet"), ("paper", "voice")):
+        overrides = [f"profile={profile}"]
+        for keys in (["gan"], ["cae-full"], ["regression-l1"]):
+            chosen = [by_key[k] for k in keys]
+            configured = [configure(e, world, overrides) for e in chosen]
+            voice = instrument_voice(chosen, configured, world, overrides)
+            assert voice == world / "pretrained" / f"{stem}.ckpt", (profile, keys)
+            gan_cfg = load_config("gan", [f"data.root={world}", *overrides])
+            assert voice == Path(gan_cfg.model.voice)
+    overrides = ["profile=cpu", f"model.voice={tmp_path / 'mine.ckpt'}"]
+    chosen = [by_key["gan"]]
+    assert instrument_voice(chosen, [configure(by_key["gan"], world, overrides)], world,
+                            overrides) == tmp_path / "mine.ckpt"
+    judge = tmp_path / "judge.ckpt"
+    judge.write_bytes(b"judge")
+    voice = tmp_path / "voice.ckpt"
+    voice.write_bytes(b"voice")
+    why = table_instrument(Protocol(world, judge), voice, tmp_path / "cache.json")
+    assert isinstance(why, str) and "synthetic world" in why
+    assert not (tmp_path / "cache.json").exists()
+
+
 # --- slow: make results on a tiny world, twice, and once changed --------------------------------
 
 QUICK = ["data.batch_size=4", "data.num_workers=0", "data.crop_seconds=0.3", "logger.wandb=false",
@@ -319,7 +516,17 @@ def test_make_results_on_a_tiny_world_reuses_finished_runs_and_retrains_changed_
     text = out.read_text()
     rows = rows_on_disk(text)
     assert [r.entry.key for r in rows] == [e.key for e in entries()]
-    check_table(text, rows)
+    # the tiny world is synthetic: the instrument is measured and kept with the runs
+    instrument = json.loads(instrument_cache(runs, world).read_text())["instrument"]
+    bound = bound_of(instrument)
+    check_table(text, rows, bound)
+    assert "## Instrument: bounds and controls" in text
+    for r in rows:  # its real faces are evaluate's: the same data, judge and computation
+        if not own_space(r.entry.method):
+            real = r.metrics["rows"]["real_faces"]
+            for key in ("match_1to2", "match_1to2_gender"):
+                assert instrument["rows"]["real_faces"][key] == pytest.approx(real[key],
+                                                                              abs=1e-6)
     assert (out.parent / "images" / "results-grid.png").is_file()
     assert "make results DATA=" in text  # the command that regenerates it
     finals = {r.entry.key: (r.folder / "checkpoints" / "final.ckpt").stat().st_mtime_ns
@@ -335,7 +542,8 @@ def test_make_results_on_a_tiny_world_reuses_finished_runs_and_retrains_changed_
         assert (r.folder / "checkpoints" / "final.ckpt").stat().st_mtime_ns == finals[r.entry.key]
     assert f"({len(rows)} rows; 0 trained, {len(rows)} reused)" in again.stdout
     assert "training in" not in again.stdout
-    check_table(out.read_text(), rows_on_disk(out.read_text()))
+    assert "voice2face results: reusing the instrument" in again.stdout
+    check_table(out.read_text(), rows_on_disk(out.read_text()), bound)
 
     # a changed config trains a new run; the old one stays
     changed = subprocess.run([*command[:-len(args.split())], *args.replace(

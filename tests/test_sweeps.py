@@ -18,12 +18,11 @@ import yaml
 from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-from test_methods import pretrained_nets, train_quick
+from helpers import REPO, train_quick
 from voice2face.config import experiments_dir, load_config
 from voice2face.methods import METHODS, evaluable_methods
 from voice2face.sweep import sweeps_dir, wandb_missing
 
-REPO = Path(__file__).resolve().parent.parent
 SWEEPS = sorted(p.stem for p in sweeps_dir().glob("*.yaml"))
 # registered methods without a sweep, and why
 NO_SWEEP = {"face": "the judge: every method's numbers are measured with it, so it is trained "
@@ -120,12 +119,6 @@ def agent_command(sweep_cfg: dict, params: dict) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def world(fake_root) -> Path:
-    pretrained_nets(fake_root)
-    return fake_root
-
-
 def offline_env(tmp_path: Path) -> dict:
     """No W&B key, an unreachable server, offline mode: nothing can leave the machine."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
@@ -137,7 +130,7 @@ def offline_env(tmp_path: Path) -> dict:
 
 
 @pytest.mark.parametrize("name", SWEEPS)
-def test_agent_command_trains_a_step_and_logs_the_metric(name, world, tmp_path):
+def test_agent_command_trains_a_step_and_logs_the_metric(name, world, pretrained, tmp_path):
     s = sweep(name)
     params = sample(s["parameters"], random.Random(f"{name}-0"))
     ours = [f"data.root={world}", f"run.root={tmp_path}", "run.name=trial", *TINY]
@@ -157,7 +150,8 @@ def test_agent_command_trains_a_step_and_logs_the_metric(name, world, tmp_path):
     assert s["metric"]["name"] in header, f"{name} logs {sorted(h for h in header if h.startswith('val/'))}"
 
 
-def test_wandb_receives_config_grids_and_the_evaluation_table(world, tmp_path, monkeypatch):
+def test_wandb_receives_config_grids_and_the_evaluation_table(world, pretrained, tmp_path,
+                                                               monkeypatch):
     """What the run hands to W&B (offline: wandb 0.31 keeps an offline run in its binary
     .wandb log, so the calls are recorded on their way in)."""
     from lightning.pytorch.loggers import WandbLogger
@@ -185,7 +179,9 @@ def test_wandb_receives_config_grids_and_the_evaluation_table(world, tmp_path, m
     (kw,) = calls["init"]
     assert kw["offline"] is True                               # offline by default
     assert kw["config"] == OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
-    assert kw["config"]["model"]["width"] == 0.125             # resolved: the cpu profile's
+    assert "profiles" not in kw["config"]                      # resolved: the cpu profile's
+    assert kw["config"]["model"]["width"] == load_config("gan", ["profile=cpu"]).model.width \
+        != load_config("gan", ["profile=paper"]).model.width
     assert "val/grid" in calls["image"] and "eval/grid" in calls["image"]
     ((key, columns, data),) = calls["table"]
     assert key == "eval/table" and columns[0] == "row" and "match_1to2" in columns

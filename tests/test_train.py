@@ -155,9 +155,10 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(toy_cli, tmp_path, monkeypa
     err = capsys.readouterr().err
     folder = tmp_path / "runs" / "r"
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
-        f"voice2face train: interrupted; kept {folder} (last.ckpt, step000002.ckpt): continue "
-        f"with `voice2face train toy run.resume={folder}`")
+    line = err.strip().splitlines()[-1]
+    assert "interrupted" in line and f"kept {folder}" in line
+    assert "last.ckpt" in line and "step000002.ckpt" in line
+    assert f"voice2face train toy run.resume={folder}" in line
     # and the command it names does continue, from the kept step
     monkeypatch.setattr(FailingToy, "fail_at", 10**9)
     assert toy_cli("trainer.max_steps=6", f"run.resume={folder}") == 0

@@ -5,9 +5,6 @@ the same weights on the same batch, and every registered method gets a row of it
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -15,30 +12,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from test_methods import pretrained_nets
+from helpers import REPO, SMALL, load_script
 from voice2face.methods import METHODS
-
-ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["data.batch_size=6", "data.crop_seconds=0.3"]
-
-
-def load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return load("train_step_bench", ROOT / "benchmarks" / "train_step.py")
-
-
-@pytest.fixture(scope="module")
-def pretrained(fake_root) -> Path:
-    return pretrained_nets(fake_root)
-
 
 # --- the timer, against a fake clock --------------------------------------------------------
 
@@ -204,7 +179,7 @@ def test_every_registered_method_gets_a_row(bench, fake_root, pretrained, capsys
 
 def test_gpu_check_reads_the_table(bench, fake_root, pretrained, capsys):
     """benchmarks/gpu_check.py runs this script and reads a sub-row per method from its table."""
-    gpu_check = load("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = load_script("gpu_check", REPO / "benchmarks" / "gpu_check.py")
     bench.main(["--data", str(fake_root), "--pretrained", str(pretrained), "--methods", "gan",
                 "voice", "--steps", "1", "--warmup", "1", "--threads", "1",
                 "--no-progress-bar", "--set", *SMALL])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from test_train_step_bench import SMALL, bench, pretrained  # noqa: F401
+from helpers import SMALL
 
 
 def test_bf16_and_channels_last_through_the_command_line(bench, fake_root, pretrained, capsys):

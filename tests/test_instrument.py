@@ -1,0 +1,123 @@
+"""The instrument table (``evaluation.instrument``) on a tiny synthetic world with a judge and a
+voice embedder trained a few steps: its rows and columns, the gender-only control at chance on
+same-gender matching, the real-faces row equal to ``evaluate``'s (the same computation), and
+``benchmarks/instrument.py`` printing it. The probes and the instruments themselves are tested
+against slow references in test_bounds.py; what ``voice2face results`` makes of the table, in
+test_results.py."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import REPO, load_script, train_quick
+from voice2face.constants import default_judge, pretrained_dir
+from voice2face.evaluation.instrument import COLUMNS, ROWS, HiddenAttributes, measure
+from voice2face.methods import PRETRAINED
+from voice2face.synth.audit import load_world
+from voice2face.synth.generate import generate_world
+from voice2face.synth.world import PRESETS
+from voice2face.training import export
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny synthetic world with its judge ``face.ckpt`` and a ``voice.ckpt`` embedder, each
+    trained a few steps (a judge that sees little: the instrument is measured, not judged)."""
+    root = tmp_path_factory.mktemp("instrument") / "world"
+    generate_world(root, PRESETS["tiny"], workers=1, progress=False)
+    for name in ("face", "voice"):
+        method, overrides = PRETRAINED[name]
+        final = train_quick(method, root, root.parent / "pretrain-runs", "trainer.max_steps=6",
+                            f"run.name={name}", *overrides)
+        export(final, pretrained_dir(root) / f"{name}.ckpt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def measured(tiny) -> dict:
+    return measure(tiny, default_judge(tiny), pretrained_dir(tiny) / "voice.ckpt")
+
+
+def test_every_row_and_column_with_the_worlds_chance_and_ceiling(tiny, measured):
+    manifest, _, identities = load_world(tiny)
+    rows = measured["rows"]
+    assert list(rows) == list(ROWS)  # the table's order
+    for key, row in rows.items():
+        wanted = [k for k, _, _ in COLUMNS if key != "ceiling" or "match" in k]
+        assert sorted(row) == sorted(wanted), key
+        assert all(math.isfinite(v) for v in row.values()), (key, row)
+    ceiling = {k: v for k, v in manifest["ceilings"].items() if k.startswith("match_")}
+    assert rows["ceiling"] == {**ceiling, **{f"attribute_{k}": v for k, v in ceiling.items()}}
+    counts = measured["counts"]
+    assert counts["test_utterances"] == manifest["splits"]["test"]["samples"]
+    assert counts["test_gallery"] == manifest["gallery"]["test"]["samples"]
+    assert counts["train_gallery"] == manifest["gallery"]["train"]["samples"]
+    # chance: 1:2 at 0.5, gender accuracy at the larger gender's share of the test utterances
+    # (every test identity speaks as many utterances)
+    men = np.mean([i.gender == "m" for i in identities if i.split == "test"])
+    assert rows["chance"]["match_1to2"] == rows["chance"]["attribute_match_1to2_gender"] == 0.5
+    assert rows["chance"]["attribute_gender_acc"] == pytest.approx(max(men, 1 - men))
+    assert rows["chance"]["attribute_r2_age"] == rows["chance"]["attribute_r2_size"] == 0.0
+    assert set(measured["readout_r2"]) == {"readout_r2_gender", "readout_r2_age",
+                                           "readout_r2_size"}
+    assert set(measured["voice_r2"]) == {"gender", "age", "size"}
+    # the voice-embedder oracle estimates o from the embedding: not the o-oracle's rows
+    assert rows["voice_oracle"] != rows["o_oracle"]
+    assert np.all(np.asarray(measured["sigma_voice"]) > np.asarray(measured["sigma"]))
+
+
+def test_the_gender_only_control_is_chance_against_same_gender_imposters(measured):
+    """Every speaker of a gender gets the same face, so within a gender it tells no one
+    apart, through either instrument."""
+    row = measured["rows"]["gender_only"]
+    assert row["match_1to2_gender"] == pytest.approx(0.5, abs=0.05)
+    assert row["attribute_match_1to2_gender"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_the_real_faces_row_is_evaluates(tiny, measured, tmp_path):
+    """The same data and judge give evaluate's real-faces row (a held-out photo of the
+    speaker against the other half of the gallery), to the last digit: the same images, the
+    same halves, the same matching metric."""
+    from voice2face.evaluation import evaluate
+    voice = pretrained_dir(tiny) / "voice.ckpt"
+    gan = train_quick("gan", tiny, tmp_path / "runs", "trainer.max_steps=2", "run.name=gan",
+                      f"model.voice={voice}")
+    r = evaluate(gan, tmp_path / "eval", tiny, default_judge(tiny), log=lambda *a: None)
+    for key in ("match_1to2", "match_1to2_gender"):
+        assert measured["rows"]["real_faces"][key] == pytest.approx(
+            r["rows"]["real_faces"][key], abs=1e-6), key
+
+
+def test_the_same_inputs_give_the_same_table(tiny, measured):
+    again = measure(tiny, default_judge(tiny), pretrained_dir(tiny) / "voice.ckpt")
+    assert again["rows"] == measured["rows"]
+    assert again["readout_r2"] == measured["readout_r2"]
+
+
+def test_hidden_attributes_are_the_worlds_and_real_data_has_none(tiny, fake_root):
+    world = HiddenAttributes.of_world(tiny)
+    _, config, identities = load_world(tiny)
+    assert world.z.shape == world.o.shape == (len(identities), 3)
+    assert np.allclose(world.sigma, config.voice_noise)
+    assert np.allclose(world.o, [i.voice.observed for i in identities])
+    with pytest.raises(ValueError, match="not a synthetic world"):
+        HiddenAttributes.of_world(fake_root)
+
+
+def test_the_benchmark_prints_every_row(measured, capsys):
+    bench = load_script("instrument_bench", REPO / "benchmarks" / "instrument.py")
+    text = bench.format_table(measured)
+    lines = text.splitlines()
+    for key, label in ROWS.items():
+        line = next(line for line in lines if line.startswith(label + " "))
+        cells = line[len(label):].split()
+        assert len(cells) == len(COLUMNS), line
+        row = measured["rows"][key]
+        for (k, _, _), cell in zip(COLUMNS, cells):
+            assert cell == ("—" if k not in row else f"{row[k]:.3f}"), (label, k)
+    assert "read-outs' R² on single test gallery faces" in text
+    assert "voice probe's R² of o on test utterances" in text
