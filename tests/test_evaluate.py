@@ -80,7 +80,11 @@ def test_ceiling_row_of_a_synthetic_world(world, pretrained, cgan, tmp_path):
     (synthetic / "manifest.json").write_text(json.dumps(manifest))
     r = evaluate(cgan, tmp_path / "eval", data=synthetic, judge=pretrained / "face.ckpt")
     assert r["rows"]["ceiling"] == {"match_1to2": 0.8, "match_1to2_gender": 0.7}
-    assert "| ceiling (synthetic world) | 0.800 | 0.700 |" in (tmp_path / "eval" / "metrics.md").read_text()
+    # its manifest's source regenerates another world than its identities: no attribute pass
+    assert not any(k.startswith("attribute_") for row in r["rows"].values() for k in row)
+    table = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "| ceiling (synthetic world) | 0.800 | 0.700 |" in table
+    assert "Attribute agreement" not in table
 
 
 def test_dimnet_is_evaluated_in_its_own_space(world, pretrained, runs, tmp_path):
@@ -310,3 +314,128 @@ def test_a_truncated_test_shard_says_what_evaluate_can_do(world, pretrained, cga
     assert str(path) in line and "truncated" in line
     assert "skip_corrupt" not in line and "voice2face synth" in line
     assert not (tmp_path / "eval").exists()
+
+
+# --- the judge's attribute read-outs on a synthetic world (issue 26) -------------------------
+
+@pytest.fixture(scope="module")
+def synthetic_gan(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny synthetic world with its judge and voice embedder trained a few steps (as in
+    test_instrument.py), and a GAN on that embedder trained two steps."""
+    from voice2face.constants import pretrained_dir
+    from voice2face.methods import PRETRAINED
+    from voice2face.synth.generate import generate_world
+    from voice2face.synth.world import PRESETS
+    from voice2face.training import export
+    root = tmp_path_factory.mktemp("attributes") / "world"
+    generate_world(root, PRESETS["tiny"], workers=1, progress=False)
+    for name in ("face", "voice"):
+        method, overrides = PRETRAINED[name]
+        final = train_quick(method, root, root.parent / "pretrain-runs", "trainer.max_steps=6",
+                            f"run.name={name}", *overrides)
+        export(final, pretrained_dir(root) / f"{name}.ckpt")
+    gan = train_quick("gan", root, root.parent / "runs", "trainer.max_steps=2", "run.name=gan",
+                      f"model.voice={pretrained_dir(root) / 'voice.ckpt'}")
+    return root, gan
+
+
+def test_attribute_agreement_on_a_synthetic_world(synthetic_gan, tmp_path, monkeypatch):
+    """The method's and the real faces' rows get the judge's attribute read-outs, equal to
+    ``bounds``' functions applied by hand to the same embeddings; chance and ceiling get
+    theirs; every other number is the one an evaluation without the attribute pass gives."""
+    import numpy as np
+    import torch
+
+    from datamodules import VoiceFaceDataModule
+    from voice2face.constants import default_judge
+    from voice2face.evaluation import bounds as B
+    from voice2face.evaluation import protocol as P
+    from voice2face.evaluation.instrument import HiddenAttributes, judge_pass
+    from voice2face.methods.base import data_info
+    from voice2face.methods.pretrained import load_judge
+
+    root, gan = synthetic_gan
+    passes = []  # the method's probes, kept by probe_pass, to score by hand
+
+    def probe_pass(*args, **kwargs):
+        passes.append(real_probe_pass(*args, **kwargs))
+        return passes[-1]
+    real_probe_pass = P.probe_pass
+    monkeypatch.setattr(P, "probe_pass", probe_pass)
+    judge = default_judge(root)
+    off = evaluate(gan, tmp_path / "off", root, judge, attributes=False, log=lambda *a: None)
+    r = evaluate(gan, tmp_path / "on", root, judge, log=lambda *a: None)
+    rows = r["rows"]
+    keys = set(P.ATTRIBUTE_KEYS)
+    for name in ("method", "real_faces"):
+        assert keys <= set(rows[name]), name
+        assert all(math.isfinite(rows[name][k]) for k in keys), rows[name]
+    assert "proposal_faces" not in rows  # a GAN has no proposals
+    # nothing else moved: the attribute pass off gives every other key and value
+    assert not any(k.startswith("attribute_") for row in off["rows"].values() for k in row)
+    assert {name: {k: v for k, v in row.items() if k not in keys}
+            for name, row in rows.items()} == off["rows"]
+    for key in ("counts", "extra", "not_computed"):
+        assert r[key] == off[key], key
+    saved = json.loads((tmp_path / "on" / "metrics.json").read_text())
+    assert saved["rows"] == rows
+
+    # by hand: the judge through the training gallery, the read-outs fitted to the true z
+    world = HiddenAttributes.of_world(root)
+    dm = VoiceFaceDataModule(root, eval_batch_size=64, num_workers=0)
+    net = load_judge(judge, data_info(dm)).eval()
+    train, test = judge_pass(net, dm, "train"), judge_pass(net, dm, "test")
+    readout = B.fit_readout(train["emb"], world.z[train["identity"]])
+
+    def by_hand(probe_emb, speaker, gallery):
+        probe_readout = readout.predict(probe_emb)
+        return {**B.attribute_matching(probe_readout, speaker, readout.predict(test["emb"][gallery]),
+                                       test["identity"][gallery], test["gender"][gallery],
+                                       world.sigma),
+                **B.attribute_agreement(probe_readout, world.z[speaker])}
+
+    half = P.halves(torch.as_tensor(test["identity"]), torch.as_tensor(test["index"])).numpy()
+    real = by_hand(test["emb"][half], test["identity"][half], ~half)
+    assert set(real) == keys
+    assert {k: rows["real_faces"][k] for k in keys} == pytest.approx(real, abs=1e-9)
+    every = np.ones(len(half), dtype=bool)
+
+    def method_by_hand(probes):
+        speaker = torch.cat(probes.speakers).numpy()
+        return by_hand(torch.cat(probes.queries["method"]).numpy(), speaker, every)
+
+    probes = passes[-1]
+    assert {k: rows["method"][k] for k in keys} == pytest.approx(method_by_hand(probes), abs=1e-9)
+    # a GAN of two steps draws one face whatever the voice: its matching is a tie (0.5), so
+    # the same check again with faces that tell the speakers apart, the speaker's own photo
+    # of the utterance as the "generated" face
+    generated = P.Subject.voices
+
+    def own_photo(self, batch, device):
+        _, _, proposal = generated(self, batch, device)
+        face = batch["face"].to(device)
+        return face, P.judge_faces(self.judge, face), proposal
+    monkeypatch.setattr(P.Subject, "voices", own_photo)
+    photo = evaluate(gan, tmp_path / "photo", root, judge, log=lambda *a: None)["rows"]["method"]
+    expected = method_by_hand(passes[-1])
+    assert {k: photo[k] for k in keys} == pytest.approx(expected, abs=1e-9)
+    assert photo["attribute_match_1to2"] > 0.55  # no tie: the by-hand check has teeth
+    assert {k: photo[k] for k in keys} != {k: rows["method"][k] for k in keys}
+
+    men = float(np.mean(torch.cat(probes.gender).numpy()))
+    assert {k: rows["chance"][k] for k in keys} == pytest.approx({
+        "attribute_match_1to2": 0.5, "attribute_match_1to2_gender": 0.5,
+        "attribute_gender_acc": max(men, 1 - men), "attribute_r2_age": 0.0,
+        "attribute_r2_size": 0.0})
+    ceilings = json.loads((root / "manifest.json").read_text())["ceilings"]
+    assert rows["ceiling"] == {**{k: ceilings[k] for k in ("match_1to2", "match_1to2_gender")},
+                               "attribute_match_1to2": ceilings["match_1to2"],
+                               "attribute_match_1to2_gender": ceilings["match_1to2_gender"]}
+    table = (tmp_path / "on" / "metrics.md").read_text()
+    assert "Attribute agreement" in table and "Attribute agreement" not in \
+        (tmp_path / "off" / "metrics.md").read_text()
+    line = next(l for l in table.splitlines()[table.splitlines().index(
+        next(l for l in table.splitlines() if l.startswith("Attribute agreement"))):]
+        if l.startswith(f"| {r['label']} |"))
+    assert line.split("|")[2].strip() == f"{rows['method']['attribute_match_1to2']:.3f}"
+    print(f"\nevaluation seconds: attributes off {off['seconds']}, on {r['seconds']}")

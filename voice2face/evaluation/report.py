@@ -18,6 +18,13 @@ TABLE_COLUMNS = [  # (key, header)
     ("identity_top1", "known top-1"), ("identity_top5", "known top-5"),
     ("frechet", "Fréchet (judge)"),
 ]
+# the judge's attribute read-outs (synthetic worlds): a second table, "attribute agreement"
+ATTRIBUTE_COLUMNS = [  # (key, header)
+    ("attribute_match_1to2", "1:2 (attributes)"),
+    ("attribute_match_1to2_gender", "1:2 same gender (attributes)"),
+    ("attribute_gender_acc", "gender acc"), ("attribute_r2_age", "R² age"),
+    ("attribute_r2_size", "R² size"),
+]
 
 
 def write_results(out: Path, results: dict[str, Any], grid: GridCollector
@@ -40,17 +47,17 @@ def markdown_table(results: dict[str, Any]) -> str:
               "proposal_faces": "proposal faces, unchanged (the voice ignored)",
               "real_faces": "real faces (judge, held-out photo)", "chance": "chance",
               "ceiling": "ceiling (synthetic world)"}
-    cols = [(k, h) for k, h in TABLE_COLUMNS if any(k in r for r in results["rows"].values())]
     lines = [f"Test split of `{results['data']}`: {results['counts']['test_utterances']} utterances "
              f"of {results['counts']['test_identities']} identities, "
              f"{results['counts']['test_gallery_images']} gallery images; known speakers: "
              f"{results['counts']['known_utterances']} utterances. Judge `{results['judge']}`, "
              f"seed {results['seed']}, checkpoint `{results['checkpoint']}`.", "",
-             "| | " + " | ".join(h for _, h in cols) + " |",
-             "|---|" + "---:|" * len(cols)]
-    for name, row in results["rows"].items():
-        cells = [f"{row[k]:.3f}" if k in row else "—" for k, _ in cols]
-        lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
+             *_table(results["rows"], TABLE_COLUMNS, labels)]
+    attributes = _table(results["rows"], ATTRIBUTE_COLUMNS, labels, every_row=False)
+    if attributes:
+        lines += ["", "Attribute agreement: the judge's read-outs of (gender, age, size), fitted "
+                  "on the training gallery, matched 1:2 through the world's Bayes rule and "
+                  "compared with the speakers' true attributes.", "", *attributes]
     if "proposal_similarity" in results:
         s = results["proposal_similarity"]
         lines += ["", f"Judge-space cosine of the generated face to its proposal face "
@@ -70,6 +77,22 @@ def markdown_table(results: dict[str, Any]) -> str:
               "real face to another identity's mean face. `metrics.json` holds every variant "
               "(L1/L2, image gallery, blocks of 100 identities).", ""]
     return "\n".join(lines)
+
+
+def _table(rows: dict[str, dict[str, float]], columns, labels: dict[str, str],
+           every_row: bool = True) -> list[str]:
+    """The Markdown lines of ``rows`` under the ``columns`` that some row has (none: []);
+    without ``every_row``, only the rows that have one of them."""
+    cols = [(k, h) for k, h in columns if any(k in r for r in rows.values())]
+    if not cols and not every_row:
+        return []
+    lines = ["| | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, row in rows.items():
+        if not every_row and not any(k in row for k, _ in cols):
+            continue
+        cells = [f"{row[k]:.3f}" if k in row else "—" for k, _ in cols]
+        lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _retrieval_sentence(results: dict[str, Any]) -> str | None:

@@ -21,11 +21,23 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
              judge: str | Path | None = None, *, batch_size: int = 64, num_workers: int = 0,
              seed: int = 0, device: str = "cpu", grid_identities: int = 8,
              grid_utterances: int = 4, parts: dict[str, str | Path] | None = None,
-             allow_other_data: bool = False, log=print) -> dict[str, Any]:
+             allow_other_data: bool = False, attributes: bool = True,
+             log=print) -> dict[str, Any]:
     """Evaluate a checkpoint on the test split; writes metrics.json, metrics.md, grid.png.
     ``parts``: ``{name: checkpoint}`` replacing the method's parts (``replace_part``).
     Data other than the checkpoint's (by its fingerprint) is a ``CheckpointError`` unless
-    ``allow_other_data``."""
+    ``allow_other_data``.
+
+    On a synthetic world, the faces the judge scores (not a method measured in its own
+    space) are also read by the judge's attribute read-outs (issue 26,
+    ``protocol.attribute_rows``): the method's, the real faces' and the unchanged proposals'
+    rows get ``protocol.ATTRIBUTE_KEYS`` (1:2 in attribute space through the world's Bayes
+    rule, unstratified and same gender; gender accuracy and R² of age and size against the
+    speakers' true z), the chance row their chance levels and the ceiling row the world's
+    ceiling as the attribute matching's. That pass comes after every other one and leaves
+    their numbers as they were. Data that is no synthetic world (real data: its gender-only
+    version is not here yet; a manifest that names a world other than its identity table's)
+    and ``attributes=False`` skip it: no attribute key at all."""
     import lightning as L
 
     from datamodules import VoiceFaceDataModule
@@ -71,6 +83,15 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     if ceilings:
         results["rows"]["ceiling"] = {k: float(v) for k, v in ceilings.items()
                                       if k.startswith("match_")}
+    world = P.hidden_attributes(data, dm.identities) if attributes and subject.judged else None
+    if world is not None:
+        for name, values in P.attribute_rows(subject, dm, world, gallery, probes,
+                                             device).items():
+            results["rows"][name].update(values)
+        results["rows"]["chance"].update(P.attribute_chance(P.stack(probes.gender)))
+        if "ceiling" in results["rows"]:
+            results["rows"]["ceiling"].update(
+                {f"attribute_{k}": v for k, v in list(results["rows"]["ceiling"].items())})
     if probes.similarity["to_speaker"]:
         results["proposal_similarity"] = {k: float(torch.cat(v).mean())
                                           for k, v in probes.similarity.items()}
