@@ -350,6 +350,7 @@ def test_attribute_agreement_on_a_synthetic_world(synthetic_gan, tmp_path, monke
     from voice2face.constants import default_judge
     from voice2face.evaluation import bounds as B
     from voice2face.evaluation import protocol as P
+    from voice2face.evaluation.attributes import ATTRIBUTE_KEYS
     from voice2face.evaluation.instrument import HiddenAttributes, judge_pass
     from voice2face.methods.base import data_info
     from voice2face.methods.pretrained import load_judge
@@ -366,7 +367,7 @@ def test_attribute_agreement_on_a_synthetic_world(synthetic_gan, tmp_path, monke
     off = evaluate(gan, tmp_path / "off", root, judge, attributes=False, log=lambda *a: None)
     r = evaluate(gan, tmp_path / "on", root, judge, log=lambda *a: None)
     rows = r["rows"]
-    keys = set(P.ATTRIBUTE_KEYS)
+    keys = set(ATTRIBUTE_KEYS)
     for name in ("method", "real_faces"):
         assert keys <= set(rows[name]), name
         assert all(math.isfinite(rows[name][k]) for k in keys), rows[name]

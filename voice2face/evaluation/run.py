@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from voice2face.constants import default_judge
+from voice2face.evaluation import attributes as A
 from voice2face.evaluation import protocol as P
 from voice2face.evaluation.chance import Split, chance_row, unrelated_cosine
 from voice2face.evaluation.report import log_evaluation, write_results
@@ -30,8 +31,8 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
 
     On a synthetic world, the faces the judge scores (not a method measured in its own
     space) are also read by the judge's attribute read-outs (issue 26,
-    ``protocol.attribute_rows``): the method's, the real faces' and the unchanged proposals'
-    rows get ``protocol.ATTRIBUTE_KEYS`` (1:2 in attribute space through the world's Bayes
+    ``attributes.attribute_rows``): the method's, the real faces' and the unchanged proposals'
+    rows get ``attributes.ATTRIBUTE_KEYS`` (1:2 in attribute space through the world's Bayes
     rule, unstratified and same gender; gender accuracy and R² of age and size against the
     speakers' true z), the chance row their chance levels and the ceiling row the world's
     ceiling as the attribute matching's. That pass comes after every other one and leaves
@@ -83,12 +84,12 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     if ceilings:
         results["rows"]["ceiling"] = {k: float(v) for k, v in ceilings.items()
                                       if k.startswith("match_")}
-    world = P.hidden_attributes(data, dm.identities) if attributes and subject.judged else None
+    world = A.hidden_attributes(data, dm.identities) if attributes and subject.judged else None
     if world is not None:
-        for name, values in P.attribute_rows(subject, dm, world, gallery, probes,
+        for name, values in A.attribute_rows(subject, dm, world, gallery, probes,
                                              device).items():
             results["rows"][name].update(values)
-        results["rows"]["chance"].update(P.attribute_chance(P.stack(probes.gender)))
+        results["rows"]["chance"].update(A.attribute_chance(P.stack(probes.gender)))
         if "ceiling" in results["rows"]:
             results["rows"]["ceiling"].update(
                 {f"attribute_{k}": v for k, v in list(results["rows"]["ceiling"].items())})
