@@ -29,6 +29,11 @@ Protocol (``voice2face.metrics`` states each metric's):
   better; the real-faces row compares the other half with it, which is what sampling alone
   leaves). The judge replaces Inception: no Inception weights are downloaded, and the judge
   was trained on what this data's faces vary in;
+* attribute agreement, on a synthetic world (``attributes``; Speech2Face compares the
+  attributes read from reconstructed and true faces): ridge read-outs of (gender, age, size)
+  from the judge's embedding of one face, fitted on the training gallery, applied to each
+  judged row's faces: gender accuracy and R² against the speakers' true attributes, and 1:2
+  matching in attribute space through the world's Bayes rule (``metrics.md``'s second table);
 * a method that embeds voices and faces itself (``Evaluation.OWN_SPACE``, e.g. ``dimnet``) is
   measured in its own space: its voice embedding is the probe, its face embedding makes the
   gallery, its own predictions (if it makes them) give gender and identity.
