@@ -76,3 +76,24 @@ def bench():
     """benchmarks/train_step.py, loaded as a module."""
     from helpers import REPO, load_script
     return load_script("train_step_bench", REPO / "benchmarks" / "train_step.py")
+
+
+@pytest.fixture(scope="session")
+def synthetic_world(tmp_path_factory) -> Path:
+    """A tiny synthetic world (its hidden attributes known) with its judge ``face.ckpt`` and a
+    ``voice.ckpt`` embedder, each trained a few steps: enough to measure with, not to judge."""
+    from helpers import train_quick
+
+    from voice2face.constants import pretrained_dir
+    from voice2face.methods import PRETRAINED
+    from voice2face.synth.generate import generate_world
+    from voice2face.synth.world import PRESETS
+    from voice2face.training import export
+    root = tmp_path_factory.mktemp("synthetic") / "world"
+    generate_world(root, PRESETS["tiny"], workers=1, progress=False)
+    for name in ("face", "voice"):
+        method, overrides = PRETRAINED[name]
+        final = train_quick(method, root, root.parent / "pretrain-runs", "trainer.max_steps=6",
+                            f"run.name={name}", *overrides)
+        export(final, pretrained_dir(root) / f"{name}.ckpt")
+    return root

@@ -319,21 +319,11 @@ def test_a_truncated_test_shard_says_what_evaluate_can_do(world, pretrained, cga
 # --- the judge's attribute read-outs on a synthetic world (issue 26) -------------------------
 
 @pytest.fixture(scope="module")
-def synthetic_gan(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny synthetic world with its judge and voice embedder trained a few steps (as in
-    test_instrument.py), and a GAN on that embedder trained two steps."""
+def synthetic_gan(synthetic_world) -> tuple[Path, Path]:
+    """The tiny synthetic world with its judge and voice embedder (conftest), and a GAN on
+    that embedder trained two steps."""
     from voice2face.constants import pretrained_dir
-    from voice2face.methods import PRETRAINED
-    from voice2face.synth.generate import generate_world
-    from voice2face.synth.world import PRESETS
-    from voice2face.training import export
-    root = tmp_path_factory.mktemp("attributes") / "world"
-    generate_world(root, PRESETS["tiny"], workers=1, progress=False)
-    for name in ("face", "voice"):
-        method, overrides = PRETRAINED[name]
-        final = train_quick(method, root, root.parent / "pretrain-runs", "trainer.max_steps=6",
-                            f"run.name={name}", *overrides)
-        export(final, pretrained_dir(root) / f"{name}.ckpt")
+    root = synthetic_world
     gan = train_quick("gan", root, root.parent / "runs", "trainer.max_steps=2", "run.name=gan",
                       f"model.voice={pretrained_dir(root) / 'voice.ckpt'}")
     return root, gan

@@ -16,25 +16,13 @@ import pytest
 from helpers import REPO, load_script, train_quick
 from voice2face.constants import default_judge, pretrained_dir
 from voice2face.evaluation.instrument import COLUMNS, ROWS, HiddenAttributes, measure
-from voice2face.methods import PRETRAINED
 from voice2face.synth.audit import load_world
-from voice2face.synth.generate import generate_world
-from voice2face.synth.world import PRESETS
-from voice2face.training import export
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A tiny synthetic world with its judge ``face.ckpt`` and a ``voice.ckpt`` embedder, each
-    trained a few steps (a judge that sees little: the instrument is measured, not judged)."""
-    root = tmp_path_factory.mktemp("instrument") / "world"
-    generate_world(root, PRESETS["tiny"], workers=1, progress=False)
-    for name in ("face", "voice"):
-        method, overrides = PRETRAINED[name]
-        final = train_quick(method, root, root.parent / "pretrain-runs", "trainer.max_steps=6",
-                            f"run.name={name}", *overrides)
-        export(final, pretrained_dir(root) / f"{name}.ckpt")
-    return root
+def tiny(synthetic_world) -> Path:
+    """The tiny synthetic world with its judge and voice embedder (conftest)."""
+    return synthetic_world
 
 
 @pytest.fixture(scope="module")
