@@ -22,17 +22,17 @@ ATTRIBUTE_KEYS = ("attribute_match_1to2", "attribute_match_1to2_gender", "attrib
 def hidden_attributes(data, identities: list[dict[str, Any]]):
     """The synthetic world's hidden attributes (``instrument.HiddenAttributes``) of the data
     in ``data`` whose identity table is ``identities`` (the datamodule's), or None for data
-    that is no synthetic world: ``of_world`` raises, or the world that the manifest's
-    ``source`` regenerates is not the one of the identity table (its names by index)."""
+    that is no synthetic world: ``load_world`` raises, or the world that the manifest's
+    ``source`` regenerates is not the one of the identity table (its names by index). The
+    world is regenerated once."""
     try:
-        _, _, regenerated = load_world(data)
-        world = HiddenAttributes.of_world(data)
+        _, config, regenerated = load_world(data)
     except (ValueError, KeyError, TypeError):
         return None
     names = {i.index: i.name for i in regenerated}
     if any(names.get(i["index"]) != i["name"] for i in identities):
         return None
-    return world
+    return HiddenAttributes.of_identities(config, regenerated)
 
 
 def attribute_rows(subject: Subject, dm, world, gallery: Gallery, probes: Probes, device

@@ -88,6 +88,11 @@ class HiddenAttributes:
         """Regenerated from the manifest's ``source`` (``audit.load_world``); a
         ``ValueError`` for data that is not a synthetic world."""
         _, config, identities = load_world(root)
+        return cls.of_identities(config, identities)
+
+    @classmethod
+    def of_identities(cls, config, identities) -> "HiddenAttributes":
+        """From a world's config and its regenerated identity table (``load_world``'s)."""
         return cls(np.stack([i.shared for i in identities]),
                    np.array([i.voice.observed for i in identities]),
                    np.asarray(config.voice_noise, float))
