@@ -109,3 +109,50 @@ def test_the_benchmark_prints_every_row(measured, capsys):
             assert cell == ("—" if k not in row else f"{row[k]:.3f}"), (label, k)
     assert "read-outs' R² on single test gallery faces" in text
     assert "voice probe's R² of o on test utterances" in text
+
+
+def test_the_judge_regresses_a_synthetic_worlds_hidden_attributes(tiny, fake_root):
+    """On a synthetic world the judge gains a head regressing z from its embedding, trained
+    with the identity and gender heads (the loss against a hand computation); on other data
+    it has none."""
+    import torch
+    import torch.nn.functional as F
+
+    from datamodules import VoiceFaceDataModule
+    from helpers import quick_config
+    from voice2face.losses import covariate_loss
+    from voice2face.methods.base import data_info
+    from voice2face.methods.face import FaceModule
+    from voice2face.methods.pretrained import load_judge
+
+    dm = VoiceFaceDataModule(tiny)
+    z = HiddenAttributes.of_world(tiny).z
+    judge = load_judge(default_judge(tiny), data_info(dm))
+    faces = torch.rand(5, 3, dm.face_size, dm.face_size) * 2 - 1
+    assert judge.eval()(faces)["attributes"].shape == (5, 3)
+
+    cfg = quick_config("face", tiny, tiny.parent / "unused", "model.attribute_weight=0.5")
+    module = FaceModule(cfg, data_info(dm))
+    np.testing.assert_array_equal(module.world_z.numpy(), z.astype(np.float32))
+    train = [i["index"] for i in dm.identities if i["split"] == "train"][:3]
+    batch = {"faces": torch.rand(3, 2, 3, dm.face_size, dm.face_size) * 2 - 1,
+             "label": torch.tensor([0, 1, 2]), "gender": torch.tensor([1.0, 0.0, 1.0]),
+             "identity": torch.tensor(train)}
+    module.log = lambda *args, **kwargs: None
+    torch.manual_seed(0)
+    loss = module.training_step(batch, 0)
+    out = module.encoder(batch["faces"].flatten(0, 1))
+    labels = batch["label"].repeat_interleave(2)
+    wanted = (covariate_loss(out, labels, batch["gender"].repeat_interleave(2), 1.0)
+              + 0.5 * ((out["attributes"] - torch.as_tensor(z[np.repeat(train, 2)]).float())
+                       ** 2).mean())
+    assert torch.allclose(loss, wanted, atol=1e-5)
+
+    plain = FaceModule(quick_config("face", fake_root, tiny.parent / "unused"),
+                       data_info(VoiceFaceDataModule(fake_root)))
+    off = FaceModule(quick_config("face", tiny, tiny.parent / "unused",
+                                  "model.attribute_weight=0"), data_info(dm))
+    for module in (plain, off):
+        size = module.encoder_config["face_size"]
+        assert module.encoder.attributes is None and module.world_z is None
+        assert "attributes" not in module.encoder(torch.rand(2, 3, size, size))

@@ -513,3 +513,40 @@ def test_a_full_disk_during_synth_is_one_line_and_the_rerun_finishes(tmp_path, m
     assert cli.main(["--preset", "tiny", "--out", str(out), "--quiet", "--workers", "0"]) == 0
     read_manifest(out)
     assert not list((out / "shards").glob("*.tmp"))
+
+
+def head_layers(size_or_age: str, values, draws: int = 12):
+    """Counterfactual heads: the same private traits and the same photo (expression, pose)
+    drawn with only ``size_or_age`` changed; the head layer's alpha and RGB, ``[V, D, H, W]``."""
+    from voice2face.synth.faces import SUPERSAMPLE, _draw_head
+    from voice2face.synth.world import AGE_MEAN, face_traits
+
+    out = []
+    for v in values:
+        row = []
+        for d in range(draws):
+            gender = "mf"[d % 2]
+            age, size = (AGE_MEAN, v) if size_or_age == "size" else (v, 0.0)
+            traits = face_traits(gender, age, size, "anglo", np.random.default_rng(d))
+            row.append(np.asarray(_draw_head(traits, gender, SUPERSAMPLE * 64,
+                                             np.random.default_rng(100 + d)), float))
+        out.append(row)
+    return np.array(out)
+
+
+def test_faces_show_size_above_the_photos_scale_jitter():
+    # one unit of size grows the head (its drawn area above the eyes, which the shoulders and
+    # the canvas's edge do not reach) by more than the photo's scale jitter can (at most 3 %
+    # either way: an area ratio of (1.03 / 0.97)^2 = 1.13)
+    drawn = head_layers("size", [-1.0, 0.0, 1.0])[..., 3] > 0
+    area = drawn[..., : int(0.47 * drawn.shape[-1]), :].sum(axis=(2, 3))
+    assert (area[1] / area[0]).min() > 1.15 and (area[2] / area[1]).min() > 1.15
+
+
+def test_faces_show_age_at_every_age():
+    # the face's drawn age cues (wrinkles, eye bags, grey hair) change it more with every 15
+    # years, from 20 to 80, not only in old age
+    heads = head_layers("age", [20.0, 35.0, 50.0, 65.0, 80.0])[..., :3]
+    steps = np.abs(np.diff(heads, axis=0)).mean(axis=(2, 3, 4))   # [4, draws]
+    assert steps.min() > 0.5
+    assert steps[0].mean() > 0.5 * steps[-1].mean()

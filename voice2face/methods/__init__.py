@@ -86,8 +86,9 @@ _SPECS = [  # results rows and the README's table list them in this order
                "and gender classifiers, measured in its own space"),
     MethodSpec("voice", VoiceModule, "speaker-recognition voice embedder (Wen et al. 2019, "
                "Table 2), identity cross-entropy"),
-    MethodSpec("face", FaceModule, "face-identity encoder with identity and gender heads: the "
-               "evaluation **judge**"),
+    MethodSpec("face", FaceModule, "face-identity encoder with identity and gender heads (and, "
+               "on a synthetic world, a head regressing its hidden attributes): the evaluation "
+               "**judge**"),
     MethodSpec("face_decoder", FaceDecoderModule, "renders a face-identity network's feature as "
                "a face (the regression's decoder)", checked_against_judge=True),
 ]
@@ -97,12 +98,13 @@ METHODS: dict[str, type[MethodModule]] = {s.name: s.cls for s in _SPECS}
 # The pretrained nets make builds into DATA/pretrained/: file stem -> (method, overrides) of the
 # run that makes it. face-target is the regression's target: trained like the judge but from
 # another seed, so that it is not the network that measures it (the methods refuse the
-# judge's weights as a target).
+# judge's weights as a target), and for identity and gender only: a world's hidden attributes
+# are the instrument's, and real data has no such labels.
 PRETRAINED: dict[str, tuple[str, tuple[str, ...]]] = {
     "voice": ("voice", ()),
     "dimnet": ("dimnet", ()),
     "face": ("face", ()),
-    "face-target": ("face", ("seed=1",)),
+    "face-target": ("face", ("seed=1", "model.attribute_weight=0")),
     "decoder": ("face_decoder", ()),
 }
 

@@ -5,6 +5,12 @@ the **judge** of evaluation: the embedding for matching and recall, the identity
 top-k on known speakers, the gender head for the gender of generated faces. A judge is never
 a training signal of what it judges (the GAN trains its own critic).
 
+On a synthetic world, whose manifest regenerates every identity's hidden attributes
+``z = (gender, age, size)``, ``model.attribute_weight > 0`` adds a linear head regressing z
+from the embedding (mean squared error), so that the embedding carries what a voice can
+reveal and the evaluation's attribute read-outs see it; on other data (no z) the head is
+absent. ``val/attribute_r2_<name>`` is its R² on the validation faces.
+
 Every face of a training sample is used (``faces``: K per utterance). Validation:
 identification of the unseen validation identities by their own gallery images
 (``val/recall@K``) and the gender accuracy on them (``val/gender_acc``).
@@ -14,12 +20,26 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy
+from torchmetrics.regression import R2Score
 
 from voice2face.losses import covariate_loss, top1_accuracy
 from voice2face.methods.base import Evaluation, MethodModule
 from voice2face.methods.common import SplitHalfRecall, adam
 from voice2face.nets import FaceEncoder
+from voice2face.synth.audit import ATTRIBUTES, load_world
+
+
+def world_attributes(data: dict) -> torch.Tensor | None:
+    """``[identities, 3]``: the hidden z of every identity of a synthetic world by identity
+    index (regenerated from the manifest), or None for data that is not one."""
+    if data.get("kind") != "synthetic":
+        return None
+    _, _, identities = load_world(data["root"])
+    return torch.as_tensor(np.stack([i.shared for i in identities]), dtype=torch.float32)
 
 
 class FaceModule(MethodModule):
@@ -31,12 +51,17 @@ class FaceModule(MethodModule):
     def __init__(self, cfg, data):
         super().__init__(cfg, data)
         m = cfg["model"]
+        z = world_attributes(data) if m.get("attribute_weight", 0) > 0 else None
         self.encoder_config = {"face_size": data["face_size"],
                                "num_classes": data["num_train_identities"], "dim": m["dim"],
-                               "width": m["width"], "norm": "batch", "scale": m["scale"]}
+                               "width": m["width"], "norm": "batch", "scale": m["scale"],
+                               "attributes": 0 if z is None else z.shape[1]}
         self.encoder = FaceEncoder(**self.encoder_config)
+        # not in the checkpoint: regenerated from the data on every construction
+        self.register_buffer("world_z", z, persistent=False)
         self.val_recall = SplitHalfRecall("val")
         self.val_gender = BinaryAccuracy()
+        self.val_attributes = R2Score(multioutput="raw_values") if z is not None else None
 
     def exported_nets(self):
         """``encoder``: the judge (``load_judge``); ``trunk``: its trunk alone, the target
@@ -51,6 +76,11 @@ class FaceModule(MethodModule):
         labels, gender = batch["label"].repeat_interleave(k), batch["gender"].repeat_interleave(k)
         out = self.encoder(faces)
         loss = covariate_loss(out, labels, gender, self.cfg["model"]["gender_weight"])
+        if self.world_z is not None:
+            z = self.world_z[batch["identity"].repeat_interleave(k)]
+            attribute_loss = F.mse_loss(out["attributes"].float(), z)
+            loss = loss + self.cfg["model"]["attribute_weight"] * attribute_loss
+            self.log("train/attribute_loss", attribute_loss, batch_size=len(labels))
         # only the loss on the progress bar, which reads its values every step
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         self.log("train/acc", top1_accuracy(out["identity"], labels), batch_size=len(labels))
@@ -62,13 +92,22 @@ class FaceModule(MethodModule):
         out = self.encoder(batch["face"])
         self.val_recall.update(out["embedding"], batch["identity"], batch["index"])
         self.val_gender.update(out["gender"].sigmoid(), batch["gender"])
+        if self.val_attributes is not None:
+            self.val_attributes.update(out["attributes"].float(),
+                                       self.world_z[batch["identity"]])
 
     def on_validation_epoch_end(self):
+        metrics = [self.val_recall, self.val_gender] + [self.val_attributes] * (
+            self.val_attributes is not None)
         if self.trainer.sanity_checking:
-            self.val_recall.reset()
-            self.val_gender.reset()
+            for metric in metrics:
+                metric.reset()
             return
         self.log("val/gender_acc", self.val_gender)
+        if self.val_attributes is not None:
+            r2 = self.val_attributes.compute()
+            self.val_attributes.reset()
+            self.log_dict({f"val/attribute_r2_{n}": v for n, v in zip(ATTRIBUTES, r2)})
         try:
             self.log_dict(self.val_recall.compute())
         except ValueError as e:

@@ -50,21 +50,27 @@ class FaceTrunk(nn.Module):
 
 
 class FaceEncoder(nn.Module):
-    """Face -> unit embedding with identity and gender heads (a face-identity network).
+    """Face -> unit embedding with identity and gender heads (a face-identity network), and
+    optionally a linear ``attributes`` head: the shared attributes of a synthetic world
+    (gender ±1, standardised age, size) regressed from the embedding.
 
     ``forward`` returns ``{"embedding": [B, dim] unit, "identity": [B, classes] logits,
-    "gender": [B] logit of male}``.
+    "gender": [B] logit of male}``, plus ``"attributes": [B, attributes]`` with the head.
     """
 
     def __init__(self, face_size: int, num_classes: int, dim: int = 64, width: float = 1.0,
-                 norm: str = "batch", scale: float = 16.0):
+                 norm: str = "batch", scale: float = 16.0, attributes: int = 0):
         super().__init__()
         self.trunk = FaceTrunk(face_size, dim, width, norm)
         self.heads = CovariateHeads(dim, num_classes, scale)
+        self.attributes = nn.Linear(dim, attributes) if attributes else None
 
     def embed(self, face: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.trunk(face), dim=-1)
 
     def forward(self, face: torch.Tensor) -> dict[str, torch.Tensor]:
         embedding = self.embed(face)
-        return {"embedding": embedding, **self.heads(embedding)}
+        out = {"embedding": embedding, **self.heads(embedding)}
+        if self.attributes is not None:
+            out["attributes"] = self.attributes(embedding)
+        return out

@@ -137,6 +137,7 @@ class VoiceTraits:
 class FaceTraits:
     """Identity-level face parameters; coordinates are fractions of the head height."""
 
+    scale: float            # head size in the frame: grows with size
     width: float            # face width / height: grows with size, wider for men
     jaw: float              # jaw width relative to cheeks
     squareness: float       # superellipse exponent of the lower face (men squarer)
@@ -155,7 +156,7 @@ class FaceTraits:
     mouth_width: float
     lips: float             # lip thickness
     lip_colour: tuple[int, int, int]
-    wrinkles: float         # 0..1, age
+    wrinkles: float         # 0..1, age: wrinkle contrast and width, eye bags, sagging
     glasses: bool
     ear_size: float
 
@@ -246,22 +247,30 @@ def _skin_colour(tone: float, rng: np.random.Generator) -> tuple[int, int, int]:
 
 def face_traits(gender: str, age: float, size: float, culture: str,
                 rng: np.random.Generator) -> FaceTraits:
-    """Face parameters: geometry from gender and size, age cues from age, the rest private."""
+    """Face parameters: geometry from gender and size, age cues from age, the rest private.
+
+    What the face shows of ``z`` is large against what changes from photo to photo
+    (``faces.render_face``: scale within 3 %, roll, shift, light): one unit of size makes
+    the head 7 % taller and its width-to-height ratio 0.07 larger (about 10 %); age is the
+    wrinkles' contrast and width and the hair's greying, each linear in years over the
+    whole range, plus a receding hairline (men), smaller eyes and thinner lips.
+    """
     m = gender == "m"
     a = (age - AGE_MEAN) / AGE_SD
-    old = 1.0 / (1.0 + math.exp(-(age - 52.0) / 7.0))   # 0 young .. 1 old
+    t = (age - AGE_RANGE[0]) / (AGE_RANGE[1] - AGE_RANGE[0])   # 0 youngest .. 1 oldest
     style = str(rng.choice(HAIR_STYLES[gender], p=_STYLE_P[gender]))
     hair = _HAIR[str(rng.choice(list(_HAIR), p=_HAIR_P[culture]))]
     hair = tuple(int(np.clip(c * rng.uniform(0.85, 1.15), 0, 255)) for c in hair)
     return FaceTraits(
-        width=0.74 + (0.03 if m else -0.03) + 0.035 * size,   # exact: the face shows its size
+        scale=1.0 + 0.07 * size,                               # exact: the head shows its size
+        width=0.74 + (0.03 if m else -0.03) + 0.07 * size,     # exact: and so does its shape
         jaw=(0.86 if m else 0.74) + 0.04 * size + 0.02 * a + rng.normal(0, 0.02),
         squareness=(2.9 if m else 2.2) + 0.15 * size + rng.normal(0, 0.1),
         skin=_skin_colour(float(rng.beta(*_SKIN[culture])), rng),
         hair=hair,
-        grey=float(np.clip(old * rng.uniform(0.6, 1.0), 0, 1)),
+        grey=float(np.clip(1.25 * t - 0.2 + rng.uniform(-0.08, 0.08), 0, 1)),
         hair_style=style,
-        hairline=float(np.clip((old * rng.uniform(0.2, 1.2)) if m else 0.0, 0, 1)),
+        hairline=float(np.clip((t * rng.uniform(0.3, 1.3)) if m else 0.0, 0, 1)),
         beard=float(rng.uniform(0.3, 1.0)) if m and rng.random() < 0.3 else 0.0,
         brow=(0.030 if m else 0.017) * rng.uniform(0.8, 1.25),
         eye_size=(0.050 if m else 0.056) * rng.uniform(0.85, 1.15) * (1 - 0.05 * a),
@@ -273,7 +282,7 @@ def face_traits(gender: str, age: float, size: float, culture: str,
         lips=(0.022 if m else 0.032) * (1 - 0.15 * a) * rng.uniform(0.8, 1.2),
         lip_colour=(178, 92, 88) if m else tuple(int(c) for c in rng.choice(
             [(196, 70, 80), (170, 80, 90), (205, 110, 110), (150, 60, 70)])),
-        wrinkles=(age - AGE_RANGE[0]) / (AGE_RANGE[1] - AGE_RANGE[0]),   # exact: shows the age
+        wrinkles=t,                                            # exact: the face shows its age
         glasses=bool(rng.random() < 0.15),
         ear_size=(0.13 if m else 0.12) * (1 + 0.05 * a) * rng.uniform(0.9, 1.1),
     )
