@@ -49,7 +49,8 @@ UV_PIP := VIRTUAL_ENV=$(VENV) $(UV) pip
 
 # Exactly the locked set (uv, itself locked, installs it four times faster than pip), then
 # the package without resolving anything; then a check that torch and torchaudio are the
-# locked pair and that their compiled parts load.
+# locked pair and that their compiled parts load; last, the registry's make variables, so that
+# the first make after the install does not pay a Python start for them.
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $$(grep '^uv==' $(LOCK))
@@ -57,6 +58,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(UV_PIP) install --quiet --no-deps --no-build-isolation -e .
 	$(UV_PIP) check --quiet
 	$(BIN)/python -m voice2face.environment
+	$(BIN)/python -m voice2face.registry make > $(REGISTRY).tmp && mv $(REGISTRY).tmp $(REGISTRY)
 	touch $@
 
 install: $(STAMP) ## create .venv with exactly the packages of requirements.lock

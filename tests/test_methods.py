@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -209,6 +210,59 @@ def test_gan_face_term_pulls_generated_faces_to_the_speakers(world, pretrained, 
     assert after < 0.5 * before and after < 0.5 * blind  # it draws each speaker's face
     assert "train/loss_face" in trainer.logged_metrics
     assert load_config("gan", ["profile=paper"]).model.face_weight == 0  # not in the paper
+
+
+def test_gan_feature_term_pulls_the_targets_features_to_the_speakers(world, pretrained,
+                                                                    tmp_path):
+    """The feature term: the cosine distance of the frozen target network's features of the
+    generated and the real face (against a hand computation), which training lowers while the
+    target stays as loaded; the judge is refused as the target; a checkpoint rebuilds its
+    target without the target's file."""
+    import lightning as L
+    import torch.nn.functional as F
+    target = tmp_path / "target-copy.ckpt"
+    shutil.copy(pretrained / "face-target.ckpt", target)
+    cfg = quick_config("gan", world, tmp_path, "model.width=0.25", "optim.lr=1e-3",
+                       "model.cache_voice=false", "model.face_weight=0", "model.feature_weight=1",
+                       f"model.target={target}", "model.identity_weight=0",
+                       "model.gender_weight=0", f"eval.judge={pretrained / 'face.ckpt'}")
+    dm = VoiceFaceDataModule(world, batch_size=6, num_workers=0, crop_seconds=0.3)
+    gan = METHODS["gan"](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+    batch = fixed_batch(world)
+    gan.voice = KnownVoices(batch)
+    frozen = {k: v.clone() for k, v in gan.target.state_dict().items()}
+
+    def feature_distance():
+        with torch.no_grad():
+            fake = gan.generator(gan.voice(batch["mel"], batch["mel_lengths"]))
+            loss = float(gan.feature_loss(fake, batch["face"]))
+            a, b = gan.target(fake), gan.target(batch["face"])
+            by_hand = np.mean([1 - float(F.cosine_similarity(a[i], b[i], dim=0))
+                               for i in range(len(a))])
+        assert loss == pytest.approx(by_hand, abs=1e-5)
+        return loss
+
+    before = feature_distance()
+    trainer = L.Trainer(max_steps=2 * 40, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(gan, DataLoader(Repeat(batch, 40), batch_size=None))
+    assert feature_distance() < 0.5 * before
+    assert "train/loss_feature" in trainer.logged_metrics
+    assert all(torch.equal(v, frozen[k]) for k, v in gan.target.state_dict().items())
+    assert not gan.target.training
+
+    with pytest.raises(CheckpointError, match="judge"):
+        METHODS["gan"](OmegaConf.to_container(quick_config(
+            "gan", world, tmp_path, "model.feature_weight=1",
+            f"model.target={pretrained / 'face.ckpt'}", f"eval.judge={pretrained / 'face.ckpt'}"),
+            resolve=True), data_info(dm))
+    final = train_quick("gan", world, tmp_path, "trainer.max_steps=2", "model.feature_weight=1",
+                        f"model.target={target}", "trainer.val_check_interval=100")
+    target.unlink()
+    loaded = load_method(final, expect="gan")
+    assert loaded.target is not None and torch.equal(
+        loaded.target.state_dict()["net.0.weight"], frozen["net.0.weight"])
 
 
 def test_gan_checkpoint_needs_no_voice_checkpoint(world, pretrained, tmp_path):

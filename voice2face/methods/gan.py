@@ -23,6 +23,13 @@ stays at ln 924), and without this term the generator draws noise; with it (weig
 pix2pix's) faces of the speaker's gender appear within 400 steps. The ``paper`` profile
 keeps it at 0.
 
+``model.feature_weight > 0`` adds a term in a face network's feature space: the cosine
+distance between the features of the generated face and of the speaker's real face under a
+frozen ``face`` network (``model.target``, the regression's ``face-target.ckpt``, never the
+judge: ``load_target`` refuses the judge's weights). Pixels are mostly per-photo nuisance
+(pose, light, background); a face network's feature keeps what stays the same across an
+identity's photos, which is where the attributes a voice reveals show.
+
 ``model.conditional: true`` is the conditional GAN (Mirza & Osindero 2014, as in "Deep Face
 Gen"): noise z (``model.noise_dim``) is concatenated to the embedding and the discriminator
 is a projection discriminator on the embedding. ``experiments/cgan.yaml`` sets it.
@@ -55,25 +62,39 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from voice2face.losses import (discriminator_loss, gender_loss, generator_loss, identity_loss,
                                image_l1_loss, top1_accuracy)
 from voice2face.methods.base import Voices
 from voice2face.methods.generator import AdversarialModule
-from voice2face.nets import FaceCritic, FaceGenerator, perturb_embedding
+from voice2face.methods.pretrained import freeze, load_target
+from voice2face.nets import FaceCritic, FaceGenerator, FaceTrunk, perturb_embedding
 
 
 class GanModule(AdversarialModule):
     """Voice embedder (frozen) -> ``FaceGenerator``; ``FaceCritic`` = discriminator + classifier.
 
     ``voice_net`` is filled in from the voice checkpoint on the first construction and saved
-    with the hyperparameters, so a GAN checkpoint rebuilds without the voice checkpoint.
+    with the hyperparameters, so a GAN checkpoint rebuilds without the voice checkpoint;
+    ``target_net`` likewise for the feature term's frozen ``FaceTrunk`` (``self.target``,
+    None without the term).
     """
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
-                 voice_net: dict[str, Any] | None = None):
+                 voice_net: dict[str, Any] | None = None,
+                 target_net: dict[str, Any] | None = None):
         super().__init__(cfg, data, voice_net)
         m = cfg["model"]
+        self.target: FaceTrunk | None = None
+        if target_net is not None:  # rebuilding from this module's own checkpoint
+            self.target = freeze(FaceTrunk(**target_net))
+        elif m["feature_weight"] > 0:
+            if not m["target"]:
+                raise ValueError("gan: model.feature_weight > 0 needs model.target, a `face` "
+                                 "checkpoint other than the judge (face-target.ckpt)")
+            self.target, target_net = load_target(m["target"], data, cfg["eval"]["judge"])
+        self.hparams["target_net"] = target_net
         self.conditional = bool(m["conditional"])
         dim = self.voice.config["dim"]
         self.generator = FaceGenerator(dim, data["face_size"], m["width"],
@@ -134,6 +155,9 @@ class GanModule(AdversarialModule):
             if m["face_weight"]:
                 logs["train/loss_face"] = image_l1_loss(fake, real)
                 loss = loss + m["face_weight"] * logs["train/loss_face"]
+            if self.target is not None:
+                logs["train/loss_feature"] = self.feature_loss(fake, real)
+                loss = loss + m["feature_weight"] * logs["train/loss_feature"]
             self._update(opt_g, loss)
 
         # only the generator's loss on the progress bar, which reads its values every step
@@ -152,3 +176,15 @@ class GanModule(AdversarialModule):
         logs[f"train/loss_gender_{which}"] = gender_loss(out["gender"][:n], gender)
         return self.gender_weight * logs[f"train/loss_gender_{which}"]
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.target is not None:
+            self.target.eval()  # pretrained BatchNorm statistics stay as they are
+        return self
+
+    def feature_loss(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Mean cosine distance between the target network's features of the generated faces
+        and of their speakers' real faces (constants: the target is frozen)."""
+        with torch.no_grad():
+            wanted = F.normalize(self.target(real).float(), dim=-1)
+        return (1 - (F.normalize(self.target(fake).float(), dim=-1) * wanted).sum(-1)).mean()

@@ -146,6 +146,7 @@ def load_target(path: str | Path, data: dict[str, Any], judge: str | Path | None
     """
     checkpoint = read_source(path, (FACE_SOURCE,), f"a face-identity network (method 'face', "
                                                    f"made by `voice2face train face seed=1 "
+                                                   f"model.attribute_weight=0 "
                                                    f"--export {path}`)")
     check_same_data(path, checkpoint["voice2face"].get("data", {}), data, "the target network was")
     if judge is not None and Path(judge).is_file():
@@ -153,7 +154,8 @@ def load_target(path: str | Path, data: dict[str, Any], judge: str | Path | None
             raise CheckpointError(
                 f"{path}: the target network has the judge's weights ({judge}); features "
                 f"regressed onto the judge would be measured by it: train another face network "
-                f"with `voice2face train face seed=1 --export {path}`")
+                f"with `voice2face train face seed=1 model.attribute_weight=0 "
+                f"--export {path}`")
     return exported_net(path, checkpoint, "trunk"), dict(checkpoint["nets"]["trunk"]["config"])
 
 
