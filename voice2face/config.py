@@ -34,7 +34,7 @@ class ConfigError(UserError, ValueError):
 DECLARED_TYPES: dict[str, type] = {
     "run.name": str, "run.resume": str, "logger.entity": str,
     "trainer.gradient_clip_val": float, "optim.clip_grad": float, "trainer.devices": Any,
-    "model.hidden": int, "model.eval_max_seconds": float,
+    "model.hidden": int, "model.eval_max_seconds": float, "model.target": str,
 }
 
 # The range of every numeric key that has one, checked after the merge: (lowest, whether the
