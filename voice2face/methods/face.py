@@ -97,11 +97,10 @@ class FaceModule(MethodModule):
                                        self.world_z[batch["identity"]])
 
     def on_validation_epoch_end(self):
-        metrics = [self.val_recall, self.val_gender] + [self.val_attributes] * (
-            self.val_attributes is not None)
         if self.trainer.sanity_checking:
-            for metric in metrics:
-                metric.reset()
+            for metric in (self.val_recall, self.val_gender, self.val_attributes):
+                if metric is not None:
+                    metric.reset()
             return
         self.log("val/gender_acc", self.val_gender)
         if self.val_attributes is not None:
