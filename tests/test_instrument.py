@@ -131,7 +131,8 @@ def test_the_judge_regresses_a_synthetic_worlds_hidden_attributes(tiny, fake_roo
     faces = torch.rand(5, 3, dm.face_size, dm.face_size) * 2 - 1
     assert judge.eval()(faces)["attributes"].shape == (5, 3)
 
-    cfg = quick_config("face", tiny, tiny.parent / "unused", "model.attribute_weight=0.5")
+    cfg = quick_config("face", tiny, tiny.parent / "unused", "model.attribute_weight=0.5",
+                       "model.augment=0")
     module = FaceModule(cfg, data_info(dm))
     np.testing.assert_array_equal(module.world_z.numpy(), z.astype(np.float32))
     train = [i["index"] for i in dm.identities if i["split"] == "train"][:3]
@@ -156,3 +157,37 @@ def test_the_judge_regresses_a_synthetic_worlds_hidden_attributes(tiny, fake_roo
         size = module.encoder_config["face_size"]
         assert module.encoder.attributes is None and module.world_z is None
         assert "attributes" not in module.encoder(torch.rand(2, 3, size, size))
+
+
+def test_the_judges_augmentation_mirrors_and_moves_photos_but_never_scales_them():
+    """``face.augment``: each photo is itself or its mirror image, moved by at most the
+    shift, with the distances inside it kept (a head's size against the frame is the
+    world's size); unshifted, about half are mirrored, and nothing else changes."""
+    import torch
+
+    from voice2face.methods.face import augment
+
+    size, n = 64, 400
+    faces = torch.zeros(n, 3, size, size)
+    faces[:, :, 20, 10] = 1.0          # two dots 30 pixels apart, left of centre
+    faces[:, :, 20, 40] = 1.0
+    torch.manual_seed(0)
+    still = augment(faces, 0.0)
+    mirrored = torch.tensor([torch.allclose(s, f.flip(-1), atol=1e-5)
+                             for s, f in zip(still, faces)])
+    assert all(torch.allclose(s, f, atol=1e-5) or m for s, f, m in zip(still, faces, mirrored))
+    assert 0.4 < mirrored.float().mean() < 0.6
+
+    moved = augment(faces, 0.06)[:, 0]                   # one channel: [n, size, size]
+    xs = torch.arange(size, dtype=torch.float32)
+    half = size // 2                    # one dot on each side, mirrored or not, moved or not
+    for image in moved:
+        dots = [(image[:, :half], xs[:half]), (image[:, half:], xs[half:])]
+        row = [(p.sum(1) * xs).sum() / p.sum() for p, _ in dots]
+        col = [(p.sum(0) * x).sum() / p.sum() for p, x in dots]
+        assert math.isclose(col[1] - col[0], 30.0, abs_tol=1e-3)      # not scaled
+        assert math.isclose(row[0], row[1], abs_tol=1e-3)             # not turned
+        centre = (col[0] + col[1]) / 2
+        assert min(abs(centre - 25), abs(centre - (size - 1 - 25))) <= 0.06 * size + 1e-3
+        assert abs(row[0] - 20) <= 0.06 * size + 1e-3
+    assert moved.sum(dim=(1, 2)).sub(2.0).abs().max() < 1e-4     # nothing lost at the edges

@@ -11,7 +11,10 @@ from the embedding (mean squared error), so that the embedding carries what a vo
 reveal and the evaluation's attribute read-outs see it; on other data (no z) the head is
 absent. ``val/attribute_r2_<name>`` is its R² on the validation faces.
 
-Every face of a training sample is used (``faces``: K per utterance). Validation:
+Every face of a training sample is used (``faces``: K per utterance), mirrored at random and
+moved by up to ``model.augment`` of its side (``augment``): the judge sees each identity's
+few photos in many positions, so what it learns of an identity generalises to unseen
+photos and identities instead of memorising the training ones. Validation:
 identification of the unseen validation identities by their own gallery images
 (``val/recall@K``) and the gender accuracy on them (``val/gender_acc``).
 """
@@ -31,6 +34,22 @@ from voice2face.methods.base import Evaluation, MethodModule
 from voice2face.methods.common import SplitHalfRecall, adam
 from voice2face.nets import FaceEncoder
 from voice2face.synth.audit import ATTRIBUTES, load_world
+
+
+def augment(faces: torch.Tensor, shift: float) -> torch.Tensor:
+    """Every face mirrored with probability 1/2 and moved by up to ``shift`` of its side in
+    each direction (bilinear, border pixels repeated): what changes from photo to photo, so
+    that the judge's embedding cannot hold a training photo's position or handedness.
+    Never scaled: a head's size against the frame is what the world's size shows."""
+    n = len(faces)
+    flip = torch.rand(n, device=faces.device) < 0.5
+    faces = torch.where(flip[:, None, None, None], faces.flip(-1), faces)
+    theta = torch.zeros(n, 2, 3, device=faces.device, dtype=faces.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = (torch.rand(n, 2, device=faces.device) * 2 - 1) * 2 * shift  # [-1, 1] grid
+    grid = F.affine_grid(theta, list(faces.shape), align_corners=False)
+    return F.grid_sample(faces, grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)
 
 
 def world_attributes(data: dict) -> torch.Tensor | None:
@@ -72,6 +91,8 @@ class FaceModule(MethodModule):
 
     def training_step(self, batch, batch_idx):
         faces = batch["faces"].flatten(0, 1)  # [B*K, 3, S, S]
+        if self.cfg["model"]["augment"] > 0:
+            faces = augment(faces, self.cfg["model"]["augment"])
         k = batch["faces"].shape[1]
         labels, gender = batch["label"].repeat_interleave(k), batch["gender"].repeat_interleave(k)
         out = self.encoder(faces)

@@ -12,7 +12,7 @@ An image is built in three stages:
 
 Drawing happens on a canvas twice the output size and is reduced to it, which antialiases
 the polygons. The face reveals its shared attributes without noise: head size and face
-width are functions of gender and size only, and the wrinkles' contrast and width a function
+width are functions of gender and size only, and the wrinkles' contrast a function
 of age only (``world.face_traits``), which the Bayes ceiling relies on. They are drawn large
 against the per-photo nuisance: the photo's scale jitter (3 %) is under half of what one
 unit of size changes (7 %).
@@ -98,20 +98,20 @@ def _draw_head(f: FaceTraits, gender: str, size: int, rng: np.random.Generator) 
     inner = [(cx + 0.93 * (x - cx), cy + 0.95 * (y - cy) - 0.01 * unit) for x, y in outline]
     d.polygon(inner, fill=skin)
 
-    # beard: the lower face in hair colour, at the beard's density
+    # beard or stubble: the lower face in a darker hair colour, at the beard's density
     if f.beard > 0:
         lower = [(x, y) for x, y in outline if y > cy + 0.1 * unit]
         beard = Image.new("RGBA", layer.size, (0, 0, 0, 0))
         ImageDraw.Draw(beard).polygon(lower + [(cx + 0.8 * half_w, cy + 0.08 * unit),
                                                (cx - 0.8 * half_w, cy + 0.08 * unit)],
-                                      fill=hair + (int(200 * f.beard),))
+                                      fill=_scale(hair, 0.7) + (int(200 * f.beard),))
         layer.alpha_composite(beard)
 
-    # age: forehead lines, nasolabial folds, crow's feet, eye bags; contrast and width follow
-    # age exactly, from none at 18 to dark and thick at 85
-    line = _mix(skin, _scale(skin, 0.4), f.wrinkles)
+    # age: forehead lines, nasolabial folds, crow's feet, eye bags, a stroke of about one
+    # output pixel whose contrast follows age exactly: none at 18, dark at 85
+    line = _mix(skin, _scale(skin, 0.35), f.wrinkles)
     width = max(1, int(0.006 * unit))
-    age_width = max(1, round((0.006 + 0.022 * f.wrinkles) * unit))
+    age_width = max(2, round(0.03 * unit))
     for k in range(3):
         y = cy - (0.2 + 0.05 * k) * unit
         d.arc([fx - 0.22 * unit, y - 0.03 * unit, fx + 0.22 * unit, y + 0.03 * unit],
@@ -139,8 +139,12 @@ def _draw_head(f: FaceTraits, gender: str, size: int, rng: np.random.Generator) 
             gaze = ex + 0.3 * ew * yaw                         # irises follow the head
             _ellipse(d, gaze, ey, 0.5 * eh, 0.8 * eh, fill=f.eye_colour)
             _ellipse(d, gaze, ey, 0.22 * eh, 0.35 * eh, fill=(15, 15, 15))
-            d.arc([ex - ew, ey - eh, ex + ew, ey + eh], 180, 360, fill=_scale(skin, 0.45),
-                  width=width)                                 # upper lid
+            if gender == "f":                                  # upper lid: lined
+                d.arc([ex - ew, ey - eh, ex + ew, ey + eh], 180, 360, fill=(25, 20, 22),
+                      width=3 * width)
+            else:
+                d.arc([ex - ew, ey - eh, ex + ew, ey + eh], 180, 360, fill=_scale(skin, 0.45),
+                      width=width)
         by = ey - 1.9 * eh - brow_raise
         bw = f.brow * unit
         d.line([(ex - side * 1.1 * ew, by + 0.4 * bw), (ex, by - 0.3 * bw),

@@ -146,7 +146,7 @@ class FaceTraits:
     grey: float             # fraction of grey in hair and brows (age)
     hair_style: str
     hairline: float         # 0 full, 1 bald crown (men, with age)
-    beard: float            # 0 none .. 1 full (men only)
+    beard: float            # 0 none, ~0.15 stubble .. 1 full (men only)
     brow: float             # brow thickness
     eye_size: float
     eye_spacing: float
@@ -156,7 +156,7 @@ class FaceTraits:
     mouth_width: float
     lips: float             # lip thickness
     lip_colour: tuple[int, int, int]
-    wrinkles: float         # 0..1, age: wrinkle contrast and width, eye bags, sagging
+    wrinkles: float         # 0..1, age: the contrast of wrinkles and eye bags
     glasses: bool
     ear_size: float
 
@@ -252,7 +252,7 @@ def face_traits(gender: str, age: float, size: float, culture: str,
     What the face shows of ``z`` is large against what changes from photo to photo
     (``faces.render_face``: scale within 3 %, roll, shift, light): one unit of size makes
     the head 7 % taller and its width-to-height ratio 0.07 larger (about 10 %); age is the
-    wrinkles' contrast and width and the hair's greying, each linear in years over the
+    wrinkles' contrast and the hair's greying, each linear in years over the
     whole range, plus a receding hairline (men), smaller eyes and thinner lips.
     """
     m = gender == "m"
@@ -268,10 +268,12 @@ def face_traits(gender: str, age: float, size: float, culture: str,
         squareness=(2.9 if m else 2.2) + 0.15 * size + rng.normal(0, 0.1),
         skin=_skin_colour(float(rng.beta(*_SKIN[culture])), rng),
         hair=hair,
-        grey=float(np.clip(1.25 * t - 0.2 + rng.uniform(-0.08, 0.08), 0, 1)),
+        grey=float(np.clip(0.05 + 0.9 * t + rng.uniform(-0.05, 0.05), 0, 1)),  # linear
         hair_style=style,
         hairline=float(np.clip((t * rng.uniform(0.3, 1.3)) if m else 0.0, 0, 1)),
-        beard=float(rng.uniform(0.3, 1.0)) if m and rng.random() < 0.3 else 0.0,
+        # every man's lower face is darker: a beard (30 %) or stubble
+        beard=float(rng.uniform(0.3, 1.0) if rng.random() < 0.3 else rng.uniform(0.12, 0.2))
+        if m else 0.0,
         brow=(0.030 if m else 0.017) * rng.uniform(0.8, 1.25),
         eye_size=(0.050 if m else 0.056) * rng.uniform(0.85, 1.15) * (1 - 0.05 * a),
         eye_spacing=rng.uniform(0.17, 0.21),
