@@ -367,3 +367,35 @@ def test_features_computed_on_the_device_train_a_method(method, overrides, world
         2 * METHODS[method].steps_per_batch)
     module = load_method(final)
     assert changed_parameters(module, initial_parameters) == trainable(module)
+
+
+def test_train_mode_leaves_a_methods_frozen_nets_in_eval_mode():
+    """``MethodModule.frozen_nets``: ``train()`` keeps the named pretrained nets in eval mode
+    (their BatchNorm statistics are not updated by training batches), skips one a run does
+    not have (None), and trains the rest; every method that loads pretrained nets names them."""
+    from voice2face.methods.base import Evaluation, MethodModule
+    from voice2face.methods.cae import CaeModule
+    from voice2face.methods.face_decoder import FaceDecoderModule
+    from voice2face.methods.gan import GanModule
+    from voice2face.methods.regression import RegressionModule
+
+    class Toy(MethodModule):
+        evaluation = Evaluation.PRETRAINING
+        frozen_nets = ("pretrained", "absent")
+
+        def __init__(self):
+            super().__init__({}, {})
+            self.pretrained, self.absent = torch.nn.BatchNorm1d(2), None
+            self.trained = torch.nn.BatchNorm1d(2)
+
+    toy = Toy().train()
+    assert toy.training and toy.trained.training and not toy.pretrained.training
+    before = toy.pretrained.running_mean.clone()
+    toy.pretrained(torch.randn(8, 2) + 5)
+    assert torch.equal(toy.pretrained.running_mean, before)
+    assert not toy.eval().trained.training
+
+    assert set(GanModule.frozen_nets) == {"voice", "target"}
+    assert set(CaeModule.frozen_nets) == {"voice"}
+    assert set(RegressionModule.frozen_nets) == {"target", "decoder"}
+    assert set(FaceDecoderModule.frozen_nets) == {"target"}

@@ -156,6 +156,9 @@ class MethodModule(L.LightningModule):
     # nets trained by other methods that this one loads, frozen, from their own checkpoints
     # and that evaluation and generation may replace (``--decoder PATH``), by name
     replaceable_parts: ClassVar[tuple[str, ...]] = ()
+    # attributes holding pretrained, frozen nets (None where a run has none): ``train()``
+    # leaves them in eval mode, so their BatchNorm statistics stay the pretrained ones
+    frozen_nets: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs):
         """Checks that a method class declares what it offers and implements it (a base
@@ -189,6 +192,13 @@ class MethodModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters({"cfg": cfg, "data": data})
         self.cfg, self.data_info = cfg, data
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen_nets:
+            if getattr(self, name, None) is not None:
+                getattr(self, name).eval()
+        return self
 
     # --- where the batch lands -------------------------------------------------------------
 

@@ -35,6 +35,7 @@ class FaceDecoderModule(MethodModule):
     """``target``: FaceTrunk (frozen, kept in the checkpoint), ``decoder``: FaceDecoder."""
 
     evaluation = Evaluation.PRETRAINING  # a part of `regression`
+    frozen_nets = ("target",)
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
                  target_net: dict[str, Any] | None = None):
@@ -54,11 +55,6 @@ class FaceDecoderModule(MethodModule):
         the regression checks that its own target is that one)."""
         return {"decoder": ("decoder", self.decoder.config),
                 "target": ("target", self.hparams["target_net"])}
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.target.eval()  # pretrained BatchNorm statistics stay as they are
-        return self
 
     def reconstruction_loss(self, faces: torch.Tensor) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():

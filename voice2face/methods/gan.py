@@ -81,6 +81,8 @@ class GanModule(AdversarialModule):
     None without the term).
     """
 
+    frozen_nets = ("voice", "target")
+
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
                  voice_net: dict[str, Any] | None = None,
                  target_net: dict[str, Any] | None = None):
@@ -175,12 +177,6 @@ class GanModule(AdversarialModule):
             return 0.0
         logs[f"train/loss_gender_{which}"] = gender_loss(out["gender"][:n], gender)
         return self.gender_weight * logs[f"train/loss_gender_{which}"]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.target is not None:
-            self.target.eval()  # pretrained BatchNorm statistics stay as they are
-        return self
 
     def feature_loss(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Mean cosine distance between the target network's features of the generated faces

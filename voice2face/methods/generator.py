@@ -224,6 +224,7 @@ class AdversarialModule(GeneratorModule, abstract=True):
 
     steps_per_batch = 2
     ddp_find_unused_parameters = True
+    frozen_nets = ("voice",)
 
     def __init__(self, cfg, data, voice_net=None):
         super().__init__(cfg, data)
@@ -279,11 +280,6 @@ class AdversarialModule(GeneratorModule, abstract=True):
             except KeyError as e:
                 raise KeyError(f"{self.method}: {e.args[0]}") from None
         return self._voice_cache.lookup(rows)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.voice.eval()  # pretrained BatchNorm statistics stay as they are
-        return self
 
     def _update(self, opt, loss: torch.Tensor) -> None:
         clip = self.cfg["optim"]["clip_grad"]

@@ -96,6 +96,7 @@ class RegressionModule(GeneratorModule):
     (frozen, None until one is given). Only the encoder trains."""
 
     replaceable_parts = ("decoder",)
+    frozen_nets = ("target", "decoder")
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
                  target_net: dict[str, Any] | None = None,
@@ -140,13 +141,6 @@ class RegressionModule(GeneratorModule):
         self.val_feature_recall = RecallAtK((1, 5), similarity="cosine")
 
     # --- the nets' use -------------------------------------------------------------------
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.target.eval()  # pretrained BatchNorm statistics stay as they are
-        if self.decoder is not None:
-            self.decoder.eval()
-        return self
 
     @property
     def variant(self) -> str | None:
