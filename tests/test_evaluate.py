@@ -341,9 +341,10 @@ def test_attribute_agreement_on_a_synthetic_world(synthetic_gan, tmp_path, monke
     from voice2face.evaluation import bounds as B
     from voice2face.evaluation import protocol as P
     from voice2face.evaluation.attributes import ATTRIBUTE_KEYS
-    from voice2face.evaluation.instrument import HiddenAttributes, judge_pass
+    from voice2face.evaluation.instrument import judge_pass
     from voice2face.methods.base import data_info
     from voice2face.methods.pretrained import load_judge
+    from voice2face.synth.audit import HiddenAttributes
 
     root, gan = synthetic_gan
     passes = []  # the method's probes, kept by probe_pass, to score by hand

@@ -15,8 +15,8 @@ import pytest
 
 from helpers import REPO, load_script, train_quick
 from voice2face.constants import default_judge, pretrained_dir
-from voice2face.evaluation.instrument import COLUMNS, ROWS, HiddenAttributes, measure
-from voice2face.synth.audit import load_world
+from voice2face.evaluation.instrument import COLUMNS, ROWS, measure
+from voice2face.synth.audit import HiddenAttributes, load_world
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +191,4 @@ def test_the_judges_augmentation_mirrors_and_moves_photos_but_never_scales_them(
         assert min(abs(centre - 25), abs(centre - (size - 1 - 25))) <= 0.06 * size + 1e-3
         assert abs(row[0] - 20) <= 0.06 * size + 1e-3
     assert moved.sum(dim=(1, 2)).sub(2.0).abs().max() < 1e-4     # nothing lost at the edges
+

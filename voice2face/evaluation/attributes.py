@@ -11,16 +11,16 @@ import numpy as np
 from torch import Tensor
 
 from voice2face.evaluation import bounds as B
-from voice2face.evaluation.instrument import HiddenAttributes, judge_pass
+from voice2face.evaluation.instrument import judge_pass
 from voice2face.evaluation.protocol import Gallery, Probes, Subject, stack
-from voice2face.synth.audit import load_world
+from voice2face.synth.audit import HiddenAttributes, load_world
 
 ATTRIBUTE_KEYS = ("attribute_match_1to2", "attribute_match_1to2_gender", "attribute_gender_acc",
                   "attribute_r2_age", "attribute_r2_size")
 
 
 def hidden_attributes(data, identities: list[dict[str, Any]]):
-    """The synthetic world's hidden attributes (``instrument.HiddenAttributes``) of the data
+    """The synthetic world's hidden attributes (``synth.audit.HiddenAttributes``) of the data
     in ``data`` whose identity table is ``identities`` (the datamodule's), or None for data
     that is no synthetic world: ``load_world`` raises, or the world that the manifest's
     ``source`` regenerates is not the one of the identity table (its names by index). The

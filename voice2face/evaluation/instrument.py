@@ -35,7 +35,6 @@ give the same table.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from voice2face.evaluation import bounds as B
 from voice2face.evaluation.protocol import LOADER, halves
 from voice2face.methods.base import data_info
 from voice2face.methods.pretrained import load_judge, load_voice_embedder
-from voice2face.synth.audit import ATTRIBUTES, LinearProbe, load_world, r_squared
+from voice2face.synth.audit import ATTRIBUTES, HiddenAttributes, LinearProbe, r_squared
 
 # the voice probe's ridge: audit.readout's, which ``benchmarks/audit.py --voice`` reports
 VOICE_RIDGE = 1e-2
@@ -71,31 +70,6 @@ COLUMNS = [  # (key in a row, short header, header)
     ("attribute_r2_age", "R² age", "R² age (attributes)"),
     ("attribute_r2_size", "R² size", "R² size (attributes)"),
 ]
-
-
-@dataclass(frozen=True)
-class HiddenAttributes:
-    """What a synthetic world keeps out of its data, by identity index: the shared
-    attributes ``z`` of each identity's face and voice, the attributes ``o`` its voice
-    observes (o = z + sigma * eps, one draw per identity) and the noise ``sigma``."""
-
-    z: np.ndarray       # [identities, K]
-    o: np.ndarray       # [identities, K]
-    sigma: np.ndarray   # [K]
-
-    @classmethod
-    def of_world(cls, root: str | Path) -> "HiddenAttributes":
-        """Regenerated from the manifest's ``source`` (``audit.load_world``); a
-        ``ValueError`` for data that is not a synthetic world."""
-        _, config, identities = load_world(root)
-        return cls.of_identities(config, identities)
-
-    @classmethod
-    def of_identities(cls, config, identities) -> "HiddenAttributes":
-        """From a world's config and its regenerated identity table (``load_world``'s)."""
-        return cls(np.stack([i.shared for i in identities]),
-                   np.array([i.voice.observed for i in identities]),
-                   np.asarray(config.voice_noise, float))
 
 
 def columns(batches, keys) -> dict[str, np.ndarray]:

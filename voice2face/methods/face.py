@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy
@@ -33,7 +32,7 @@ from voice2face.losses import covariate_loss, top1_accuracy
 from voice2face.methods.base import Evaluation, MethodModule
 from voice2face.methods.common import SplitHalfRecall, adam
 from voice2face.nets import FaceEncoder
-from voice2face.synth.audit import ATTRIBUTES, load_world
+from voice2face.synth.audit import ATTRIBUTES, HiddenAttributes
 
 
 def augment(faces: torch.Tensor, shift: float) -> torch.Tensor:
@@ -57,8 +56,7 @@ def world_attributes(data: dict) -> torch.Tensor | None:
     index (regenerated from the manifest), or None for data that is not one."""
     if data.get("kind") != "synthetic":
         return None
-    _, _, identities = load_world(data["root"])
-    return torch.as_tensor(np.stack([i.shared for i in identities]), dtype=torch.float32)
+    return torch.as_tensor(HiddenAttributes.of_world(data["root"]).z, dtype=torch.float32)
 
 
 class FaceModule(MethodModule):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import fft as sfft
@@ -367,6 +368,31 @@ def load_world(root):
               if k != "generator"}
     config = WorldConfig(**source)
     return manifest, config, sample_identities(config)
+
+
+@dataclass(frozen=True)
+class HiddenAttributes:
+    """What a synthetic world keeps out of its data, by identity index: the shared
+    attributes ``z`` of each identity's face and voice, the attributes ``o`` its voice
+    observes (o = z + sigma * eps, one draw per identity) and the noise ``sigma``."""
+
+    z: np.ndarray       # [identities, K]
+    o: np.ndarray       # [identities, K]
+    sigma: np.ndarray   # [K]
+
+    @classmethod
+    def of_world(cls, root: str | Path) -> "HiddenAttributes":
+        """Regenerated from the manifest's ``source`` (``load_world``); a
+        ``ValueError`` for data that is not a synthetic world."""
+        _, config, identities = load_world(root)
+        return cls.of_identities(config, identities)
+
+    @classmethod
+    def of_identities(cls, config, identities) -> "HiddenAttributes":
+        """From a world's config and its regenerated identity table (``load_world``'s)."""
+        return cls(np.stack([i.shared for i in identities]),
+                   np.array([i.voice.observed for i in identities]),
+                   np.asarray(config.voice_noise, float))
 
 
 def audit_world(root, fit_per_identity: int | None = 3, workers: int = 1) -> dict:
