@@ -4,7 +4,8 @@ An image is built in three stages:
 
 1. the head of the identity in a canonical frame (head height = 1 unit), with the
    identity's geometry (face width and jaw from gender and size, features), colours (skin,
-   hair greying with age), age cues (wrinkles, eye bags, receding hairline) and the image's
+   hair greying with age), gender cues (every man's stubble or beard, women's lined upper
+   lids), age cues (wrinkles, eye bags, receding hairline) and the image's
    expression (smile, open mouth, raised brows, blinks) and pose (yaw and pitch move the
    features against the outline);
 2. an affine transform for roll, scale and position, composited over a random background;
