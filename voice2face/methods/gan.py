@@ -182,5 +182,5 @@ class GanModule(AdversarialModule):
         """Mean cosine distance between the target network's features of the generated faces
         and of their speakers' real faces (constants: the target is frozen)."""
         with torch.no_grad():
-            wanted = F.normalize(self.target(real).float(), dim=-1)
-        return (1 - (F.normalize(self.target(fake).float(), dim=-1) * wanted).sum(-1)).mean()
+            wanted = self.target(real).float()
+        return (1 - F.cosine_similarity(self.target(fake).float(), wanted, dim=-1)).mean()
