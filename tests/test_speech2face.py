@@ -114,6 +114,50 @@ def test_encoder_keeps_time_and_pools_frequency():
         SpectrogramEncoder(16, width=0.0625, freq_bins=16)
 
 
+def test_time_pools_halve_the_frames_and_still_ignore_padding():
+    """A block in ``time_pools`` halves time as well (an odd count rounded up), and the encoder
+    still gives an utterance the same feature alone or in a padded batch, odd lengths
+    included; the result is a max over frame pairs, checked against a loop."""
+    net = small_encoder(time_pools=(0, 2)).eval()
+    shapes = []
+    for block in net.blocks:
+        block.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[2:])))
+    net(torch.randn(1, 2, 64, 11))
+    # block outputs, before each block's own pool: 11 frames -> 6 after block 0 (which
+    # pools no frequency) -> 3 after block 2 (which pools both)
+    assert shapes == [(64, 11), (64, 6), (32, 6), (16, 3), (8, 3), (4, 3), (2, 3), (2, 3),
+                      (2, 3)]
+    assert net.config["time_pools"] == [0, 2]
+    with pytest.raises(ValueError, match="time_pools"):
+        small_encoder(time_pools=(9,))
+
+    torch.manual_seed(0)
+    net = calibrated(small_encoder(time_pools=(0, 1, 2)).double(),
+                     torch.randn(4, 2, 64, 23, dtype=torch.float64))
+    x = torch.randn(1, 2, 64, 23, dtype=torch.float64)
+    alone = net(x, torch.tensor([23]))
+    noise = torch.randn(1, 2, 64, 10, dtype=torch.float64) * 5
+    torch.testing.assert_close(net(torch.cat([x, noise], -1), torch.tensor([23])), alone,
+                               rtol=1e-10, atol=1e-12)
+    y = torch.randn(1, 2, 64, 9, dtype=torch.float64)
+    batch = torch.zeros(2, 2, 64, 23, dtype=torch.float64)
+    batch[0], batch[1, ..., :9] = x[0], y[0]
+    torch.testing.assert_close(net(batch, torch.tensor([23, 9])), torch.cat([alone, net(y)]),
+                               rtol=1e-10, atol=1e-12)
+
+    # block 0's pool, by a loop: frame j is the max of frames 2j and 2j + 1 (the last one
+    # alone when the count is odd), every bin kept
+    pooled = []
+    net.blocks[0].register_forward_hook(lambda m, i, o: pooled.append(o))
+    net.blocks[1].register_forward_pre_hook(lambda m, i: pooled.append(i[0]))
+    with torch.no_grad():
+        net(y)
+    before, after = pooled[-2], pooled[-1]
+    assert after.shape[-1] == 5
+    for j in range(5):
+        torch.testing.assert_close(after[..., j], before[..., 2 * j:2 * j + 2].amax(-1))
+
+
 def test_encoder_paper_size():
     """At width 1: the table's channels, 4096-d hidden and output layers, about 45 M
     parameters (built on the meta device: no memory, no time)."""

@@ -116,7 +116,8 @@ class RegressionModule(GeneratorModule):
                 raise ValueError("regression: model.encoder=spectrogram reads the complex STFT; "
                                  "set data.spectrogram=true (or model.encoder=mel)")
             self.encoder = SpectrogramEncoder(dim, m["width"], freq_bins=N_FFT // 2 + 1,
-                                              hidden=m["hidden"])
+                                              hidden=m["hidden"],
+                                              time_pools=tuple(m["time_pools"]))
         elif self.encoder_kind == "mel":
             self.encoder = VoiceEmbedder(dim=dim, width=m["width"], norm="utterance")
         else:
