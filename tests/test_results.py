@@ -306,6 +306,65 @@ def test_a_run_is_finished_when_config_record_and_final_checkpoint_agree(tmp_pat
     assert finished(folder, identity, "gan", "fp") == (True, "finished")
 
 
+def test_a_row_reuses_the_makefiles_pretraining_run_of_the_same_settings(tmp_path, monkeypatch):
+    """The dimnet row and the pretrained dimnet.ckpt: when a finished
+    ``pretrain-dimnet-<data>`` run has the row's config and data, the row is that run (not
+    trained again), its record written there; another config, an unfinished run, or a run
+    older than the data is not reused."""
+    import voice2face.results as results
+    from voice2face.results import ensure_run
+    data = tmp_path / "world"
+    data.mkdir()
+    (data / "manifest.json").write_text("{}")
+    runs = tmp_path / "runs"
+    cfg = load_config("dimnet", [f"data.root={data}", f"run.root={runs}", "trainer.max_steps=3"])
+    identity = run_identity(cfg, "manifest-sha")
+    cfg.run.name = f"results-dimnet-world-{digest(identity)}"
+    twin = runs / "pretrain-dimnet-world"
+    twin.mkdir(parents=True)
+
+    class Fake(torch.nn.Module):
+        label = "dimnet"
+
+        def __init__(self):
+            super().__init__()
+            self.voice = torch.nn.Linear(2, 3)
+
+    trained = []
+    monkeypatch.setattr(results, "train", lambda c: trained.append(c) or 1 / 0)
+    monkeypatch.setattr(results, "load_method", lambda path, expect: Fake())
+    monkeypatch.setattr(results, "training_seconds", lambda path: 12.34)
+
+    def attempt():
+        return ensure_run(Entry("dimnet", "dimnet"), cfg, identity, "fp", "cmd", log=lambda m: None)
+
+    def write_config(*overrides):
+        (twin / "config.yaml").write_text(OmegaConf.to_yaml(load_config(
+            "dimnet", [f"data.root={data}", "trainer.max_steps=3", "run.name=pretrain-dimnet-world",
+                       *overrides])))
+
+    write_config("trainer.max_steps=4")  # other settings
+    fake_checkpoint(twin / "checkpoints" / "final.ckpt", "dimnet", "fp")
+    with pytest.raises(ZeroDivisionError):
+        attempt()
+    assert len(trained) == 1 and not (twin / RECORD).exists()
+    write_config()
+    os.utime(twin / "checkpoints" / "final.ckpt", (1, 1))  # older than the data
+    with pytest.raises(ZeroDivisionError):
+        attempt()
+    assert len(trained) == 2
+    fake_checkpoint(twin / "checkpoints" / "final.ckpt", "dimnet", "fp")
+    folder, record, trained_now = attempt()
+    assert (folder, trained_now, len(trained)) == (twin, False, 2)
+    assert record["train_seconds"] == 12.3 and record["pretraining_run"]  # 0.1 s, as a row's
+    assert record["parameters"] == {"trained": 9, "by_net": {"voice": 9}}
+    assert json.loads((twin / RECORD).read_text()) == record
+    assert finished(twin, identity, "dimnet", "fp") == (True, "finished")
+    # the next invocation finds the record; another method's row never takes the run
+    assert attempt()[:2] == (twin, record)
+    assert results.pretraining_twin(cfg, identity, "gan", "fp") is None
+
+
 def test_the_run_identity_follows_config_data_and_pretrained_nets(tmp_path):
     data = tmp_path / "world"
     (data / "pretrained").mkdir(parents=True)

@@ -33,7 +33,10 @@ pretrained voice embedder, target network, decoder). A run folder is **finished*
 
 A finished run is reused with its recorded training time; an unfinished one (interrupted) is
 resumed from its last checkpoint; a changed config, data or pretrained net gives another
-digest, so a new run (the old folder stays, and is reused if the settings come back). The
+digest, so a new run (the old folder stays, and is reused if the settings come back). A
+row with no run of its own reuses a finished run of the Makefile's pretraining with the same
+config and data (``pretraining_twin``: the ``dimnet`` row is then the very voice embedder the
+GAN and CAE rows read), writing its ``results-run.json`` there. The
 evaluation is reused likewise when ``results-eval/key.json`` records the same checkpoint,
 judge, data, seed, batch size and device. The instrument is measured once per table with the
 protocol's judge and the voice embedder of the ``gan`` row's config (``model.voice``, which the
@@ -167,6 +170,30 @@ def finished(folder: Path, identity: dict[str, Any], method: str, fingerprint: s
     return True, "finished"
 
 
+def pretraining_twin(cfg: DictConfig, identity: dict[str, Any], method: str, fingerprint: str
+                     ) -> Path | None:
+    """A finished run of the Makefile's pretraining (``<run.root>/pretrain-<net>-<data>``)
+    with this row's config and data, or None: the ``dimnet`` row and the voice embedder the
+    GAN and CAE rows read are the same run when their settings agree, so it is not trained
+    twice. Its final checkpoint must say the row's method and the data's fingerprint."""
+    root, data = Path(cfg.run.root), Path(cfg.data.root).name
+    for folder in sorted(root.glob(f"pretrain-*-{data}")):
+        config = folder / "config.yaml"
+        if not config.is_file() or comparable(OmegaConf.to_container(
+                OmegaConf.load(config), resolve=True)) != identity["config"]:
+            continue
+        final = folder / "checkpoints" / "final.ckpt"
+        try:
+            meta = read_checkpoint_meta(final)
+        except CheckpointError:
+            continue  # unfinished
+        if final.stat().st_mtime < (Path(cfg.data.root) / "manifest.json").stat().st_mtime:
+            continue  # trained before the data was made again (make's rule)
+        if meta["method"] == method and meta.get("data", {}).get("fingerprint") == fingerprint:
+            return folder
+    return None
+
+
 # --- one row: train or reuse, then evaluate or reuse -----------------------------------------
 
 @dataclass
@@ -212,10 +239,27 @@ def _write_json(path: Path, obj) -> None:
 
 def ensure_run(entry: Entry, cfg: DictConfig, identity: dict[str, Any], fingerprint: str,
                command: str, log=print) -> tuple[Path, dict[str, Any], bool]:
-    """The finished run folder of ``entry`` (trained now unless one exists), its record, and
-    whether it was trained now. ``command``: the equivalent ``voice2face train`` line."""
+    """The finished run folder of ``entry`` (trained now unless one exists, the row's own or
+    a pretraining run of the same settings, ``pretraining_twin``), its record, and whether
+    it was trained now. ``command``: the equivalent ``voice2face train`` line."""
     folder = Path(cfg.run.root) / cfg.run.name
     done, why = finished(folder, identity, entry.method, fingerprint)
+    twin = None
+    if not done and not (folder / "checkpoints" / "last.ckpt").is_file():
+        twin = pretraining_twin(cfg, identity, entry.method, fingerprint)
+    if twin is not None:
+        if not finished(twin, identity, entry.method, fingerprint)[0]:
+            final = twin / "checkpoints" / "final.ckpt"
+            module = load_method(final, expect=entry.method)
+            _write_json(twin / RECORD, {
+                "entry": entry.key, "method": entry.method, "label": module.label,
+                "identity": identity, "digest": digest(identity),
+                "train_seconds": round(training_seconds(final) or math.nan, 1),
+                "resumed": False, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "max_steps": int(cfg.trainer.max_steps),
+                "parameters": trained_parameters(module), "command": command,
+                "pretraining_run": True})
+        folder, done = twin, True
     if done:
         record = json.loads((folder / RECORD).read_text())
         log(f"voice2face results: {entry.key}: reusing {folder} (finished; trained in "
