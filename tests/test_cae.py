@@ -18,7 +18,7 @@ from helpers import (Repeat, changed_parameters, fixed_batch, one_identity, para
 from voice2face.generate import main as generate_main
 from voice2face.losses import identity_loss
 from voice2face.methods import METHODS, Voices, load_method
-from voice2face.methods.base import data_info, proposal_faces
+from voice2face.methods.base import CheckpointError, data_info, proposal_faces
 from voice2face.methods.cae import (PAIRED_TERMS, TERMS, CaeModule, other_identity_pairing,
                                    training_pairing)
 
@@ -124,7 +124,11 @@ def test_each_generator_term_is_wired(term, world, pretrained, tmp_path):
     """With every weight 0 but one, that term alone is computed, gives the generator a
     gradient, and a few generator steps on a fixed batch reduce it."""
     torch.manual_seed(0)
-    cae = make_cae(world, tmp_path, *only(term))
+    # the feature term's face network: DIMNet's face embedder
+    target = [f"model.target={pretrained / 'dimnet.ckpt'}"] if term == "feature" else []
+    cae = make_cae(world, tmp_path, *only(term), *target)
+    if term == "feature":
+        assert not any(p.requires_grad for p in cae.target.parameters())
     batch = fixed_batch(world, n=6)
     partner = other_identity_pairing(batch["identity"], seeded(0))
     with torch.no_grad():
@@ -153,21 +157,29 @@ def test_each_generator_term_is_wired(term, world, pretrained, tmp_path):
     assert after < float(first[term].detach())
 
 
-def test_weights_must_name_the_five_terms(world, pretrained, tmp_path):
+def test_weights_must_name_the_terms(world, pretrained, tmp_path):
     with pytest.raises(ValueError, match="not all 0"):
         make_cae(world, tmp_path, *[f"model.weights.{t}=0" for t in TERMS])
     with pytest.raises(ValueError, match=">= 0"):
         make_cae(world, tmp_path, "model.weights.cycle=-1")
+    with pytest.raises(ValueError, match="model.target"):  # the feature term needs its net
+        make_cae(world, tmp_path, "model.weights.feature=1")
+    with pytest.raises(CheckpointError, match="judge"):  # which is never the judge
+        make_cae(world, tmp_path, "model.weights.feature=1",
+                 f"model.target={pretrained / 'face.ckpt'}", f"eval.judge={pretrained / 'face.ckpt'}")
 
 
 def test_training_steps_train_the_critic_and_keep_the_voice_frozen(world, pretrained, tmp_path):
     """Algorithm 1 through Lightning on a repeated batch: two optimizer steps per batch, the
     identity classifier learns real faces, the generator trains on the λ-weighted sum of the
-    logged terms, the voice net is untouched."""
+    logged terms (the feature term's too), the voice net and the feature term's face network
+    are untouched."""
     import lightning as L
-    cae = make_cae(world, tmp_path, "optim.lr=1e-3")
+    cae = make_cae(world, tmp_path, "optim.lr=1e-3", "model.weights.feature=3",
+                   f"model.target={pretrained / 'dimnet.ckpt'}")
     batch = fixed_batch(world)
     voice_before = {k: v.clone() for k, v in cae.voice.state_dict().items()}
+    target_before = {k: v.clone() for k, v in cae.target.state_dict().items()}
     generator_before = parameters_of(cae.generator)
 
     def classifier_loss():
@@ -188,7 +200,9 @@ def test_training_steps_train_the_critic_and_keep_the_voice_frozen(world, pretra
         sum(cae.weights[t] * logged[f"train/{t}"] for t in TERMS), rel=1e-5)
     for k, v in cae.voice.state_dict().items():
         assert torch.equal(v, voice_before[k]), k
-    assert not cae.voice.training
+    for k, v in cae.target.state_dict().items():  # BatchNorm's running statistics included
+        assert torch.equal(v, target_before[k]), k
+    assert not cae.voice.training and not cae.target.training
 
 
 def fit_one_batch(cae: CaeModule, batch: dict):
@@ -212,7 +226,8 @@ def test_a_batch_of_one_identity_trains_without_the_paired_terms(world, pretrain
     """No pairing exists, yet both optimizer steps run (a skipped step hangs DDP): the critic
     as usual, the generator on the terms that need no other identity."""
     torch.manual_seed(0)
-    cae = make_cae(world, tmp_path, "optim.lr=1e-3")
+    cae = make_cae(world, tmp_path, "optim.lr=1e-3", "model.weights.feature=1",
+                   f"model.target={pretrained / 'dimnet.ckpt'}")
     batch = one_identity(fixed_batch(world))
     with pytest.warns(UserWarning, match="one identity"):
         trainer, before = fit_one_batch(cae, batch)
@@ -232,7 +247,7 @@ def test_a_batch_of_one_identity_trains_without_the_paired_terms(world, pretrain
                                 batch["label"][partner], paired)
     assert set(terms) == {"proposal", "adversarial"}
     assert set(cae.generator_terms(fake, batch["face"], batch["face"][partner], emb,
-                                   batch["label"][partner])) == set(TERMS)  # paired: all five
+                                   batch["label"][partner])) == set(TERMS)  # paired: all six
 
 
 def test_a_batch_of_one_identity_with_only_paired_terms_still_steps(world, pretrained, tmp_path):

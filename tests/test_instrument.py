@@ -159,6 +159,47 @@ def test_the_judge_regresses_a_synthetic_worlds_hidden_attributes(tiny, fake_roo
         assert "attributes" not in module.encoder(torch.rand(2, 3, size, size))
 
 
+def test_dimnet_regresses_the_hidden_attributes_from_both_embeddings(tiny, fake_root):
+    """DIMNet's shared covariate heads gain one regressing z, from the voice and from the face
+    embedding alike (the loss against a hand computation); on other data there is none. Its
+    face embedder is exported, and ``load_target`` gives it as a feature term's network."""
+    import torch
+
+    from datamodules import VoiceFaceDataModule
+    from helpers import quick_config
+    from voice2face.losses import covariate_loss
+    from voice2face.methods.base import data_info
+    from voice2face.methods.dimnet import DimnetModule
+
+    dm = VoiceFaceDataModule(tiny)
+    z = torch.as_tensor(HiddenAttributes.of_world(tiny).z).float()
+    module = DimnetModule(quick_config("dimnet", tiny, tiny.parent / "unused",
+                                       "model.attribute_weight=0.5"), data_info(dm))
+    train = [i["index"] for i in dm.identities if i["split"] == "train"][:3]
+    batch = {"faces": torch.rand(3, 2, 3, dm.face_size, dm.face_size) * 2 - 1,
+             "mel": torch.randn(3, 64, 50), "mel_lengths": torch.tensor([50, 40, 30]),
+             "label": torch.tensor([0, 1, 2]), "gender": torch.tensor([1.0, 0.0, 1.0]),
+             "identity": torch.tensor(train)}
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    module.eval()  # batch norm by its running statistics: the same outputs twice
+    loss = module.training_step(batch, 0)
+    voice = module.voice_outputs(batch["mel"], batch["mel_lengths"])
+    face = module.face_outputs(batch["faces"].flatten(0, 1))
+    zv, zf = z[train], z[train].repeat_interleave(2, 0)
+    wanted = (covariate_loss(voice, batch["label"], batch["gender"])
+              + covariate_loss(face, batch["label"].repeat_interleave(2),
+                               batch["gender"].repeat_interleave(2))
+              + 0.5 * (((voice["attributes"] - zv) ** 2).mean()
+                       + ((face["attributes"] - zf) ** 2).mean()))
+    assert torch.allclose(loss, wanted, atol=1e-5)
+
+    plain = DimnetModule(quick_config("dimnet", fake_root, tiny.parent / "unused",
+                                      "model.attribute_weight=0.5"),
+                         data_info(VoiceFaceDataModule(fake_root)))
+    assert plain.heads.attributes is None and plain.world_z is None
+    assert "attributes" not in plain.voice_outputs(batch["mel"], batch["mel_lengths"])
+
+
 def test_the_judges_augmentation_mirrors_and_moves_photos_but_never_scales_them():
     """``face.augment``: each photo is itself or its mirror image, moved by at most the
     shift, with the distances inside it kept (a head's size against the frame is the

@@ -396,6 +396,6 @@ def test_train_mode_leaves_a_methods_frozen_nets_in_eval_mode():
     assert not toy.eval().trained.training
 
     assert set(GanModule.frozen_nets) == {"voice", "target"}
-    assert set(CaeModule.frozen_nets) == {"voice"}
+    assert set(CaeModule.frozen_nets) == {"voice", "target"}
     assert set(RegressionModule.frozen_nets) == {"target", "decoder"}
     assert set(FaceDecoderModule.frozen_nets) == {"target"}

@@ -23,7 +23,7 @@ from voice2face.methods.pretrained import (exported_net, load_face_decoder, load
 from voice2face.nets import FaceDecoder, VoiceEmbedder
 
 # what each pretrained file of the Makefile exports
-EXPORTS = {"voice": {"voice"}, "dimnet": {"voice"}, "face": {"encoder", "trunk"},
+EXPORTS = {"voice": {"voice"}, "dimnet": {"voice", "face"}, "face": {"encoder", "trunk"},
            "face-target": {"encoder", "trunk"}, "decoder": {"decoder", "target"}}
 
 
@@ -83,6 +83,12 @@ def test_the_loaders_give_the_exported_nets(world, pretrained):
     assert same_weights(trunk, face.encoder.trunk) and not trunk.training
     m = face.cfg["model"]  # what the methods that keep a target save as its hyperparameters
     assert config == {"face_size": 16, "dim": m["dim"], "width": m["width"], "norm": "batch"}
+
+    # DIMNet's face embedder, the CAE's feature network in the cpu profile
+    dimnet = load_method(pretrained / "dimnet.ckpt")
+    embedder, config = load_target(pretrained / "dimnet.ckpt", info, pretrained / "face.ckpt")
+    assert same_weights(embedder, dimnet.face) and not embedder.training
+    assert config == dimnet.face_config
 
     decoder, target = load_face_decoder(pretrained / "decoder.ckpt")
     module = load_method(pretrained / "decoder.ckpt")

@@ -24,9 +24,17 @@ a sample B of another identity, so each row has f_A, v_A and f_B, v_B. Per batch
    ``identity``    (λ3 = 1)  CE(C(G(f_A, e_B)), B)         be recognised as speaker B
    ``adversarial`` (λ4 = 1)  -log D(G(f_A, e_B))           look real
    ``cycle``       (λ5 = 10) L1(G(G(f_A, e_B), e_A), f_A)  A's voice brings A's face back
+   ``feature``     (0)       1 - cos(T(G(f_A, e_B)), T(f_B)) look like the speaker to T
    ========================  ======  ====================================================
 
-   A term of weight 0 is not computed (nor logged).
+   A term of weight 0 is not computed (nor logged). ``feature`` is not the paper's: the
+   cosine distance between the features of the morphed face and of the speaker's real face
+   under a frozen face network T (``model.target``: the face embedder of a ``dimnet``
+   checkpoint, or a ``face`` one other than the judge; ``methods.pretrained.load_target``).
+   L1 to one photo of the speaker is mostly that photo's pose, light and background, which
+   no voice predicts; a face network's feature keeps what an identity's photos share, and
+   DIMNet's face embedder, trained with the voice embedder on the same covariates, keeps
+   what a voice can tell. The ``cpu`` profile weighs it 10 with DIMNet's.
 
 The voice embedder is a ``voice`` or ``dimnet`` checkpoint (``model.voice``), frozen. In
 validation and evaluation the proposal of each utterance is the real face of another
@@ -74,18 +82,20 @@ import warnings
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from voice2face.losses import (discriminator_loss, generator_loss, identity_loss,
                                image_l1_loss, top1_accuracy, weighted_sum)
 from voice2face.methods.base import Voices
 from voice2face.methods.generator import AdversarialModule
-from voice2face.nets import CAECritic, GatedUNet
+from voice2face.methods.pretrained import freeze, load_target
+from voice2face.nets import CAECritic, FaceTrunk, GatedUNet
 
-# the generator's loss terms, in the order of the paper's λ1..λ5
-TERMS = ("proposal", "speaker", "identity", "adversarial", "cycle")
+# the generator's loss terms, in the order of the paper's λ1..λ5, then this suite's feature term
+TERMS = ("proposal", "speaker", "identity", "adversarial", "cycle", "feature")
 # the terms that need the speaker B to be another identity than the proposal's A (masked on
 # a batch of a single identity; see the module docstring)
-PAIRED_TERMS = ("speaker", "identity", "cycle")
+PAIRED_TERMS = ("speaker", "identity", "cycle", "feature")
 # the training batch's key for whether it has two identities (``CaeModule.training_batch_facts``)
 PAIRED_KEY = "_paired"
 
@@ -172,16 +182,31 @@ class CaeModule(AdversarialModule):
     """Voice embedder (frozen) + ``GatedUNet`` (proposal face, voice -> face) + ``CAECritic``.
 
     ``voice_net`` is filled in from the voice checkpoint on the first construction and saved
-    with the hyperparameters, so a CAE checkpoint rebuilds without the voice checkpoint.
+    with the hyperparameters, so a CAE checkpoint rebuilds without the voice checkpoint;
+    ``target_net`` likewise for the feature term's frozen face network (``self.target``,
+    None without the term).
     """
 
     needs_proposal = True
+    frozen_nets = ("voice", "target")
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
-                 voice_net: dict[str, Any] | None = None):
+                 voice_net: dict[str, Any] | None = None,
+                 target_net: dict[str, Any] | None = None):
         super().__init__(cfg, data, voice_net)
         m = cfg["model"]
-        self.weights = self._check_weights(m["weights"])
+        # a checkpoint from before the feature term: its weights name the paper's five
+        self.weights = self._check_weights({"feature": 0.0, **m["weights"]})
+        self.target: FaceTrunk | None = None
+        if target_net is not None:  # rebuilding from this module's own checkpoint
+            self.target = freeze(FaceTrunk(**target_net))
+        elif self.weights["feature"] > 0:
+            if not m.get("target"):
+                raise ValueError("cae: model.weights.feature > 0 needs model.target, a face "
+                                 "network: a `dimnet` checkpoint, or a `face` one other than "
+                                 "the judge")
+            self.target, target_net = load_target(m["target"], data, cfg["eval"]["judge"])
+        self.hparams["target_net"] = target_net
         self.gating = m["gating"]
         self.generator = GatedUNet(data["face_size"], self.voice.config["dim"], m["width"],
                                    gating=m["gating"], rank=m["rank"], up_kernel=m["up_kernel"])
@@ -266,6 +291,11 @@ class CaeModule(AdversarialModule):
                 terms["adversarial"] = generator_loss(out["adversarial"])
         if w["cycle"]:
             terms["cycle"] = image_l1_loss(self.generator(fake, emb_a), face_a)
+        if w["feature"]:
+            with torch.no_grad():
+                wanted = self.target(face_b).float()
+            terms["feature"] = (1 - F.cosine_similarity(self.target(fake).float(), wanted,
+                                                        dim=-1)).mean()
         return terms
 
     def training_step(self, batch, batch_idx):

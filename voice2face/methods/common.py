@@ -1,5 +1,6 @@
-"""Small pieces the methods share: optimizers from config, validation of embeddings, and the
-target network's feature of a face (the Speech2Face family's)."""
+"""Small pieces the methods share: optimizers from config, validation of embeddings, the
+target network's feature of a face (the Speech2Face family's), and a synthetic world's hidden
+attributes as training labels (the judge's and DIMNet's attribute heads)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,21 @@ from torch import nn
 
 from voice2face.metrics import RecallAtK, applicable
 from voice2face.nets import FaceTrunk
+from voice2face.synth.audit import HiddenAttributes
 
 
 def adam(params, optim: dict[str, Any]) -> torch.optim.Adam:
     """Adam with ``optim.lr``, ``optim.betas`` and ``optim.weight_decay`` (if given)."""
     return torch.optim.Adam(params, lr=float(optim["lr"]), betas=tuple(optim.get("betas", (0.9, 0.999))),
                             weight_decay=float(optim.get("weight_decay", 0.0)))
+
+
+def world_attributes(data: dict) -> torch.Tensor | None:
+    """``[identities, 3]``: the hidden z of every identity of a synthetic world by identity
+    index (regenerated from the manifest), or None for data that is not one."""
+    if data.get("kind") != "synthetic":
+        return None
+    return torch.as_tensor(HiddenAttributes.of_world(data["root"]).z, dtype=torch.float32)
 
 
 def unit_features(target: FaceTrunk, faces: torch.Tensor) -> torch.Tensor:

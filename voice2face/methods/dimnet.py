@@ -9,6 +9,15 @@ embedders give a direct voice–face matching baseline: ``voice2face evaluate`` 
 its own space (voice embedding as probe, face embeddings as gallery).
 
 Validation: 1:2 voice–face matching of the validation identities in that space.
+
+The paper's covariates are categorical (identity, gender, nationality). On a synthetic world,
+whose manifest regenerates every identity's hidden ``z = (gender, age, size)``,
+``model.attribute_weight > 0`` adds a continuous covariate: one linear head, shared like the
+others, regressing z from either embedding (mean squared error). Age and size are what
+separate speakers of one gender, and identity classification alone teaches them slowly; the
+head makes both embedders carry them, the voice's for the methods that read it, the face's
+for the CAE's feature term (``load_target`` reads it from this checkpoint). On other data
+there is no z and no head.
 """
 
 from __future__ import annotations
@@ -16,10 +25,11 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from voice2face.losses import covariate_loss, top1_accuracy
 from voice2face.methods.base import Embeddings, Evaluation, MethodModule, Voices
-from voice2face.methods.common import adam
+from voice2face.methods.common import adam, world_attributes
 from voice2face.metrics import CrossModalMatching
 from voice2face.nets import CovariateHeads, FaceTrunk, VoiceEmbedder
 
@@ -36,12 +46,20 @@ class DimnetModule(MethodModule):
         self.voice = VoiceEmbedder(dim=m["dim"], width=m["voice_width"],
                                    pooling=m.get("voice_pooling", "mean"),
                                    norm=m.get("voice_norm", "bin"))  # older checkpoints
-        self.face = FaceTrunk(data["face_size"], m["dim"], m["face_width"], norm="batch")
-        self.heads = CovariateHeads(m["dim"], data["num_train_identities"], m["scale"])
+        self.face_config = {"face_size": data["face_size"], "dim": m["dim"],
+                            "width": m["face_width"], "norm": "batch"}
+        self.face = FaceTrunk(**self.face_config)
+        z = world_attributes(data) if m.get("attribute_weight", 0) > 0 else None
+        self.heads = CovariateHeads(m["dim"], data["num_train_identities"], m["scale"],
+                                    attributes=0 if z is None else z.shape[1])
+        # not in the checkpoint: regenerated from the data on every construction
+        self.register_buffer("world_z", z, persistent=False)
         self.val_match = CrossModalMatching(n_way=2, exhaustive=True)
 
     def exported_nets(self):
-        return {"voice": ("voice", self.voice.config)}  # load_voice_embedder
+        """``voice``: ``load_voice_embedder``; ``face``: ``load_target`` (a feature term's
+        face network; its embedding unnormalised, as the trunk gives it)."""
+        return {"voice": ("voice", self.voice.config), "face": ("face", self.face_config)}
 
     # either modality in the shared space, with the shared heads' predictions
     def voice_outputs(self, mel: torch.Tensor, lengths: torch.Tensor | None = None):
@@ -68,6 +86,12 @@ class DimnetModule(MethodModule):
         loss_f = covariate_loss(face, batch["label"].repeat_interleave(k),
                                 batch["gender"].repeat_interleave(k), w)
         loss = loss_v + loss_f
+        if self.world_z is not None:
+            z = self.world_z[batch["identity"]]
+            loss_a = (F.mse_loss(voice["attributes"].float(), z)
+                      + F.mse_loss(face["attributes"].float(), z.repeat_interleave(k, 0)))
+            loss = loss + self.cfg["model"]["attribute_weight"] * loss_a
+            self.log("train/attribute_loss", loss_a, batch_size=len(batch["label"]))
         # only the loss on the progress bar, which reads its values every step
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
         self.log_dict({"train/loss_voice": loss_v, "train/loss_face": loss_f,

@@ -30,9 +30,9 @@ from torchmetrics.regression import R2Score
 
 from voice2face.losses import covariate_loss, top1_accuracy
 from voice2face.methods.base import Evaluation, MethodModule
-from voice2face.methods.common import SplitHalfRecall, adam
+from voice2face.methods.common import SplitHalfRecall, adam, world_attributes
 from voice2face.nets import FaceEncoder
-from voice2face.synth.audit import ATTRIBUTES, HiddenAttributes
+from voice2face.synth.audit import ATTRIBUTES
 
 
 def augment(faces: torch.Tensor, shift: float) -> torch.Tensor:
@@ -49,14 +49,6 @@ def augment(faces: torch.Tensor, shift: float) -> torch.Tensor:
     grid = F.affine_grid(theta, list(faces.shape), align_corners=False)
     return F.grid_sample(faces, grid, mode="bilinear", padding_mode="border",
                          align_corners=False)
-
-
-def world_attributes(data: dict) -> torch.Tensor | None:
-    """``[identities, 3]``: the hidden z of every identity of a synthetic world by identity
-    index (regenerated from the manifest), or None for data that is not one."""
-    if data.get("kind") != "synthetic":
-        return None
-    return torch.as_tensor(HiddenAttributes.of_world(data["root"]).z, dtype=torch.float32)
 
 
 class FaceModule(MethodModule):

@@ -135,7 +135,8 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 def load_target(path: str | Path, data: dict[str, Any], judge: str | Path | None = None
                 ) -> tuple[FaceTrunk, dict[str, Any]]:
-    """The frozen trunk of a ``face`` checkpoint trained on ``data``, and its config (the
+    """The frozen trunk of a ``face`` checkpoint trained on ``data`` (or the face embedder of
+    a ``dimnet`` one: a face network in the space its voices share), and its config (the
     ``FaceTrunk`` arguments, which the methods that keep the trunk in their own checkpoint
     save as hyperparameters).
 
@@ -144,11 +145,18 @@ def load_target(path: str | Path, data: dict[str, Any], judge: str | Path | None
     was fitted to. The same weights under another file name are refused too (the same seed
     on the same data trains the same net); train the target with another ``seed``.
     """
-    checkpoint = read_source(path, (FACE_SOURCE,), f"a face-identity network (method 'face', "
-                                                   f"made by `voice2face train face seed=1 "
-                                                   f"model.attribute_weight=0 "
-                                                   f"--export {path}`)")
+    checkpoint = read_source(path, (FACE_SOURCE, "dimnet"),
+                             f"a face-identity network (method 'face', made by `voice2face "
+                             f"train face seed=1 model.attribute_weight=0 --export {path}`, "
+                             f"or a 'dimnet' checkpoint for its face embedder)")
     check_same_data(path, checkpoint["voice2face"].get("data", {}), data, "the target network was")
+    if checkpoint["voice2face"]["method"] == "dimnet":
+        if "face" not in checkpoint["nets"]:
+            raise CheckpointError(f"{path}: a dimnet checkpoint saved before dimnet exported "
+                                  f"its face embedder; describe its nets anew with `voice2face "
+                                  f"upgrade {path} --out <new path>` (the weights stay)")
+        return (exported_net(path, checkpoint, "face"),
+                dict(checkpoint["nets"]["face"]["config"]))
     if judge is not None and Path(judge).is_file():
         if same_weights(exported_net(path, checkpoint, "encoder"), load_judge(judge)):
             raise CheckpointError(

@@ -24,17 +24,22 @@ class CosineClassifier(nn.Module):
 
 
 class CovariateHeads(nn.Module):
-    """Identity (cosine) and gender (logit of male) heads on an embedding.
+    """Identity (cosine) and gender (logit of male) heads on an embedding, and with
+    ``attributes > 0`` a linear head regressing that many continuous covariates.
 
     DIMNet (Wen et al., ICLR 2019) shares such heads between the voice and the face
     embedders, which is what maps both modalities into one space.
     """
 
-    def __init__(self, dim: int, classes: int, scale: float = 16.0):
+    def __init__(self, dim: int, classes: int, scale: float = 16.0, attributes: int = 0):
         super().__init__()
         self.identity = CosineClassifier(dim, classes, scale)
         self.gender = nn.Linear(dim, 1)
+        self.attributes = nn.Linear(dim, attributes) if attributes else None
 
     def forward(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
         unit = F.normalize(embedding, dim=-1)
-        return {"identity": self.identity(unit), "gender": self.gender(unit).squeeze(-1)}
+        out = {"identity": self.identity(unit), "gender": self.gender(unit).squeeze(-1)}
+        if self.attributes is not None:
+            out["attributes"] = self.attributes(unit)
+        return out
