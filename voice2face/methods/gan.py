@@ -25,10 +25,12 @@ keeps it at 0.
 
 ``model.feature_weight > 0`` adds a term in a face network's feature space: the cosine
 distance between the features of the generated face and of the speaker's real face under a
-frozen ``face`` network (``model.target``, the regression's ``face-target.ckpt``, never the
-judge: ``load_target`` refuses the judge's weights). Pixels are mostly per-photo nuisance
-(pose, light, background); a face network's feature keeps what stays the same across an
-identity's photos, which is where the attributes a voice reveals show.
+frozen face network (``model.target``: the face embedder of a ``dimnet`` checkpoint, as in
+the ``cpu`` profile, or a ``face`` one such as the regression's ``face-target.ckpt``, never
+the judge: ``load_target`` refuses the judge's weights). Pixels are mostly per-photo
+nuisance (pose, light, background); a face network's feature keeps what stays the same
+across an identity's photos, and DIMNet's, trained with the voice embedder on the same
+covariates, keeps what a voice can tell.
 
 ``model.conditional: true`` is the conditional GAN (Mirza & Osindero 2014, as in "Deep Face
 Gen"): noise z (``model.noise_dim``) is concatenated to the embedding and the discriminator
@@ -93,8 +95,9 @@ class GanModule(AdversarialModule):
             self.target = freeze(FaceTrunk(**target_net))
         elif m["feature_weight"] > 0:
             if not m["target"]:
-                raise ValueError("gan: model.feature_weight > 0 needs model.target, a `face` "
-                                 "checkpoint other than the judge (face-target.ckpt)")
+                raise ValueError("gan: model.feature_weight > 0 needs model.target, a face "
+                                 "network: a `dimnet` checkpoint, or a `face` one other than "
+                                 "the judge (face-target.ckpt)")
             self.target, target_net = load_target(m["target"], data, cfg["eval"]["judge"])
         self.hparams["target_net"] = target_net
         self.conditional = bool(m["conditional"])
