@@ -85,6 +85,7 @@ import lightning as L  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from datamodules.features import device_features  # noqa: E402
@@ -362,8 +363,9 @@ class PlainGan:
 
     def __init__(self, generator: torch.nn.Module, critic: torch.nn.Module,
                  voice: torch.nn.Module, cfg: dict[str, Any], cache: VoiceCache | None = None,
-                 precision: str = "32-true"):
+                 precision: str = "32-true", target: torch.nn.Module | None = None):
         self.generator, self.critic, self.voice, self.cache = generator, critic, voice, cache
+        self.target = target  # the feature term's frozen face network, or None
         self.model, self.clip = cfg["model"], cfg["optim"]["clip_grad"]
         self.channels_last = bool(self.model.get("channels_last"))
         self.opt_g = adam(generator.parameters(), cfg["optim"])
@@ -382,7 +384,8 @@ class PlainGan:
         m, dev = case.module, torch.device(device)
         generator, critic, voice = (copy.deepcopy(net).to(dev)
                                     for net in (m.generator, m.critic, m.voice))
-        loop = cls(generator, critic, voice, case.cfg, precision=precision)
+        target = None if m.target is None else copy.deepcopy(m.target).to(dev).eval()
+        loop = cls(generator, critic, voice, case.cfg, precision=precision, target=target)
         if case.cfg["model"]["cache_voice"]:
             loop.cache = VoiceCache.from_shares(
                 [embed_utterances(voice, case.data(0), "train", dev)], dev)
@@ -436,6 +439,12 @@ class PlainGan:
         if m["face_weight"]:
             losses["loss_face"] = image_l1_loss(fake, real)
             loss = loss + m["face_weight"] * losses["loss_face"]
+        if self.target is not None:
+            with torch.no_grad():
+                wanted = self.target(real).float()
+            losses["loss_feature"] = (1 - F.cosine_similarity(self.target(fake).float(), wanted,
+                                                              dim=-1)).mean()
+            loss = loss + m["feature_weight"] * losses["loss_feature"]
         self._update(self.opt_g, loss)
         D.requires_grad_(True)
         return {k: v.detach() for k, v in losses.items()}

@@ -163,7 +163,7 @@ def test_weights_must_name_the_terms(world, pretrained, tmp_path):
     with pytest.raises(ValueError, match=">= 0"):
         make_cae(world, tmp_path, "model.weights.cycle=-1")
     with pytest.raises(ValueError, match="model.target"):  # the feature term needs its net
-        make_cae(world, tmp_path, "model.weights.feature=1")
+        make_cae(world, tmp_path, "model.weights.feature=1", "model.target=null")
     with pytest.raises(CheckpointError, match="judge"):  # which is never the judge
         make_cae(world, tmp_path, "model.weights.feature=1",
                  f"model.target={pretrained / 'face.ckpt'}", f"eval.judge={pretrained / 'face.ckpt'}")

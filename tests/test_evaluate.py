@@ -325,7 +325,8 @@ def synthetic_gan(synthetic_world) -> tuple[Path, Path]:
     from voice2face.constants import pretrained_dir
     root = synthetic_world
     gan = train_quick("gan", root, root.parent / "runs", "trainer.max_steps=2", "run.name=gan",
-                      f"model.voice={pretrained_dir(root) / 'voice.ckpt'}")
+                      f"model.voice={pretrained_dir(root) / 'voice.ckpt'}", "model.feature_weight=0",
+                      "model.target=null")
     return root, gan
 
 

@@ -73,7 +73,7 @@ def test_the_real_faces_row_is_evaluates(tiny, measured, tmp_path):
     from voice2face.evaluation import evaluate
     voice = pretrained_dir(tiny) / "voice.ckpt"
     gan = train_quick("gan", tiny, tmp_path / "runs", "trainer.max_steps=2", "run.name=gan",
-                      f"model.voice={voice}")
+                      f"model.voice={voice}", "model.feature_weight=0", "model.target=null")
     r = evaluate(gan, tmp_path / "eval", tiny, default_judge(tiny), log=lambda *a: None)
     for key in ("match_1to2", "match_1to2_gender"):
         assert measured["rows"]["real_faces"][key] == pytest.approx(

@@ -99,11 +99,14 @@ def test_pretrained_needs_follow_the_profile_and_the_overrides():
     assert paper_voice in pretrained_needs("gan", "paper")
     assert paper_voice not in pretrained_needs("gan", "cpu")
     # an override to another stem of the data's folder needs that one; a path elsewhere none
+    # (the cpu profile's feature term reads the same DIMNet: moved with it)
     moved = pretrained_needs("gan", "cpu",
-                             [f"model.voice=${{paths.pretrained}}/{paper_voice}.ckpt"])
+                             [f"model.voice=${{paths.pretrained}}/{paper_voice}.ckpt",
+                              "model.target=null"])
     assert paper_voice in moved and cpu_voice not in moved
     assert not {cpu_voice, paper_voice} & set(
-        pretrained_needs("gan", "cpu", [f"model.voice=/elsewhere/{cpu_voice}.ckpt"]))
+        pretrained_needs("gan", "cpu", [f"model.voice=/elsewhere/{cpu_voice}.ckpt",
+                                        f"model.target=/elsewhere/{cpu_voice}.ckpt"]))
     # the judge is the config's too
     assert pretrained_needs("gan", "cpu", ["eval.judge=/elsewhere/face.ckpt"]) == [cpu_voice]
 

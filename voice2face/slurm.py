@@ -144,21 +144,25 @@ def _checkpoints(tree, prefix: str = "") -> list[tuple[str, str]]:
 
 def missing_nets(method: str, cfg: DictConfig) -> list[str]:
     """One line per pretrained net the job would load and that does not exist: the file,
-    its config key, and the command that builds it (the Makefile's rule for a file in the
-    data's pretrained folder, with the job's profile), or what to do with a file elsewhere."""
+    its config keys (one file may serve several, e.g. DIMNet's voice and face embedders), and
+    the command that builds it (the Makefile's rule for a file in the data's pretrained
+    folder, with the job's profile), or what to do with a file elsewhere."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     # run.resume names the run's own checkpoint (train checks it); paths are folders
     found = [(k, p) for k, p in _checkpoints(tree) if not k.startswith(("run.", "paths."))]
-    lines = []
+    keys: dict[str, list[str]] = {}  # missing file -> the keys that name it, in config order
     for key, path in found:
         if Path(path).is_file() or (key == "eval.judge" and not needs_judge(method, cfg)):
             continue
-        data = str(cfg.data.root)
+        keys.setdefault(path, []).append(key)
+    lines = []
+    data = str(cfg.data.root)
+    for path, named in keys.items():
         if Path(path).parent == Path(data, "pretrained"):
             how = f"build it with `make {path} DATA={data} PROFILE={cfg.profile}`"
         else:
-            how = f"not in {data}/pretrained: give {key} an existing checkpoint"
-        lines.append(f"  {path} ({key}): {how}")
+            how = f"not in {data}/pretrained: give {' and '.join(named)} an existing checkpoint"
+        lines.append(f"  {path} ({', '.join(named)}): {how}")
     return lines
 
 
