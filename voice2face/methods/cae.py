@@ -82,14 +82,12 @@ import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from voice2face.losses import (discriminator_loss, generator_loss, identity_loss,
                                image_l1_loss, top1_accuracy, weighted_sum)
 from voice2face.methods.base import Voices
 from voice2face.methods.generator import AdversarialModule
-from voice2face.methods.pretrained import freeze, load_target
-from voice2face.nets import CAECritic, FaceTrunk, GatedUNet
+from voice2face.nets import CAECritic, GatedUNet
 
 # the generator's loss terms, in the order of the paper's λ1..λ5, then this suite's feature term
 TERMS = ("proposal", "speaker", "identity", "adversarial", "cycle", "feature")
@@ -188,7 +186,6 @@ class CaeModule(AdversarialModule):
     """
 
     needs_proposal = True
-    frozen_nets = ("voice", "target")
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
                  voice_net: dict[str, Any] | None = None,
@@ -197,16 +194,7 @@ class CaeModule(AdversarialModule):
         m = cfg["model"]
         # a checkpoint from before the feature term: its weights name the paper's five
         self.weights = self._check_weights({"feature": 0.0, **m["weights"]})
-        self.target: FaceTrunk | None = None
-        if target_net is not None:  # rebuilding from this module's own checkpoint
-            self.target = freeze(FaceTrunk(**target_net))
-        elif self.weights["feature"] > 0:
-            if not m.get("target"):
-                raise ValueError("cae: model.weights.feature > 0 needs model.target, a face "
-                                 "network: a `dimnet` checkpoint, or a `face` one other than "
-                                 "the judge")
-            self.target, target_net = load_target(m["target"], data, cfg["eval"]["judge"])
-        self.hparams["target_net"] = target_net
+        self.attach_target(self.weights["feature"], target_net, "model.weights.feature")
         self.gating = m["gating"]
         self.generator = GatedUNet(data["face_size"], self.voice.config["dim"], m["width"],
                                    gating=m["gating"], rank=m["rank"], up_kernel=m["up_kernel"])
@@ -292,10 +280,7 @@ class CaeModule(AdversarialModule):
         if w["cycle"]:
             terms["cycle"] = image_l1_loss(self.generator(fake, emb_a), face_a)
         if w["feature"]:
-            with torch.no_grad():
-                wanted = self.target(face_b).float()
-            terms["feature"] = (1 - F.cosine_similarity(self.target(fake).float(), wanted,
-                                                        dim=-1)).mean()
+            terms["feature"] = self.feature_loss(fake, face_b)
         return terms
 
     def training_step(self, batch, batch_idx):

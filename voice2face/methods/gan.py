@@ -64,14 +64,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from voice2face.losses import (discriminator_loss, gender_loss, generator_loss, identity_loss,
                                image_l1_loss, top1_accuracy)
 from voice2face.methods.base import Voices
 from voice2face.methods.generator import AdversarialModule
-from voice2face.methods.pretrained import freeze, load_target
-from voice2face.nets import FaceCritic, FaceGenerator, FaceTrunk, perturb_embedding
+from voice2face.nets import FaceCritic, FaceGenerator, perturb_embedding
 
 
 class GanModule(AdversarialModule):
@@ -83,23 +81,13 @@ class GanModule(AdversarialModule):
     None without the term).
     """
 
-    frozen_nets = ("voice", "target")
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
                  voice_net: dict[str, Any] | None = None,
                  target_net: dict[str, Any] | None = None):
         super().__init__(cfg, data, voice_net)
         m = cfg["model"]
-        self.target: FaceTrunk | None = None
-        if target_net is not None:  # rebuilding from this module's own checkpoint
-            self.target = freeze(FaceTrunk(**target_net))
-        elif m["feature_weight"] > 0:
-            if not m["target"]:
-                raise ValueError("gan: model.feature_weight > 0 needs model.target, a face "
-                                 "network: a `dimnet` checkpoint, or a `face` one other than "
-                                 "the judge (face-target.ckpt)")
-            self.target, target_net = load_target(m["target"], data, cfg["eval"]["judge"])
-        self.hparams["target_net"] = target_net
+        self.attach_target(m["feature_weight"], target_net, "model.feature_weight")
         self.conditional = bool(m["conditional"])
         dim = self.voice.config["dim"]
         self.generator = FaceGenerator(dim, data["face_size"], m["width"],
@@ -180,10 +168,3 @@ class GanModule(AdversarialModule):
             return 0.0
         logs[f"train/loss_gender_{which}"] = gender_loss(out["gender"][:n], gender)
         return self.gender_weight * logs[f"train/loss_gender_{which}"]
-
-    def feature_loss(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Mean cosine distance between the target network's features of the generated faces
-        and of their speakers' real faces (constants: the target is frozen)."""
-        with torch.no_grad():
-            wanted = self.target(real).float()
-        return (1 - F.cosine_similarity(self.target(fake).float(), wanted, dim=-1)).mean()

@@ -18,14 +18,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from tqdm.auto import tqdm
 
 from voice2face.grid import GridCollector, log_grid
 from voice2face.methods.base import Evaluation, MethodModule, Voices, proposal_faces
 from voice2face.methods.common import adam
-from voice2face.methods.pretrained import load_judge, voice_embedder_for
+from voice2face.methods.pretrained import freeze, load_judge, load_target, voice_embedder_for
 from voice2face.metrics import compute_each, make_metrics
+from voice2face.nets import FaceTrunk
 
 # a training batch's key for its rows in the voice cache (``training_batch_facts``)
 VOICE_ROWS_KEY = "_voice_rows"
@@ -224,7 +226,7 @@ class AdversarialModule(GeneratorModule, abstract=True):
 
     steps_per_batch = 2
     ddp_find_unused_parameters = True
-    frozen_nets = ("voice",)
+    frozen_nets = ("voice", "target")
 
     def __init__(self, cfg, data, voice_net=None):
         super().__init__(cfg, data)
@@ -232,6 +234,33 @@ class AdversarialModule(GeneratorModule, abstract=True):
         self.voice = voice_embedder_for(self.method, cfg["model"]["voice"], voice_net)
         self.hparams["voice_net"] = self.voice.config
         self._voice_cache: VoiceCache | None = None
+        self.target: FaceTrunk | None = None  # the feature term's network (attach_target)
+
+    def attach_target(self, weight: float, target_net: dict | None, weight_key: str) -> None:
+        """``self.target``, the feature term's frozen face network: rebuilt from
+        ``target_net`` (the hyperparameters of this module's own checkpoint), else loaded
+        from ``model.target`` when the term's ``weight`` (config key ``weight_key``) is > 0
+        (``load_target``: a ``dimnet`` checkpoint's face embedder or a ``face`` network
+        other than the judge); None otherwise. Its config is saved with the
+        hyperparameters, so a checkpoint rebuilds without the target's file."""
+        m = self.cfg["model"]
+        if target_net is not None:
+            self.target = freeze(FaceTrunk(**target_net))
+        elif weight > 0:
+            if not m.get("target"):
+                raise ValueError(f"{self.method}: {weight_key} > 0 needs model.target, a face "
+                                 f"network: a `dimnet` checkpoint, or a `face` one other than "
+                                 f"the judge (face-target.ckpt)")
+            self.target, target_net = load_target(m["target"], self.data_info,
+                                                  self.cfg["eval"]["judge"])
+        self.hparams["target_net"] = target_net
+
+    def feature_loss(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Mean cosine distance between the target network's features of the generated faces
+        and of the real faces they should look like (constants: the target is frozen)."""
+        with torch.no_grad():
+            wanted = self.target(real).float()
+        return (1 - F.cosine_similarity(self.target(fake).float(), wanted, dim=-1)).mean()
 
     @classmethod
     def reads_training_audio(cls, cfg) -> bool:
