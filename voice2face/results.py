@@ -250,15 +250,8 @@ def ensure_run(entry: Entry, cfg: DictConfig, identity: dict[str, Any], fingerpr
     if twin is not None:
         if not finished(twin, identity, entry.method, fingerprint)[0]:
             final = twin / "checkpoints" / "final.ckpt"
-            module = load_method(final, expect=entry.method)
-            _write_json(twin / RECORD, {
-                "entry": entry.key, "method": entry.method, "label": module.label,
-                "identity": identity, "digest": digest(identity),
-                "train_seconds": round(training_seconds(final) or math.nan, 1),
-                "resumed": False, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "max_steps": int(cfg.trainer.max_steps),
-                "parameters": trained_parameters(module), "command": command,
-                "pretraining_run": True})
+            write_record(twin, entry, cfg, identity, final, training_seconds(final) or math.nan,
+                         False, command, pretraining_run=True)
         folder, done = twin, True
     if done:
         record = json.loads((folder / RECORD).read_text())
@@ -275,6 +268,14 @@ def ensure_run(entry: Entry, cfg: DictConfig, identity: dict[str, Any], fingerpr
     final = train(cfg)
     # every invocation that trained this run, when resumed (the checkpoints' Timer state)
     seconds = training_seconds(final) or time.time() - started
+    return folder, write_record(folder, entry, cfg, identity, final, seconds, resumed,
+                                command), True
+
+
+def write_record(folder: Path, entry: Entry, cfg: DictConfig, identity: dict[str, Any],
+                 final: Path, seconds: float, resumed: bool, command: str, **extra
+                 ) -> dict[str, Any]:
+    """Write (and return) ``folder``'s ``RECORD``: the run of ``entry`` has finished."""
     module = load_method(final, expect=entry.method)
     record = {
         "entry": entry.key, "method": entry.method, "label": module.label,
@@ -282,10 +283,10 @@ def ensure_run(entry: Entry, cfg: DictConfig, identity: dict[str, Any], fingerpr
         "train_seconds": round(seconds, 1), "resumed": resumed,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "max_steps": int(cfg.trainer.max_steps), "parameters": trained_parameters(module),
-        "command": command,
+        "command": command, **extra,
     }
     _write_json(folder / RECORD, record)
-    return folder, record, True
+    return record
 
 
 @dataclass
