@@ -376,7 +376,8 @@ def test_attribute_agreement_on_a_synthetic_world(synthetic_gan, tmp_path, monke
     # by hand: the judge through the training gallery, the read-outs fitted to the true z
     world = HiddenAttributes.of_world(root)
     dm = VoiceFaceDataModule(root, eval_batch_size=64, num_workers=0)
-    net = load_judge(judge, data_info(dm)).eval()
+    # in the memory layout evaluate gives it: the GAN's (model.channels_last, true by default)
+    net = load_judge(judge, data_info(dm)).eval().to(memory_format=torch.channels_last)
     train, test = judge_pass(net, dm, "train"), judge_pass(net, dm, "test")
     readout = B.fit_readout(train["emb"], world.z[train["identity"]])
 

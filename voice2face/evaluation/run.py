@@ -53,7 +53,10 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     P.check_data(ckpt, meta["data"], info, allow_other_data, log,
                  own_root=Path(meta["data"]["root"]) == data)
     judge_path = Path(judge) if judge else default_judge(data)
-    subject = P.Subject(method.to(device), P.load_judge_of(judge_path, data, info).to(device))
+    # the memory layout the method trained in (model.channels_last), for its nets and the judge
+    layout = torch.channels_last if method.channels_last else torch.contiguous_format
+    subject = P.Subject(method.to(device, memory_format=layout),
+                        P.load_judge_of(judge_path, data, info).to(device, memory_format=layout))
     L.seed_everything(seed, workers=True, verbose=False)
 
     chosen = P.chosen_identities([i["index"] for i in dm.identities if i["split"] == "test"],

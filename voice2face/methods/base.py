@@ -204,9 +204,9 @@ class MethodModule(L.LightningModule):
 
     @property
     def channels_last(self) -> bool:
-        """``model.channels_last`` (the ``paper`` profiles): the face nets' 4-D weights and
-        the batch's faces in NHWC memory (``voice2face/nets/layout.py``); a checkpoint from
-        before the key trained without."""
+        """``model.channels_last`` (the default; false: contiguous memory): the face nets' 4-D
+        weights and the batch's faces in NHWC memory (``voice2face/nets/layout.py``); a
+        checkpoint from before the key trained without."""
         return bool(self.cfg["model"].get("channels_last", False))
 
     def configure_model(self) -> None:
