@@ -81,7 +81,6 @@ class GanModule(AdversarialModule):
     None without the term).
     """
 
-
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
                  voice_net: dict[str, Any] | None = None,
                  target_net: dict[str, Any] | None = None):
