@@ -325,19 +325,20 @@ def fit_suite(case: Case, batches: int, device: str = "cpu", precision: str = "3
               callbacks: list = (), progress_bar: bool = True) -> L.Trainer:
     """``batches`` training batches of the case's module, as ``voice2face train`` runs them
     (CSV logger, the profile's ``log_every_n_steps``, progress bar), without validation or
-    checkpoints."""
+    checkpoints, its logs in a scratch folder removed afterwards."""
     t = case.cfg["trainer"]
-    folder = Path(tempfile.mkdtemp(prefix=f"bench-{case.method}-"))
-    trainer = L.Trainer(
-        max_steps=batches * case.steps_per_batch, max_epochs=-1,
-        accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
-        log_every_n_steps=t["log_every_n_steps"], gradient_clip_val=t["gradient_clip_val"],
-        logger=CSVLogger(folder, name="csv"), callbacks=list(callbacks), default_root_dir=folder,
-        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress_bar,
-        limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no validation, few workers: said above
-        trainer.fit(case.module, datamodule=case.data(batches))
+    with tempfile.TemporaryDirectory(prefix=f"bench-{case.method}-") as folder:
+        trainer = L.Trainer(
+            max_steps=batches * case.steps_per_batch, max_epochs=-1,
+            accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
+            log_every_n_steps=t["log_every_n_steps"], gradient_clip_val=t["gradient_clip_val"],
+            logger=CSVLogger(folder, name="csv"), callbacks=list(callbacks),
+            default_root_dir=folder, enable_checkpointing=False, enable_model_summary=False,
+            enable_progress_bar=progress_bar, limit_val_batches=0, num_sanity_val_steps=0,
+            use_distributed_sampler=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no validation, few workers: said above
+            trainer.fit(case.module, datamodule=case.data(batches))
     return trainer
 
 
