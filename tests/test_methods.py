@@ -154,7 +154,7 @@ def test_gan_gender_head_learns_gender_and_trains_the_generator(world, pretraine
     assert {"train/loss_gender_real", "train/loss_gender_fake"} <= set(trainer.logged_metrics)
 
 
-@pytest.mark.parametrize("method", ["gan", "cae"])
+@pytest.mark.parametrize("method", ["gan", "cae", "regression"])  # regression: the cpu profile's
 def test_cached_voices_are_the_embeddings_of_whole_utterances(method, world, pretrained,
                                                               tmp_path):
     """model.cache_voice: training batches carry no audio, and what the method trains on is
@@ -343,7 +343,8 @@ def test_every_method_trains_in_bf16_with_channels_last(method, world, pretraine
 
 @pytest.mark.parametrize("method,overrides", [
     ("gan", ["model.cache_voice=false"]),   # the voice embedder hears the batch's crops
-    ("regression", []),                     # log-mel and the STFT
+    ("regression", ["model.encoder=spectrogram", "data.spectrogram=true"]),  # log-mel and the STFT
+    ("regression", ["model.cache_voice=false"]),  # the frozen embedder hears the crops
     ("voice", [])])
 def test_features_computed_on_the_device_train_a_method(method, overrides, world, pretrained,
                                                         tmp_path, monkeypatch,
@@ -397,5 +398,5 @@ def test_train_mode_leaves_a_methods_frozen_nets_in_eval_mode():
 
     assert set(GanModule.frozen_nets) == {"voice", "target"}
     assert set(CaeModule.frozen_nets) == {"voice", "target"}
-    assert set(RegressionModule.frozen_nets) == {"target", "decoder"}
+    assert set(RegressionModule.frozen_nets) == {"voice", "target", "decoder"}
     assert set(FaceDecoderModule.frozen_nets) == {"target"}

@@ -88,7 +88,8 @@ def test_the_loaders_give_the_exported_nets(world, pretrained):
     m = face.cfg["model"]  # what the methods that keep a target save as its hyperparameters
     assert config == {"face_size": 16, "dim": m["dim"], "width": m["width"], "norm": "batch"}
 
-    # DIMNet's face embedder, the CAE's feature network in the cpu profile
+    # DIMNet's face embedder, the CAE's feature network and the regression's target in the
+    # cpu profile
     dimnet = load_method(pretrained / "dimnet.ckpt")
     embedder, config = load_target(pretrained / "dimnet.ckpt", info, pretrained / "face.ckpt")
     assert same_weights(embedder, dimnet.face) and not embedder.training
@@ -97,7 +98,8 @@ def test_the_loaders_give_the_exported_nets(world, pretrained):
     decoder, target = load_face_decoder(pretrained / "decoder.ckpt")
     module = load_method(pretrained / "decoder.ckpt")
     assert same_weights(decoder, module.decoder) and same_weights(target, module.target)
-    assert same_weights(target, trunk)  # the Makefile's decoder renders face-target's features
+    # the cpu profile's decoder renders DIMNet's face embedding, the paper's face-target's
+    assert same_weights(target, embedder)
 
 
 def test_a_checkpoint_of_another_method_is_refused_by_name(world, pretrained):

@@ -78,13 +78,22 @@ def test_face_decoder_learns_to_reconstruct_and_logs_a_grid(world, pretrained, t
     assert not any(p.requires_grad for p in dec.target.parameters())
 
 
-@pytest.mark.parametrize("encoder", ["spectrogram", "mel"])
+ENCODER_SETTINGS = {  # each encoder with the data it reads (the cpu profile's is embedder)
+    "spectrogram": ["model.encoder=spectrogram", "data.spectrogram=true"],
+    "mel": ["model.encoder=mel"],
+    "embedder": ["model.encoder=embedder", "model.cache_voice=false"],  # crops, not the cache
+}
+
+
+@pytest.mark.parametrize("encoder", list(ENCODER_SETTINGS))
 def test_regression_loss_falls_on_a_fixed_batch_and_only_the_encoder_trains(
         encoder, world, pretrained, tmp_path, spec_batch):
-    reg = build("regression", world, tmp_path, f"model.encoder={encoder}", "optim.lr=3e-3",
+    reg = build("regression", world, tmp_path, *ENCODER_SETTINGS[encoder], "optim.lr=3e-3",
                 "model.width=0.125")
     assert reg.needs_spectrogram == (encoder == "spectrogram") and reg.decoder is not None
-    frozen = {f"{n}.{k}": v.clone() for n in ("target", "decoder")
+    frozen_names = ("target", "decoder") + (("voice",) if encoder == "embedder" else ())
+    assert (reg.voice is not None) == (encoder == "embedder")
+    frozen = {f"{n}.{k}": v.clone() for n in frozen_names
               for k, v in getattr(reg, n).state_dict().items()}
     voices = Voices.of(spec_batch)
 
@@ -98,7 +107,7 @@ def test_regression_loss_falls_on_a_fixed_batch_and_only_the_encoder_trains(
     fit_on(reg, spec_batch, 25)
     reg.eval()
     assert loss() < 0.6 * before
-    for n in ("target", "decoder"):
+    for n in frozen_names:
         for k, v in getattr(reg, n).state_dict().items():  # weights and BatchNorm statistics
             assert torch.equal(v, frozen[f"{n}.{k}"]), (n, k)
         assert not any(p.requires_grad for p in getattr(reg, n).parameters())
@@ -113,7 +122,7 @@ def test_each_loss_is_a_variant(loss, world, pretrained, tmp_path):
     checked against a loop in test_speech2face."""
     from voice2face import losses
     reg = build("regression", world, tmp_path, f"model.loss={loss}")
-    assert reg.label == f"regression ({loss})"
+    assert reg.label == f"regression ({loss}, embedder)"  # the cpu profile's encoder
     pred, true, identity = torch.randn(4, 64), torch.randn(4, 64), torch.tensor([0, 0, 1, 2])
     m = reg.cfg["model"]
     named = {"l1": losses.feature_l1_loss(pred, true), "l2": losses.feature_l2_loss(pred, true),
@@ -138,7 +147,7 @@ def test_the_target_is_not_the_judge(world, pretrained, tmp_path):
     with pytest.raises(CheckpointError, match="expected a face-identity network"):
         build("regression", world, tmp_path, f"model.target={pretrained / 'voice.ckpt'}")
     with pytest.raises(ValueError, match="set data.spectrogram=true"):
-        build("regression", world, tmp_path, "data.spectrogram=false")
+        build("regression", world, tmp_path, "model.encoder=spectrogram", "data.spectrogram=false")
 
 
 def test_without_a_decoder_training_works_and_faces_need_one(world, pretrained, regression,
@@ -234,7 +243,7 @@ def test_evaluation_adds_the_feature_measures(world, pretrained, regression, tmp
         # K at or above the 4 identities would score 1 whatever the regression: left out
         assert not any(f"test/feature_recall@{k}{suffix}" in extra for k in (5, 10, 20, 50))
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert saved["extra"] == extra and saved["label"] == "regression (l1)"
+    assert saved["extra"] == extra and saved["label"] == "regression (l2, embedder)"
     assert "| test/feature_recall@1_l2 |" in (tmp_path / "eval" / "metrics.md").read_text()
     # real | decoded from the true feature | generated: a name label of 96 px, 2 + 1 + 4 faces
     # of 16 px with 2 px padding, and two 8 px gaps (a GAN's grid has one gap, no middle)
@@ -299,10 +308,24 @@ def windowed(world, pretrained, tmp_path):
     """A regression whose evaluation window is 0.1 s: 7 frames (1,600 samples, 512-sample
     frames every 160)."""
     def make(encoder: str = "spectrogram", seconds: str = "0.1"):
-        reg = build("regression", world, tmp_path, f"model.encoder={encoder}", "model.width=0.125",
-                    f"model.eval_max_seconds={seconds}").eval()
+        reg = build("regression", world, tmp_path, *ENCODER_SETTINGS[encoder],
+                    "model.width=0.125", f"model.eval_max_seconds={seconds}").eval()
         return reg
     return make
+
+
+def test_the_embedder_hears_whole_utterances_through_the_frozen_voice_net(windowed):
+    """model.encoder=embedder: no windows (the frozen embedder reads a whole utterance, as
+    the GAN's does); each utterance's prediction is the head on the embedder's output for it
+    alone, computed here one utterance at a time."""
+    reg = windowed("embedder")
+    assert reg.window_frames() is None and not reg.needs_spectrogram
+    voices = random_voices([30, 3, 17], frames=30)  # longer than the 7-frame window
+    with torch.no_grad():
+        pred = reg.predict(voices)
+        for i, n in enumerate([30, 3, 17]):
+            alone = reg.voice(voices.mel[i:i + 1, :, :n], torch.tensor([n]))
+            torch.testing.assert_close(pred[i], reg.encoder(alone)[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("encoder", ["spectrogram", "mel"])

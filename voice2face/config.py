@@ -35,6 +35,7 @@ DECLARED_TYPES: dict[str, type] = {
     "run.name": str, "run.resume": str, "logger.entity": str,
     "trainer.gradient_clip_val": float, "optim.clip_grad": float, "trainer.devices": Any,
     "model.hidden": int, "model.eval_max_seconds": float, "model.target": str,
+    "model.voice": str,
 }
 
 # The range of every numeric key that has one, checked after the merge: (lowest, whether the

@@ -357,7 +357,7 @@ def instrument_voice(chosen: list[Entry], configured: list[tuple[DictConfig, dic
     None when they make none."""
     gan = next(e for e in entries() if e.method == "gan")
     named = [c for e, (c, _, _) in zip(chosen, configured) if e.key == gan.key] + \
-        [c for c, _, _ in configured if "voice" in c.model]
+        [c for c, _, _ in configured if c.model.get("voice")]
     if not named:
         try:
             named = [load_config(gan.method, train_overrides(gan, data, overrides))]

@@ -196,27 +196,21 @@ def gather_shares(share: tuple[list[int], list[str], torch.Tensor], world_size: 
     return shares
 
 
-class AdversarialModule(GeneratorModule, abstract=True):
-    """A generator trained against a critic from a frozen voice embedder (the GAN, the CAE).
-
-    Manual optimization with two optimizer steps per batch, critic then generator
-    (``steps_per_batch = 2``: ``voice2face train`` scales ``trainer.max_steps`` by it); each
-    backward leaves the other net without gradients, so DDP needs
-    ``find_unused_parameters`` (``ddp_find_unused_parameters``). ``self.voice`` comes from
-    ``model.voice`` (a ``voice`` or ``dimnet`` checkpoint) on the first construction, or is
+class VoiceFedModule(GeneratorModule, abstract=True):
+    """A generator that hears voices through a frozen pretrained voice embedder: ``self.voice``
+    from ``model.voice`` (a ``voice`` or ``dimnet`` checkpoint) on the first construction, or
     rebuilt from ``voice_net`` (saved in the hyperparameters) when a checkpoint is loaded; it
-    stays in eval mode, whatever ``train()`` the loops call. A subclass builds
-    ``self.generator`` and ``self.critic`` and writes ``training_step`` with ``_update`` and
-    ``training_voices``.
+    stays in eval mode, whatever ``train()`` the loops call. A subclass whose config needs no
+    embedder (``uses_voice`` false) has ``self.voice = None``.
 
     ``model.cache_voice``: the frozen embedder's outputs are computed once, at the start of
     training, for every training utterance as a whole (as evaluation sees utterances), and
     training batches then carry no audio (``reads_training_audio``): decoding and embedding
-    random crops in every batch is most of a narrow GAN's step on a CPU. The embedder is
+    random crops in every batch is most of a narrow net's step on a CPU. The embedder is
     frozen, so the cache is exact for whole utterances; it trades the crops' variety for
-    speed (the embedding noise of the GAN stays). The cache is one tensor on the module's
-    device (``VoiceCache``); under DDP each rank embeds its slice of the utterances and the
-    slices are gathered, so every rank holds the whole cache.
+    speed. The cache is one tensor on the module's device (``VoiceCache``); under DDP each rank
+    embeds its slice of the utterances and the slices are gathered, so every rank holds the
+    whole cache.
 
     A training step waits for the device nowhere: what it must know on the host about its
     batch (the cache rows of its keys; the CAE's whether it has two identities) is read off
@@ -224,50 +218,29 @@ class AdversarialModule(GeneratorModule, abstract=True):
     ``on_before_batch_transfer``), and only tensors are logged.
     """
 
-    steps_per_batch = 2
-    ddp_find_unused_parameters = True
-    frozen_nets = ("voice", "target")
-
     def __init__(self, cfg, data, voice_net=None):
         super().__init__(cfg, data)
-        self.automatic_optimization = False
-        self.voice = voice_embedder_for(self.method, cfg["model"]["voice"], voice_net)
-        self.hparams["voice_net"] = self.voice.config
+        self.voice = None
+        if self.uses_voice(cfg):
+            self.voice = voice_embedder_for(self.method, cfg["model"]["voice"], voice_net)
+            self.hparams["voice_net"] = self.voice.config
         self._voice_cache: VoiceCache | None = None
-        self.target: FaceTrunk | None = None  # the feature term's network (attach_target)
 
-    def attach_target(self, weight: float, target_net: dict | None, weight_key: str) -> None:
-        """``self.target``, the feature term's frozen face network: rebuilt from
-        ``target_net`` (the hyperparameters of this module's own checkpoint), else loaded
-        from ``model.target`` when the term's ``weight`` (config key ``weight_key``) is > 0
-        (``load_target``: a ``dimnet`` checkpoint's face embedder or a ``face`` network
-        other than the judge); None otherwise. Its config is saved with the
-        hyperparameters, so a checkpoint rebuilds without the target's file."""
-        m = self.cfg["model"]
-        if target_net is not None:
-            self.target = freeze(FaceTrunk(**target_net))
-        elif weight > 0:
-            if not m.get("target"):
-                raise ValueError(f"{self.method}: {weight_key} > 0 needs model.target, a face "
-                                 f"network: a `dimnet` checkpoint, or a `face` one other than "
-                                 f"the judge (face-target.ckpt)")
-            self.target, target_net = load_target(m["target"], self.data_info,
-                                                  self.cfg["eval"]["judge"])
-        self.hparams["target_net"] = target_net
+    @classmethod
+    def uses_voice(cls, cfg) -> bool:
+        """Whether the config's nets read the frozen embedder of ``model.voice``."""
+        return True
 
-    def feature_loss(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Mean cosine distance between the target network's features of the generated faces
-        and of the real faces they should look like (constants: the target is frozen)."""
-        with torch.no_grad():
-            wanted = self.target(real).float()
-        return (1 - F.cosine_similarity(self.target(fake).float(), wanted, dim=-1)).mean()
+    @classmethod
+    def caches_voice(cls, cfg) -> bool:
+        return cls.uses_voice(cfg) and bool(cfg["model"]["cache_voice"])
 
     @classmethod
     def reads_training_audio(cls, cfg) -> bool:
-        return not cfg["model"]["cache_voice"]
+        return not cls.caches_voice(cfg)
 
     def on_fit_start(self) -> None:
-        if self.cfg["model"]["cache_voice"] and self._voice_cache is None:
+        if self.caches_voice(self.cfg) and self._voice_cache is None:
             dm = self.trainer.datamodule
             if dm is None:
                 raise ValueError(f"{self.method}: model.cache_voice embeds the training split "
@@ -309,6 +282,54 @@ class AdversarialModule(GeneratorModule, abstract=True):
             except KeyError as e:
                 raise KeyError(f"{self.method}: {e.args[0]}") from None
         return self._voice_cache.lookup(rows)
+
+
+class AdversarialModule(VoiceFedModule, abstract=True):
+    """A generator trained against a critic from a frozen voice embedder (the GAN, the CAE;
+    ``VoiceFedModule``: the embedder and its cache).
+
+    Manual optimization with two optimizer steps per batch, critic then generator
+    (``steps_per_batch = 2``: ``voice2face train`` scales ``trainer.max_steps`` by it); each
+    backward leaves the other net without gradients, so DDP needs
+    ``find_unused_parameters`` (``ddp_find_unused_parameters``). A subclass builds
+    ``self.generator`` and ``self.critic`` and writes ``training_step`` with ``_update`` and
+    ``training_voices``.
+    """
+
+    steps_per_batch = 2
+    ddp_find_unused_parameters = True
+    frozen_nets = ("voice", "target")
+
+    def __init__(self, cfg, data, voice_net=None):
+        super().__init__(cfg, data, voice_net)
+        self.automatic_optimization = False
+        self.target: FaceTrunk | None = None  # the feature term's network (attach_target)
+
+    def attach_target(self, weight: float, target_net: dict | None, weight_key: str) -> None:
+        """``self.target``, the feature term's frozen face network: rebuilt from
+        ``target_net`` (the hyperparameters of this module's own checkpoint), else loaded
+        from ``model.target`` when the term's ``weight`` (config key ``weight_key``) is > 0
+        (``load_target``: a ``dimnet`` checkpoint's face embedder or a ``face`` network
+        other than the judge); None otherwise. Its config is saved with the
+        hyperparameters, so a checkpoint rebuilds without the target's file."""
+        m = self.cfg["model"]
+        if target_net is not None:
+            self.target = freeze(FaceTrunk(**target_net))
+        elif weight > 0:
+            if not m.get("target"):
+                raise ValueError(f"{self.method}: {weight_key} > 0 needs model.target, a face "
+                                 f"network: a `dimnet` checkpoint, or a `face` one other than "
+                                 f"the judge (face-target.ckpt)")
+            self.target, target_net = load_target(m["target"], self.data_info,
+                                                  self.cfg["eval"]["judge"])
+        self.hparams["target_net"] = target_net
+
+    def feature_loss(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Mean cosine distance between the target network's features of the generated faces
+        and of the real faces they should look like (constants: the target is frozen)."""
+        with torch.no_grad():
+            wanted = self.target(real).float()
+        return (1 - F.cosine_similarity(self.target(fake).float(), wanted, dim=-1)).mean()
 
     def _update(self, opt, loss: torch.Tensor) -> None:
         clip = self.cfg["optim"]["clip_grad"]

@@ -7,7 +7,9 @@ face-identity network gives the speaker's face; a face decoder trained on its ow
 generating method's, and this family's own measures come on top (``extra_metrics``).
 
 * **Targets** (``model.target``): a ``face`` checkpoint other than the judge's (another
-  seed; ``load_target`` refuses the judge's weights). The feature is its unit embedding,
+  seed; ``load_target`` refuses the judge's weights), or a ``dimnet`` checkpoint's face
+  embedder (the ``cpu`` profile's: its shared head regresses a synthetic world's attributes,
+  so its embedding carries them; trained without the judge). The feature is its unit embedding,
   the L2-normalised trunk output, rather than the raw trunk output: the network was trained
   through a cosine classifier, which ignores the trunk's norm, so the norm carries no
   identity and only adds scale noise to L1/L2 distances; every loss here and the decoder
@@ -18,7 +20,12 @@ generating method's, and this family's own measures come on top (``extra_metrics
 * **Voice encoder** (``model.encoder``): ``spectrogram`` (default), Speech2Face's
   ``SpectrogramEncoder`` on the power-law compressed real and imaginary STFT (the data must
   carry it: ``data.spectrogram=true``); ``mel``, Wen et al.'s 1-D ``VoiceEmbedder`` on
-  log-mel, trained from scratch here.
+  log-mel, trained from scratch here; ``embedder``, a frozen pretrained voice embedder
+  (``model.voice``, a ``voice`` or ``dimnet`` checkpoint, as the GAN and the CAE read voices;
+  ``model.cache_voice`` as theirs) and a trained ``FeatureHead`` (``model.hidden`` units, 512
+  if null). The ``cpu`` profile's: in its few hundred steps an encoder trained from scratch
+  learns the speaker's gender and little else (docs/methods.md), while the pretrained
+  embedder already carries age and size.
 * **Loss** (``model.loss``, the run's ``variant``): ``l1`` between normalised features (the
   default, best in the reproductions), ``l2`` (Eq. 1's feature term), ``l1_l2``
   (L1 + ``model.l2_weight`` L2) or ``infonce`` (``model.temperature``; other utterances of
@@ -66,13 +73,15 @@ from voice2face.grid import GridCollector
 from voice2face.losses import feature_l1_l2_loss, get_feature_loss, info_nce_loss
 from voice2face.methods.base import CheckpointError, Voices
 from voice2face.methods.common import adam, unit_features
-from voice2face.methods.generator import GeneratorModule
+from voice2face.methods.generator import VoiceFedModule
 from voice2face.methods.pretrained import freeze, load_face_decoder, load_target, same_weights
 from voice2face.metrics import RecallAtK, applicable
-from voice2face.nets import FaceTrunk, SpectrogramEncoder, VoiceEmbedder
+from voice2face.nets import FaceTrunk, FeatureHead, SpectrogramEncoder, VoiceEmbedder
 from voice2face.nets.speech2face import FaceDecoder
 
-ENCODERS = ("spectrogram", "mel")
+ENCODERS = ("spectrogram", "mel", "embedder")
+# the embedder head's hidden units when model.hidden is null
+HEAD_HIDDEN = 512
 EXTRA_TOP_K = (1, 5, 10, 20, 50)
 SIMILARITIES = ("cosine", "l1", "l2")
 # model.eval_max_seconds of checkpoints saved before the key existed (experiments/regression.yaml)
@@ -91,17 +100,19 @@ def feature_distances(pred: torch.Tensor, true: torch.Tensor) -> dict[str, torch
     return {"l1": d.abs().sum(-1), "l2": d.norm(dim=-1), "cosine": (p * t).sum(-1)}
 
 
-class RegressionModule(GeneratorModule):
-    """``encoder``: voice -> feature; ``target``: FaceTrunk (frozen); ``decoder``: FaceDecoder
-    (frozen, None until one is given). Only the encoder trains."""
+class RegressionModule(VoiceFedModule):
+    """``encoder``: voice -> feature (with ``model.encoder=embedder``, the head on the frozen
+    ``voice``); ``target``: FaceTrunk (frozen); ``decoder``: FaceDecoder (frozen, None until one
+    is given). Only the encoder trains."""
 
     replaceable_parts = ("decoder",)
-    frozen_nets = ("target", "decoder")
+    frozen_nets = ("voice", "target", "decoder")
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any],
                  target_net: dict[str, Any] | None = None,
-                 decoder_net: dict[str, Any] | None = None):
-        super().__init__(cfg, data)
+                 decoder_net: dict[str, Any] | None = None,
+                 voice_net: dict[str, Any] | None = None):
+        super().__init__(cfg, data, voice_net)
         m = cfg["model"]
         rebuilding = target_net is not None  # from this module's own checkpoint
         if rebuilding:
@@ -120,6 +131,9 @@ class RegressionModule(GeneratorModule):
                                               time_pools=tuple(m["time_pools"]))
         elif self.encoder_kind == "mel":
             self.encoder = VoiceEmbedder(dim=dim, width=m["width"], norm="utterance")
+        elif self.encoder_kind == "embedder":
+            hidden = HEAD_HIDDEN if m["hidden"] is None else int(m["hidden"])
+            self.encoder = FeatureHead(self.voice.dim, dim, hidden)
         else:
             raise ValueError(f"regression: unknown model.encoder {self.encoder_kind!r}; valid: "
                              f"{', '.join(ENCODERS)}")
@@ -142,6 +156,10 @@ class RegressionModule(GeneratorModule):
         self.val_feature_recall = RecallAtK((1, 5), similarity="cosine")
 
     # --- the nets' use -------------------------------------------------------------------
+
+    @classmethod
+    def uses_voice(cls, cfg) -> bool:
+        return cfg["model"]["encoder"] == "embedder"
 
     @property
     def variant(self) -> str | None:
@@ -173,6 +191,10 @@ class RegressionModule(GeneratorModule):
         return pred
 
     def _encode(self, voices: Voices) -> torch.Tensor:
+        if self.encoder_kind == "embedder":
+            with torch.no_grad():
+                embedding = self.voice(voices.mel, voices.lengths)
+            return self.encoder(embedding)
         if self.encoder_kind == "mel":
             return self.encoder(voices.mel, voices.lengths)
         if voices.spec is None:
@@ -182,7 +204,10 @@ class RegressionModule(GeneratorModule):
 
     def window_frames(self) -> int | None:
         """The most frames the encoder sees of one utterance outside training (those of a
-        ``model.eval_max_seconds`` crop); None: whole utterances."""
+        ``model.eval_max_seconds`` crop); None: whole utterances (always for the frozen
+        embedder, which reads whole utterances as the GAN's does)."""
+        if self.encoder_kind == "embedder":
+            return None
         seconds = self.cfg["model"].get("eval_max_seconds", EVAL_MAX_SECONDS)
         if seconds is None:
             return None
@@ -349,7 +374,8 @@ class RegressionModule(GeneratorModule):
     # --- training ------------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx):
-        pred = self.predict(Voices.of(batch))
+        pred = (self.encoder(self.training_voices(batch)) if self.encoder_kind == "embedder"
+                else self.predict(Voices.of(batch)))
         true = self.face_features(batch["faces"])
         loss = self.feature_loss(pred, true, batch["identity"])
         cosine = feature_distances(pred.detach(), true)["cosine"].mean()

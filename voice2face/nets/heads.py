@@ -43,3 +43,18 @@ class CovariateHeads(nn.Module):
         if self.attributes is not None:
             out["attributes"] = self.attributes(unit)
         return out
+
+
+class FeatureHead(nn.Module):
+    """An embedding ``[B, dim]`` -> a feature ``[B, out]`` through one hidden layer of
+    ``hidden`` units (ReLU): the regression's encoder on a frozen voice embedder
+    (``model.encoder=embedder``)."""
+
+    def __init__(self, dim: int, out: int, hidden: int = 512):
+        super().__init__()
+        self.config = {"dim": dim, "out": out, "hidden": hidden}
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, out))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.net(embedding)
