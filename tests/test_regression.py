@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -221,6 +222,7 @@ def test_evaluation_adds_the_feature_measures(world, pretrained, regression, tmp
     extra = r["extra"]
     assert extra["test/feature_gallery_identities"] == 4  # the tiny world's test identities
     assert extra["test/feature_gallery_images"] == 12
+    assert not any("attribute" in k for k in extra)  # no synthetic world: no attribute probe
     # the distances, recomputed one utterance at a time: predicted against true feature
     reg = load_method(regression, expect="regression")
     dm = VoiceFaceDataModule(world, eval_batch_size=5, num_workers=0, spectrogram=True)
@@ -388,3 +390,57 @@ def test_the_encoder_never_sees_more_than_a_batch_of_windows(windowed):
     reg.train()
     reg.predict(voices)
     assert calls == [(4, 300)]
+
+
+def test_the_predicted_features_attribute_probe_on_a_synthetic_world(synthetic_world,
+                                                                      tmp_path, monkeypatch):
+    """On a synthetic world, ``extra_metrics`` adds the R² of a ridge probe fitted from the
+    predicted unit features of the known speakers' utterances to their hidden attributes and
+    scored on the test speakers': what the probe is given is checked against predictions made
+    here one utterance at a time, and its score recomputed. On data that is no synthetic world
+    the measure is absent (the fake world: ``test_evaluation_adds_the_feature_measures``)."""
+    import voice2face.methods.regression as R
+    from voice2face.constants import pretrained_dir
+    from voice2face.synth.audit import ATTRIBUTES, HiddenAttributes, LinearProbe, r_squared
+    root = synthetic_world
+    target = tmp_path / "target.ckpt"  # a face network other than the judge
+    export(train_quick("face", root, tmp_path, "trainer.max_steps=2", "run.name=t", "seed=1"),
+           target)
+    reg = build("regression", root, tmp_path, f"model.voice={pretrained_dir(root) / 'voice.ckpt'}",
+                f"model.target={target}", f"model.decoder={tmp_path / 'none.ckpt'}").eval()
+    dm = VoiceFaceDataModule(root, eval_batch_size=7, num_workers=0)
+    probes = []
+
+    class Recorded(LinearProbe):
+        def fit(self, x, y):
+            probes.append(self)
+            self.x_fit, self.y_fit = x, y
+            return super().fit(x, y)
+
+        def predict(self, x):
+            self.x_scored = x
+            return super().predict(x)
+    monkeypatch.setattr(R, "LinearProbe", Recorded)
+    extra = reg.extra_metrics(dm, "cpu")
+
+    def one_by_one(split: str):
+        feats, ids = [], []
+        for sample in dm.eval_dataset(split):
+            mel = sample["mel"][None]
+            with torch.no_grad():
+                pred = reg.predict(Voices(mel, torch.tensor([mel.shape[-1]])))
+            feats.append(F.normalize(pred, dim=-1)[0].double().numpy())
+            ids.append(int(sample["identity"]))
+        return np.stack(feats), np.array(ids)
+
+    z = HiddenAttributes.of_world(root).z
+    (x_known, id_known), (x_test, id_test) = one_by_one("known"), one_by_one("test")
+    assert len(set(id_known)) > 1 and not set(id_known) & set(id_test)
+    (probe,) = probes
+    assert probe.ridge == 1e-2
+    np.testing.assert_allclose(probe.x_fit, x_known, atol=1e-5)
+    np.testing.assert_array_equal(probe.y_fit, z[id_known])
+    np.testing.assert_allclose(probe.x_scored, x_test, atol=1e-5)
+    want = r_squared(LinearProbe.predict(probe, probe.x_scored), z[id_test])
+    for name, value in zip(ATTRIBUTES, want):
+        assert extra[f"test/feature_attribute_r2_{name}"] == value, name

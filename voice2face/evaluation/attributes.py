@@ -5,7 +5,6 @@ and ``instrument``, which it uses, so neither imports the other."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -13,26 +12,10 @@ from torch import Tensor
 from voice2face.evaluation import bounds as B
 from voice2face.evaluation.instrument import judge_pass
 from voice2face.evaluation.protocol import Gallery, Probes, Subject, stack
-from voice2face.synth.audit import HiddenAttributes, load_world
+from voice2face.synth.audit import hidden_attributes  # noqa: F401  (evaluate reads it here)
 
 ATTRIBUTE_KEYS = ("attribute_match_1to2", "attribute_match_1to2_gender", "attribute_gender_acc",
                   "attribute_r2_age", "attribute_r2_size")
-
-
-def hidden_attributes(data, identities: list[dict[str, Any]]):
-    """The synthetic world's hidden attributes (``synth.audit.HiddenAttributes``) of the data
-    in ``data`` whose identity table is ``identities`` (the datamodule's), or None for data
-    that is no synthetic world: ``load_world`` raises, or the world that the manifest's
-    ``source`` regenerates is not the one of the identity table (its names by index). The
-    world is regenerated once."""
-    try:
-        _, config, regenerated = load_world(data)
-    except (ValueError, KeyError, TypeError):
-        return None
-    names = {i.index: i.name for i in regenerated}
-    if any(names.get(i["index"]) != i["name"] for i in identities):
-        return None
-    return HiddenAttributes.of_identities(config, regenerated)
 
 
 def attribute_rows(subject: Subject, dm, world, gallery: Gallery, probes: Probes, device

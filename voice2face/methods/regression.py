@@ -78,12 +78,14 @@ from voice2face.methods.pretrained import freeze, load_face_decoder, load_target
 from voice2face.metrics import RecallAtK, applicable
 from voice2face.nets import FaceTrunk, FeatureHead, SpectrogramEncoder, VoiceEmbedder
 from voice2face.nets.speech2face import FaceDecoder
+from voice2face.synth.audit import ATTRIBUTES, LinearProbe, hidden_attributes, r_squared
 
 ENCODERS = ("spectrogram", "mel", "embedder")
 # the embedder head's hidden units when model.hidden is null
 HEAD_HIDDEN = 512
 EXTRA_TOP_K = (1, 5, 10, 20, 50)
 SIMILARITIES = ("cosine", "l1", "l2")
+PROBE_RIDGE = 1e-2  # of the attribute probe on predicted features (the instrument's voice probe's)
 # model.eval_max_seconds of checkpoints saved before the key existed (experiments/regression.yaml)
 EVAL_MAX_SECONDS = 6.0
 
@@ -98,6 +100,24 @@ def feature_distances(pred: torch.Tensor, true: torch.Tensor) -> dict[str, torch
     p, t = F.normalize(pred, dim=-1), F.normalize(true, dim=-1)
     d = p - t
     return {"l1": d.abs().sum(-1), "l2": d.norm(dim=-1), "cosine": (p * t).sum(-1)}
+
+
+def feature_attribute_r2(datamodule, predicted: dict[str, tuple[list, list]]
+                         ) -> dict[str, float]:
+    """``RegressionModule.extra_metrics``' attribute probe: ``predicted`` holds, per split
+    (``known``, ``test``), the batches' predicted unit features and speaker identities; empty
+    for data that is no synthetic world or a split without utterances."""
+    if not all(predicted[s][0] for s in ("known", "test")):
+        return {}
+    world = hidden_attributes(datamodule.root, datamodule.identities)
+    if world is None:
+        return {}
+    (x_fit, id_fit), (x_test, id_test) = (
+        (torch.cat(predicted[s][0]).double().numpy(), torch.cat(predicted[s][1]).numpy())
+        for s in ("known", "test"))
+    probe = LinearProbe(PROBE_RIDGE).fit(x_fit, world.z[id_fit])
+    r2 = r_squared(probe.predict(x_test), world.z[id_test])
+    return {f"test/feature_attribute_r2_{k}": float(v) for k, v in zip(ATTRIBUTES, r2)}
 
 
 class RegressionModule(VoiceFedModule):
@@ -337,9 +357,15 @@ class RegressionModule(VoiceFedModule):
         and true features on the training speakers' held-out utterances (``known/``) and on the
         test speakers (``test/``); recall@K of the test speaker's true feature with each of
         the three similarities, the gallery being one mean feature per test identity (its
-        size is stated as ``test/feature_gallery_identities``; a K at or above it is left out)."""
+        size is stated as ``test/feature_gallery_identities``; a K at or above it is left out).
+        On a synthetic world, ``test/feature_attribute_r2_{gender,age,size}``: how much of the
+        speakers' hidden attributes the predicted features carry, before any decoder renders
+        them (R² of a ridge probe fitted from the ``known/`` utterances' predicted unit
+        features to their speakers' attributes, scored on the ``test/`` utterances'; the
+        instrument's voice probe does the same with a voice embedding)."""
         loader = dict(rank=0, world_size=1)
         out: dict[str, float] = {}
+        predicted: dict[str, tuple[list, list]] = {"known": ([], []), "test": ([], [])}
         recalls = {s: RecallAtK(EXTRA_TOP_K, similarity=s, distributed_available_fn=_no_sync)
                    for s in SIMILARITIES}
         for split in ("known", "test"):
@@ -352,6 +378,8 @@ class RegressionModule(VoiceFedModule):
                 for k, v in feature_distances(pred, true).items():
                     sums[k] += float(v.sum())
                 n += len(pred)
+                predicted[split][0].append(F.normalize(pred, dim=-1).cpu())
+                predicted[split][1].append(batch["identity"])
                 if split == "test":
                     for r in recalls.values():
                         r.update(F.normalize(pred, dim=-1).cpu(), batch["identity"],
@@ -369,6 +397,7 @@ class RegressionModule(VoiceFedModule):
                         for k, v in applicable(r, r.compute()).items()})
         out["test/feature_gallery_identities"] = float(len(ids))
         out["test/feature_gallery_images"] = float(images)
+        out.update(feature_attribute_r2(datamodule, predicted))
         return out
 
     # --- training ------------------------------------------------------------------------

@@ -395,6 +395,22 @@ class HiddenAttributes:
                    np.asarray(config.voice_noise, float))
 
 
+def hidden_attributes(data, identities: list[dict]) -> "HiddenAttributes | None":
+    """The synthetic world's hidden attributes (``HiddenAttributes``) of the data
+    in ``data`` whose identity table is ``identities`` (the datamodule's), or None for data
+    that is no synthetic world: ``load_world`` raises, or the world that the manifest's
+    ``source`` regenerates is not the one of the identity table (its names by index). The
+    world is regenerated once."""
+    try:
+        _, config, regenerated = load_world(data)
+    except (ValueError, KeyError, TypeError):
+        return None
+    names = {i.index: i.name for i in regenerated}
+    if any(names.get(i["index"]) != i["name"] for i in identities):
+        return None
+    return HiddenAttributes.of_identities(config, regenerated)
+
+
 def audit_world(root, fit_per_identity: int | None = 3, workers: int = 1) -> dict:
     """The audio-only oracle of the world in ``root``: its test-split 1:2 accuracy
     (unstratified and same-gender) and R² per attribute, beside the ceiling.
