@@ -125,6 +125,53 @@ def test_gan_steps_reduce_the_classifier_loss_and_keep_the_voice_frozen(world, p
     assert not gan.voice.training and not any(p.requires_grad for p in gan.voice.parameters())
 
 
+def test_gan_moving_average_of_the_generator(world, pretrained, tmp_path):
+    """model.ema_decay: after every generator step the averaged generator moves toward the
+    trained one by (1 - decay), its first value the weights after the first step (computed
+    here in a loop from the generator's weights and BatchNorm statistics after each step);
+    faces come from the average, which the checkpoint keeps."""
+    import lightning as L
+    decay = 0.6
+    cfg = quick_config("gan", world, tmp_path, "model.width=0.25", "eval.judge=null",
+                       "optim.lr=1e-3", "model.cache_voice=false", f"model.ema_decay={decay}")
+    dm = VoiceFaceDataModule(world, batch_size=6, num_workers=0, crop_seconds=0.3)
+    gan = METHODS["gan"](OmegaConf.to_container(cfg, resolve=True), data_info(dm))
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            seen.append({k: v.detach().clone() for k, v in module.generator.state_dict().items()})
+    trainer = L.Trainer(max_steps=2 * 4, accelerator="cpu", logger=False, callbacks=[Record()],
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(gan, DataLoader(Repeat(fixed_batch(world), 4), batch_size=None))
+    assert len(seen) == 4
+    average = dict(seen[0])
+    for weights in seen[1:]:
+        for k, v in weights.items():
+            if v.is_floating_point():
+                average[k] = decay * average[k] + (1 - decay) * v
+    ema = gan.generator_ema.module.state_dict()
+    for k, v in average.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(ema[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert int(gan.generator_ema.n_averaged) == 4
+    assert not any(p.requires_grad for p in gan.generator_ema.parameters())
+
+    gan.eval()
+    codes = torch.nn.functional.normalize(torch.randn(3, gan.voice.dim), dim=-1)
+    with torch.no_grad():
+        faces = gan.faces_from_codes(codes)
+        assert torch.equal(faces, gan.generator_ema.module(codes))
+        assert not torch.allclose(faces, gan.generator(codes))
+    final = train_quick("gan", world, tmp_path, "trainer.max_steps=2", "run.name=ema",
+                        f"model.ema_decay={decay}")
+    loaded = load_method(final)
+    state = torch.load(final, weights_only=False, map_location="cpu")["state_dict"]
+    for k, v in loaded.generator_ema.state_dict().items():
+        assert torch.equal(v, state[f"generator_ema.{k}"]), k
+
+
 def test_gan_gender_head_learns_gender_and_trains_the_generator(world, pretrained, tmp_path):
     import lightning as L
     from voice2face.losses import gender_loss

@@ -50,7 +50,7 @@ RANGES: dict[str, tuple[float, bool]] = {
     "eval.grid_identities": (0, True), "eval.grid_utterances": (1, True),
     "optim.lr": (0, False), "trainer.gradient_clip_val": (0, False), "optim.clip_grad": (0, False),
     "model.hidden": (1, True), "model.eval_max_seconds": (0, False), "model.dim": (1, True),
-    "model.embedding_noise": (0, True),
+    "model.embedding_noise": (0, True), "model.ema_decay": (0, True),
 }
 RANGE_SUFFIXES: dict[str, tuple[float, bool]] = {"width": (0, False), "_weight": (0, True)}
 

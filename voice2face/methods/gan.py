@@ -64,6 +64,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from voice2face.losses import (discriminator_loss, gender_loss, generator_loss, identity_loss,
                                image_l1_loss, top1_accuracy)
@@ -96,6 +97,15 @@ class GanModule(AdversarialModule):
         self.critic = FaceCritic(data["face_size"], data["num_train_identities"],
                                  width=m["width"], cond_dim=dim if self.conditional else 0,
                                  gender=self.gender_weight > 0)
+        # model.ema_decay > 0: the faces come from an exponential moving average of the
+        # generator's weights and BatchNorm statistics, updated after every generator step
+        # (a checkpoint without the key trained without one)
+        decay = float(m.get("ema_decay", 0.0))
+        self.generator_ema: AveragedModel | None = None
+        if decay > 0:
+            self.generator_ema = AveragedModel(self.generator, use_buffers=True,
+                                               multi_avg_fn=get_ema_multi_avg_fn(decay))
+            self.generator_ema.requires_grad_(False)
 
     # --- the nets' use -------------------------------------------------------------------
 
@@ -113,8 +123,13 @@ class GanModule(AdversarialModule):
     def faces_from_codes(self, codes: torch.Tensor, proposal: torch.Tensor | None = None
                          ) -> torch.Tensor:
         """Faces from voice embeddings, without embedding noise (the conditional variant
-        draws z from the global RNG)."""
-        return self.generator(codes)
+        draws z from the global RNG), by the averaged generator where there is one."""
+        return self.face_generator(codes)
+
+    @property
+    def face_generator(self) -> FaceGenerator:
+        """The generator faces come from: the moving average with ``model.ema_decay``."""
+        return self.generator if self.generator_ema is None else self.generator_ema.module
 
     # --- training ------------------------------------------------------------------------
 
@@ -151,6 +166,8 @@ class GanModule(AdversarialModule):
                 logs["train/loss_feature"] = self.feature_loss(fake, real)
                 loss = loss + m["feature_weight"] * logs["train/loss_feature"]
             self._update(opt_g, loss)
+        if self.generator_ema is not None:
+            self.generator_ema.update_parameters(self.generator)
 
         # only the generator's loss on the progress bar, which reads its values every step
         self.log("train/loss_g", loss_adv, prog_bar=True, batch_size=n)
