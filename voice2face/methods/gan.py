@@ -36,6 +36,11 @@ covariates, keeps what a voice can tell.
 Gen"): noise z (``model.noise_dim``) is concatenated to the embedding and the discriminator
 is a projection discriminator on the embedding. ``experiments/cgan.yaml`` sets it.
 
+``model.ema_decay > 0`` makes faces (validation, evaluation, generation) with an
+exponential moving average of the generator's weights and BatchNorm statistics
+(``torch.optim.swa_utils.AveragedModel``, updated after every generator step; the
+checkpoint keeps it), a common way to steady a GAN's generator between steps.
+
 Validation (judge metrics and the sample grid) is ``GeneratorModule``'s. The contract's
 code of an utterance is its unit voice embedding; several utterances of one speaker are
 fused by their mean, renormalised (``voice2face generate a.wav b.wav``).
