@@ -36,11 +36,11 @@ resumed from its last checkpoint; a changed config, data or pretrained net gives
 digest, so a new run (the old folder stays, and is reused if the settings come back). A
 row with no run of its own reuses a finished run of the Makefile's pretraining with the same
 config and data (``pretraining_twin``: the ``dimnet`` row is then the very voice embedder the
-GAN and CAE rows read), writing its ``results-run.json`` there. The
+GAN, CAE and regression rows read in the ``cpu`` profile), writing its ``results-run.json`` there. The
 evaluation is reused likewise when ``results-eval/key.json`` records the same checkpoint,
 judge, data, seed, batch size and device. The instrument is measured once per table with the
 protocol's judge and the voice embedder of the ``gan`` row's config (``model.voice``, which the
-CAE rows read too) and kept with the runs (``<run.root>/results-instrument-<data>.json``), reused
+CAE rows, and the regression rows of the ``cpu`` profile, read too) and kept with the runs (``<run.root>/results-instrument-<data>.json``), reused
 while it records the same SHA-1s of manifest, judge and voice embedder, batch size and device.
 """
 
@@ -174,7 +174,7 @@ def pretraining_twin(cfg: DictConfig, identity: dict[str, Any], method: str, fin
                      ) -> Path | None:
     """A finished run of the Makefile's pretraining (``<run.root>/pretrain-<net>-<data>``)
     with this row's config and data, or None: the ``dimnet`` row and the voice embedder the
-    GAN and CAE rows read are the same run when their settings agree, so it is not trained
+    GAN, CAE and regression rows read are the same run when their settings agree, so it is not trained
     twice. Its final checkpoint must say the row's method and the data's fingerprint."""
     root, data = Path(cfg.run.root), Path(cfg.data.root).name
     for folder in sorted(root.glob(f"pretrain-*-{data}")):
@@ -435,7 +435,8 @@ def instrument_markdown(measured: Instrument | str) -> list[str]:
         "observed, a generator that heard everything a voice reveals; with exact read-outs it "
         "would reach the ceiling in attribute space, so what it lacks is the judge's.",
         f"- **voice-embedder oracle**: the same with o estimated from `{measured.voice}` (the "
-        "voice embedder the GAN and CAE rows read) by a ridge probe fitted on the training "
+        "voice embedder the GAN and CAE rows, and the `cpu` profile's regression rows, read) "
+        "by a ridge probe fitted on the training "
         "utterances and calibrated on the validation ones: the bound of the chance→bound "
         "columns (1:2 through the judge).",
         "- **posterior mean**: E[face | o] instead, the squared-error optimum, which shrinks "
@@ -696,7 +697,7 @@ def results_markdown(rows: list[RowResult], context: dict[str, Any]) -> str:
         "a generator can reach"
         + (f": the voice-embedder oracle's 1:2 through the judge ({fmt(bound.get('match_1to2'))} "
            f"and {fmt(bound.get('match_1to2_gender'))}; [Instrument](#instrument-bounds-and-"
-           "controls) below), what the mean face of the attributes that the GAN and CAE rows' "
+           "controls) below), what the mean face of the attributes that the generating rows' "
            "voice embedder reveals scores through this judge; — where the bound is not above "
            "chance. The o-oracle's distance from the ceiling is the judge's, the bound's "
            "further distance the voice embedder's." if bound else
