@@ -12,7 +12,6 @@ from torch import Tensor
 from voice2face.evaluation import bounds as B
 from voice2face.evaluation.instrument import judge_pass
 from voice2face.evaluation.protocol import Gallery, Probes, Subject, stack
-from voice2face.synth.audit import hidden_attributes  # noqa: F401  (evaluate reads it here)
 
 ATTRIBUTE_KEYS = ("attribute_match_1to2", "attribute_match_1to2_gender", "attribute_gender_acc",
                   "attribute_r2_age", "attribute_r2_size")

@@ -16,6 +16,7 @@ from voice2face.evaluation.chance import Split, chance_row, unrelated_cosine
 from voice2face.evaluation.report import log_evaluation, write_results
 from voice2face.methods import CheckpointError
 from voice2face.methods.base import data_info, read_checkpoint_meta
+from voice2face.synth.audit import hidden_attributes
 
 
 def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
@@ -87,7 +88,7 @@ def evaluate(ckpt: str | Path, out: str | Path, data: str | Path | None = None,
     if ceilings:
         results["rows"]["ceiling"] = {k: float(v) for k, v in ceilings.items()
                                       if k.startswith("match_")}
-    world = A.hidden_attributes(data, dm.identities) if attributes and subject.judged else None
+    world = hidden_attributes(data, dm.identities) if attributes and subject.judged else None
     if world is not None:
         for name, values in A.attribute_rows(subject, dm, world, gallery, probes,
                                              device).items():

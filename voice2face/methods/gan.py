@@ -129,12 +129,8 @@ class GanModule(AdversarialModule):
                          ) -> torch.Tensor:
         """Faces from voice embeddings, without embedding noise (the conditional variant
         draws z from the global RNG), by the averaged generator where there is one."""
-        return self.face_generator(codes)
-
-    @property
-    def face_generator(self) -> FaceGenerator:
-        """The generator faces come from: the moving average with ``model.ema_decay``."""
-        return self.generator if self.generator_ema is None else self.generator_ema.module
+        generator = self.generator if self.generator_ema is None else self.generator_ema.module
+        return generator(codes)
 
     # --- training ------------------------------------------------------------------------
 
