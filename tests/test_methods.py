@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from datamodules import VoiceFaceDataModule
@@ -34,8 +35,12 @@ def initial_parameters(monkeypatch) -> dict[str, torch.Tensor]:
     return initial
 
 
-def trainable(module: torch.nn.Module) -> set[str]:
-    return {k for k, p in module.named_parameters() if p.requires_grad}
+def trained(module: torch.nn.Module) -> set[str]:
+    """The parameters that training moves: those with a gradient, and those of the moving
+    averages (``AveragedModel``, the GAN's ``model.ema_decay``) that follow them."""
+    averaged = {f"{name}.{k}" for name, m in module.named_modules()
+                if isinstance(m, AveragedModel) for k, _ in m.named_parameters()}
+    return {k for k, p in module.named_parameters() if p.requires_grad} | averaged
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -48,8 +53,9 @@ def test_every_method_trains_a_few_steps(method, world, pretrained, tmp_path,
     assert isinstance(module, METHODS[method]) and not module.training
     for name, p in module.state_dict().items():
         assert torch.isfinite(p.float()).all(), name
-    # every trained parameter moved; the frozen nets' stayed as they were loaded
-    assert changed_parameters(module, initial_parameters) == trainable(module)
+    # every trained parameter (and every average of them) moved; the frozen nets' stayed as
+    # they were loaded
+    assert changed_parameters(module, initial_parameters) == trained(module)
     (log,) = (tmp_path / "r").glob("csv/version_*/metrics.csv")
     header = log.read_text().splitlines()[0]
     assert "train/" in header and "val/" in header
@@ -331,7 +337,7 @@ def test_gan_checkpoint_needs_no_voice_checkpoint(world, pretrained, tmp_path):
     faces = gan.generate_faces(voices)
     torch.manual_seed(0)  # the same z
     with torch.no_grad():
-        assert torch.equal(faces, gan.generator(embedder(voices.mel, voices.lengths)))
+        assert torch.equal(faces, gan.face_generator(embedder(voices.mel, voices.lengths)))
 
 
 def test_gan_without_voice_checkpoint_says_how_to_make_one(world, tmp_path):
@@ -383,7 +389,7 @@ def test_every_method_trains_in_bf16_with_channels_last(method, world, pretraine
     assert set(trainer.progress_bar_metrics) == {MAIN_LOSS.get(method, "train/loss")}
     for name, p in module.named_parameters():
         assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
-    assert changed_parameters(module, initial) == trainable(module)
+    assert changed_parameters(module, initial) == trained(module)
     four_d = [p for p in module.parameters() if p.dim() == 4 and p.shape[-1] > 1]
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
     if four_d:  # a method with face nets (not voice's 1-D one) gets NHWC faces
@@ -417,7 +423,7 @@ def test_features_computed_on_the_device_train_a_method(method, overrides, world
     assert torch.load(final, weights_only=False, map_location="cpu")["global_step"] == (
         2 * METHODS[method].steps_per_batch)
     module = load_method(final)
-    assert changed_parameters(module, initial_parameters) == trainable(module)
+    assert changed_parameters(module, initial_parameters) == trained(module)
 
 
 def test_train_mode_leaves_a_methods_frozen_nets_in_eval_mode():

@@ -118,6 +118,11 @@ class GanModule(AdversarialModule):
     def variant(self) -> str | None:
         return "conditional" if self.conditional else None
 
+    @property
+    def face_generator(self) -> torch.nn.Module:
+        """The generator whose faces are shown: the moving average where there is one."""
+        return self.generator if self.generator_ema is None else self.generator_ema.module
+
     @torch.no_grad()
     def encode_voices(self, voices: Voices) -> torch.Tensor:
         """The frozen embedder's unit voice embeddings (``fuse_codes``: their mean,
@@ -129,8 +134,7 @@ class GanModule(AdversarialModule):
                          ) -> torch.Tensor:
         """Faces from voice embeddings, without embedding noise (the conditional variant
         draws z from the global RNG), by the averaged generator where there is one."""
-        generator = self.generator if self.generator_ema is None else self.generator_ema.module
-        return generator(codes)
+        return self.face_generator(codes)
 
     # --- training ------------------------------------------------------------------------
 
