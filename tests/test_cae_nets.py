@@ -37,7 +37,8 @@ def reference_gate(layer: GatedConvTranspose2d, cond: torch.Tensor) -> torch.Ten
     if layer.granularity == "channel":
         return torch.sigmoid(logits).reshape(1, c_out, 1, 1).expand(c_in, c_out, k, k)
     u, v = logits[:c_in * r].reshape(c_in, r), logits[c_in * r:].reshape(r, c_out * k * k)
-    return torch.sigmoid(u @ v / math.sqrt(r)).reshape(c_in, c_out, k, k)
+    shared = layer.shared_logits.reshape(c_in, c_out * k * k)
+    return torch.sigmoid(shared + u @ v / math.sqrt(r)).reshape(c_in, c_out, k, k)
 
 
 def grads(loss, tensors):
@@ -54,6 +55,12 @@ def test_gated_layer_batched_equals_per_sample_loop(granularity, kernel, dtype):
     x = torch.randn(3, 5, 4, 4, dtype=dtype, requires_grad=True)
     cond = torch.randn(3, 6, dtype=dtype, requires_grad=True)
     leaves = [x, cond, layer.weight, layer.bias, layer.controller.weight, layer.controller.bias]
+    names = ["input", "cond", "weight", "bias", "controller.weight", "controller.bias"]
+    if layer.shared_logits is not None:  # zero at first: made random, so that it counts
+        with torch.no_grad():
+            layer.shared_logits.normal_()
+        leaves.append(layer.shared_logits)
+        names.append("shared_logits")
     out = layer(x, cond)
     assert out.shape == (3, 4, 8, 8)
     probe = torch.randn_like(out)  # a loss whose gradient differs per element
@@ -63,8 +70,7 @@ def test_gated_layer_batched_equals_per_sample_loop(granularity, kernel, dtype):
                                         layer.bias, 2, (kernel - 2) // 2) for i in range(3)])
     looped = grads((ref * probe).sum(), leaves)
     torch.testing.assert_close(out, ref, **TOL[dtype])
-    for name, a, b in zip(["input", "cond", "weight", "bias", "controller.weight",
-                           "controller.bias"], batched, looped):
+    for name, a, b in zip(names, batched, looped, strict=True):
         torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m, n=name: f"{n}: {m}")
     # the module's own loop path is the same reference
     layer.impl = "loop"
@@ -198,7 +204,8 @@ def test_gates_in_unit_interval_and_voice_changes_face(gating):
 def test_paper_sizes_and_controller_size():
     """Width 1 (built on the meta device: shapes without memory): 64-128-256-512 levels; the
     full controller has (64 + 1) parameters per decoder filter parameter, the channel one
-    (64 + 1) per output channel, the low-rank one (64 + 1) r (C_in + C_out k k) per layer."""
+    (64 + 1) per output channel, the low-rank one (64 + 1) r (C_in + C_out k k) per layer and
+    the C_in C_out k k logits its samples share."""
     assert unet_channels(1.0) == [64, 128, 256, 512]
     with torch.device("meta"):
         full = GatedUNet(64, width=1.0, gating="full")
@@ -216,6 +223,24 @@ def test_paper_sizes_and_controller_size():
     assert controller(full) == 65 * decoder  # 112.9M: the paper's gating is most of the model
     assert controller(channel) == 65 * (512 + 256 + 128 + 64)
     assert controller(lowrank) == 65 * 3 * sum(s[0] + s[1] * 4 for s in shapes)
+    assert sum(m.shared_logits.numel() for m in lowrank.up) == decoder
+    assert all(m.shared_logits is None for m in (*full.up, *channel.up))
+
+
+def test_lowrank_factors_start_at_scales_that_let_the_voice_move_the_gates():
+    """The low-rank gates start where the full ones do (the shared logits at zero, the voice's
+    part small), with the right factor of unit scale on unit voice embeddings: the left one's
+    gradient is then not scaled down by a second small factor."""
+    torch.manual_seed(0)
+    layer = GatedConvTranspose2d(64, 32, 2, 2, cond_dim=64, granularity="lowrank", rank=4)
+    voice = F.normalize(torch.randn(256, 64), dim=-1)
+    factors = layer.controller(voice)
+    left, right = factors[:, :64 * 4], factors[:, 64 * 4:]
+    assert 0.8 < right.std().item() < 1.25
+    assert left.std().item() < 0.2  # nn.Linear's own scale
+    assert torch.equal(layer.shared_logits, torch.zeros(64, 32 * 4))
+    logits = torch.logit(layer.gates(voice))
+    assert logits.std().item() < 0.5 and logits.std(dim=0).mean().item() > 0.02
 
 
 def test_concat_ablation_has_no_gates_and_wider_bottleneck():

@@ -15,7 +15,9 @@ transposed convolution maps the 64-d voice embedding ``e`` to one logit per filt
 that layer, and ``W_b = W * sigmoid(A e_b + c)`` is the layer's weight for sample ``b``: every
 sample gets its own decoder (``gating="full"``). Two cheaper granularities, not in the paper:
 ``"channel"`` (one gate per output channel) and ``"lowrank"`` (the ``[C_in, C_out k k]`` logit
-matrix of each sample as a product of rank-``rank`` factors, both read from one linear layer).
+matrix of each sample is a learned matrix shared by every sample, which plays the part of the
+full controller's bias, plus a product of rank-``rank`` factors read from the voice by one
+linear layer).
 ``gating="concat"`` is the ablation: no gates, the embedding is concatenated to the bottleneck
 input at every position instead.
 
@@ -109,6 +111,16 @@ class GatedConvTranspose2d(nn.Module):
                       "channel": out_channels,
                       "lowrank": rank * (in_channels + out_channels * kernel_size ** 2)}
         self.controller = nn.Linear(cond_dim, per_sample[granularity])
+        # lowrank: the logits every sample shares (full gating's are the controller's bias);
+        # without them every gate matrix is of rank ``rank``, the static part included
+        self.shared_logits = (nn.Parameter(torch.zeros(in_channels, out_channels * kernel_size ** 2))
+                              if granularity == "lowrank" else None)
+        if granularity == "lowrank":
+            # the right factor of unit scale on a unit voice embedding: the left one then
+            # learns at the pace of full gating's logits (at nn.Linear's scale, about 0.1,
+            # both factors learn ten times slower and the voice hardly moves the gates)
+            with torch.no_grad():
+                nn.init.normal_(self.controller.weight[in_channels * rank:])
 
     @property
     def impl(self) -> str:
@@ -128,9 +140,10 @@ class GatedConvTranspose2d(nn.Module):
         if self.granularity == "channel":
             return torch.sigmoid(logits).view(b, 1, c_out, 1, 1)
         left, right = logits.split([c_in * self.rank, self.rank * c_out * k * k], dim=1)
-        # 1/sqrt(rank) keeps the logits' scale independent of the rank
+        # 1/sqrt(rank) keeps the voice's part of the logits independent of the rank
         logits = left.view(b, c_in, self.rank) @ right.view(b, self.rank, c_out * k * k)
-        return torch.sigmoid(logits / math.sqrt(self.rank)).view(b, c_in, c_out, k, k)
+        logits = self.shared_logits + logits / math.sqrt(self.rank)
+        return torch.sigmoid(logits).view(b, c_in, c_out, k, k)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         gates = self.gates(cond)
