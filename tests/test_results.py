@@ -618,6 +618,21 @@ def test_make_results_on_a_tiny_world_reuses_finished_runs_and_retrains_changed_
     assert torch.load(gan.folder / "checkpoints" / "final.ckpt", weights_only=False,
                       map_location="cpu")["global_step"] == 3 * METHODS["gan"].steps_per_batch
 
+    # --retrain: the same settings trained again (a code change), the finished run kept aside
+    retrained = subprocess.run([*command[:-len(args.split())], *args.replace(
+        "trainer.max_steps=2", "trainer.max_steps=3").split(), "--only", "gan",
+        "--retrain", "gan"], cwd=REPO, capture_output=True, text=True)
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    assert f"voice2face results: gan: training in {gan.folder} (no run folder)" in retrained.stdout
+    (aside,) = gan.folder.parent.glob(f"{gan.folder.name}.replaced-*")
+    assert (aside / "checkpoints" / "final.ckpt").is_file() and (aside / RECORD).is_file()
+    (again_gan,) = rows_on_disk(out.read_text())
+    assert again_gan.folder == gan.folder and again_gan.record["finished_at"] >= gan.record[
+        "finished_at"] and again_gan.record["digest"] == gan.record["digest"]
+    wrong = subprocess.run([*command, "--only", "gan", "--retrain", "cae-full"], cwd=REPO,
+                           capture_output=True, text=True)
+    assert wrong.returncode != 0 and "--retrain: unknown row(s) cae-full" in wrong.stderr
+
 
 def test_ctrl_c_says_which_rows_are_kept_and_what_was_running(monkeypatch, capsys):
     import voice2face.results as results

@@ -34,6 +34,8 @@ pretrained voice embedder, target network, decoder). A run folder is **finished*
 A finished run is reused with its recorded training time; an unfinished one (interrupted) is
 resumed from its last checkpoint; a changed config, data or pretrained net gives another
 digest, so a new run (the old folder stays, and is reused if the settings come back). A
+change to a method's code is not part of the identity: ``--retrain ROWS`` trains those rows
+again, each old folder renamed ``<folder>.replaced-<time>`` beside the new one. A
 row with no run of its own reuses a finished run of the Makefile's pretraining with the same
 config and data (``pretraining_twin``: the ``dimnet`` row is then the very voice embedder the
 GAN, CAE and regression rows read in the ``cpu`` profile), writing its ``results-run.json`` there. The
@@ -102,13 +104,13 @@ def entries() -> list[Entry]:
             for key, overrides in spec.rows()]
 
 
-def select(all_entries: list[Entry], only: str | None) -> list[Entry]:
+def select(all_entries: list[Entry], only: str | None, flag: str = "--only") -> list[Entry]:
     if not only:
         return all_entries
     keys = [k.strip() for k in only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in {e.key for e in all_entries}]
     if unknown:
-        raise UserError(f"--only: unknown row(s) {', '.join(unknown)}; the rows are "
+        raise UserError(f"{flag}: unknown row(s) {', '.join(unknown)}; the rows are "
                         f"{', '.join(e.key for e in all_entries)}")
     return [e for e in all_entries if e.key in keys]
 
@@ -238,14 +240,21 @@ def _write_json(path: Path, obj) -> None:
 
 
 def ensure_run(entry: Entry, cfg: DictConfig, identity: dict[str, Any], fingerprint: str,
-               command: str, log=print) -> tuple[Path, dict[str, Any], bool]:
+               command: str, log=print, retrain: bool = False
+               ) -> tuple[Path, dict[str, Any], bool]:
     """The finished run folder of ``entry`` (trained now unless one exists, the row's own or
     a pretraining run of the same settings, ``pretraining_twin``), its record, and whether
-    it was trained now. ``command``: the equivalent ``voice2face train`` line."""
+    it was trained now. ``command``: the equivalent ``voice2face train`` line. ``retrain``:
+    train again, the row's folder (finished or not) set aside as ``<folder>.replaced-<time>``
+    and no pretraining run taken for it (``--retrain``: the code changed, the settings not)."""
     folder = Path(cfg.run.root) / cfg.run.name
+    if retrain and folder.exists():
+        aside = folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+        folder.rename(aside)
+        log(f"voice2face results: {entry.key}: --retrain: {folder} set aside as {aside}")
     done, why = finished(folder, identity, entry.method, fingerprint)
     twin = None
-    if not done and not (folder / "checkpoints" / "last.ckpt").is_file():
+    if not done and not retrain and not (folder / "checkpoints" / "last.ckpt").is_file():
         twin = pretraining_twin(cfg, identity, entry.method, fingerprint)
     if twin is not None:
         if not finished(twin, identity, entry.method, fingerprint)[0]:
@@ -865,6 +874,7 @@ def run(args, argv: list[str]) -> int:
         raise UserError(f"--data {data}: no manifest.json; make a synthetic world with `make "
                         f"data DATA={data}` or `voice2face synth --out {data}`")
     chosen = select(entries(), args.only)
+    retrain = {e.key for e in select(chosen, args.retrain, "--retrain")} if args.retrain else set()
     overrides = list(args.overrides)
     manifest_sha1 = sha1_file(data / "manifest.json")
     info = data_info(VoiceFaceDataModule(data, num_workers=0))
@@ -880,7 +890,7 @@ def run(args, argv: list[str]) -> int:
     for entry, (cfg, identity, command) in zip(chosen, configured):
         _PROGRESS["now"] = f"training {entry.key} in {Path(cfg.run.root) / cfg.run.name}"
         folder, record, trained_now = ensure_run(entry, cfg, identity, info["fingerprint"],
-                                                 command)
+                                                 command, retrain=entry.key in retrain)
         _PROGRESS["now"] = f"evaluating {entry.key} ({folder} is finished and kept)"
         metrics_path, metrics, evaluated_now = ensure_evaluation(entry, folder, protocol)
         _PROGRESS["done"].append(entry.key)
@@ -1004,6 +1014,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="test speakers (rows) in the figure")
     parser.add_argument("--only", help="comma-separated rows to run and show (default: all): "
                         + ", ".join(e.key for e in entries()))
+    parser.add_argument("--retrain", help="comma-separated rows to train again although a "
+                        "finished run of their settings exists (after a change to their code, "
+                        "which the reuse rule does not see); the old folder is kept beside")
     parser.add_argument("--judge", help=f"face checkpoint (default: "
                         f"{default_judge('DATA').as_posix()})")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed, every row")
