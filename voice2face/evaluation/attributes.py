@@ -5,7 +5,6 @@ and ``instrument``, which it uses, so neither imports the other."""
 
 from __future__ import annotations
 
-
 import numpy as np
 from torch import Tensor
 

@@ -378,12 +378,12 @@ class RegressionModule(VoiceFedModule):
                 for k, v in feature_distances(pred, true).items():
                     sums[k] += float(v.sum())
                 n += len(pred)
-                predicted[split][0].append(F.normalize(pred, dim=-1).cpu())
+                unit = F.normalize(pred, dim=-1).cpu()
+                predicted[split][0].append(unit)
                 predicted[split][1].append(batch["identity"])
                 if split == "test":
                     for r in recalls.values():
-                        r.update(F.normalize(pred, dim=-1).cpu(), batch["identity"],
-                                 index=batch["index"], role="probe")
+                        r.update(unit, batch["identity"], index=batch["index"], role="probe")
             out.update({f"{split}/feature_{k}": v / max(n, 1) for k, v in sums.items()})
         ids, images = set(), 0
         for batch in datamodule.gallery_dataloader("test", **loader):

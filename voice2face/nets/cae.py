@@ -111,11 +111,12 @@ class GatedConvTranspose2d(nn.Module):
                       "channel": out_channels,
                       "lowrank": rank * (in_channels + out_channels * kernel_size ** 2)}
         self.controller = nn.Linear(cond_dim, per_sample[granularity])
-        # lowrank: the logits every sample shares (full gating's are the controller's bias);
-        # without them every gate matrix is of rank ``rank``, the static part included
-        self.shared_logits = (nn.Parameter(torch.zeros(in_channels, out_channels * kernel_size ** 2))
-                              if granularity == "lowrank" else None)
+        self.shared_logits: nn.Parameter | None = None
         if granularity == "lowrank":
+            # the logits every sample shares (full gating's are the controller's bias); without
+            # them every gate matrix is of rank ``rank``, the static part included
+            self.shared_logits = nn.Parameter(
+                torch.zeros(in_channels, out_channels * kernel_size ** 2))
             # the right factor of unit scale on a unit voice embedding: the left one then
             # learns at the pace of full gating's logits (at nn.Linear's scale, about 0.1,
             # both factors learn ten times slower and the voice hardly moves the gates)
