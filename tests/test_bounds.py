@@ -84,6 +84,50 @@ def test_posterior_faces_are_the_likelihood_weighted_mean():
     assert np.isfinite(B.posterior_faces(o + 100.0, z, emb, SIGMA)).all()
 
 
+def test_posterior_samples_are_prior_faces_drawn_with_the_posterior_weights():
+    """Each sample is one of the prior's faces; over many draws for one o each face comes
+    up as often as its posterior weight says (binomial error), the same seed draws the same
+    faces, and a face of weight 0 is never drawn."""
+    rng = np.random.default_rng(4)
+    z, emb = rng.normal(size=(5, 3)), rng.normal(size=(5, 4))
+    o = np.repeat(rng.normal(size=(1, 3)), 40_000, axis=0)
+    got = B.posterior_sample_faces(o, z, emb, SIGMA, np.random.default_rng(0))
+    drawn = [int(np.flatnonzero((emb == g).all(1))[0]) for g in got]   # every row a prior face
+    w = B.posterior_weights(o[:1], z, SIGMA)[0]
+    counts = np.bincount(drawn, minlength=5) / len(o)
+    assert np.all(np.abs(counts - w) <= 4 * np.sqrt(w * (1 - w) / len(o)) + 1e-12), (counts, w)
+    assert np.array_equal(B.posterior_sample_faces(o[:50], z, emb, SIGMA,
+                                                   np.random.default_rng(0)), got[:50])
+    # o on top of face 2, every other face a thousand sigmas away: only face 2 is drawn
+    far = np.r_[z[2:3], z[2:3] + 1e3 * SIGMA, z[2:3] - 1e3 * SIGMA]
+    again = B.posterior_sample_faces(np.repeat(z[2:3], 100, axis=0), far, emb[:3], SIGMA,
+                                     np.random.default_rng(1))
+    assert (again == emb[0]).all()
+    # several draws: their mean, each draw the one a loop over the same uniforms makes
+    u = np.random.default_rng(2).random((7, 3))
+    cumulative = B.posterior_weights(o[:7], z, SIGMA).cumsum(1)
+    first_above = [[next(j for j in range(5) if cumulative[n, j] > u[n, d] * cumulative[n, -1])
+                    for d in range(3)] for n in range(7)]
+    loop = [np.mean([emb[j] for j in first_above[n]], axis=0) for n in range(7)]
+    assert np.allclose(B.posterior_sample_faces(o[:7], z, emb, SIGMA, np.random.default_rng(2),
+                                                draws=3), loop)
+
+
+def test_frechet_of_probes_is_the_formula_on_their_unit_directions():
+    """``frechet`` by scipy's matrix square root on the normalised probes (a face's judge
+    embedding has unit length, a mean of faces does not), and 0 for a set against itself."""
+    from scipy.linalg import sqrtm
+    rng = np.random.default_rng(5)
+    reference = unit(rng.normal(size=(400, 4)) + [2.0, 0, 0, 0])
+    probes = 0.3 * (rng.normal(size=(300, 4)) * [1.0, 0.5, 0.5, 2.0] + [1.0, 1.0, 0, 0])
+    p = unit(probes)
+    mu_r, mu_p = reference.mean(0), p.mean(0)
+    s_r, s_p = np.cov(reference, rowvar=False), np.cov(p, rowvar=False)
+    want = np.sum((mu_r - mu_p) ** 2) + np.trace(s_r + s_p - 2 * sqrtm(s_r @ s_p).real)
+    assert B.frechet(probes, reference) == pytest.approx(want, rel=1e-3)
+    assert B.frechet(3 * reference, reference) == pytest.approx(0.0, abs=1e-4)
+
+
 def test_likelihood_faces_evaluate_the_linear_face_model_at_o():
     rng = np.random.default_rng(11)
     z = np.c_[rng.choice([-1.0, 1.0], 50), rng.normal(size=(50, 2))]

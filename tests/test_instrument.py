@@ -35,7 +35,9 @@ def test_every_row_and_column_with_the_worlds_chance_and_ceiling(tiny, measured)
     rows = measured["rows"]
     assert list(rows) == list(ROWS)  # the table's order
     for key, row in rows.items():
-        wanted = [k for k, _, _ in COLUMNS if key != "ceiling" or "match" in k]
+        wanted = [k for k, _, _ in COLUMNS
+                  if (key != "ceiling" or "match" in k) and (key not in ("chance", "ceiling")
+                                                              or k != "frechet")]
         assert sorted(row) == sorted(wanted), key
         assert all(math.isfinite(v) for v in row.values()), (key, row)
     ceiling = {k: v for k, v in manifest["ceilings"].items() if k.startswith("match_")}
@@ -75,7 +77,7 @@ def test_the_real_faces_row_is_evaluates(tiny, measured, tmp_path):
     gan = train_quick("gan", tiny, tmp_path / "runs", "trainer.max_steps=2", "run.name=gan",
                       f"model.voice={voice}", "model.feature_weight=0", "model.target=null")
     r = evaluate(gan, tmp_path / "eval", tiny, default_judge(tiny), log=lambda *a: None)
-    for key in ("match_1to2", "match_1to2_gender"):
+    for key in ("match_1to2", "match_1to2_gender", "frechet"):
         assert measured["rows"]["real_faces"][key] == pytest.approx(
             r["rows"]["real_faces"][key], abs=1e-6), key
 
@@ -84,6 +86,17 @@ def test_the_same_inputs_give_the_same_table(tiny, measured):
     again = measure(tiny, default_judge(tiny), pretrained_dir(tiny) / "voice.ckpt")
     assert again["rows"] == measured["rows"]
     assert again["readout_r2"] == measured["readout_r2"]
+
+
+def test_the_frontier_starts_at_the_posterior_sample_row(tiny, measured):
+    """The frontier's one-draw row is the table's voice-embedder posterior sample (the same
+    seeded draws); averaging more draws moves the faces from real ones toward the mean."""
+    got = measure(tiny, default_judge(tiny), pretrained_dir(tiny) / "voice.ckpt",
+                  frontier=(1, 64))
+    assert got["rows"] == measured["rows"]
+    assert got["frontier"][1] == measured["rows"]["voice_oracle_sample"]
+    assert got["frontier"][64]["frechet"] > got["frontier"][1]["frechet"]
+    assert "frontier" not in measured
 
 
 def test_hidden_attributes_are_the_worlds_and_real_data_has_none(tiny, fake_root):

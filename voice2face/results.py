@@ -338,7 +338,7 @@ def ensure_evaluation(entry: Entry, folder: Path, protocol: Protocol, log=print
 # --- the instrument: bounds and controls, once per table ------------------------------------
 
 # Bumped when what the instrument computes changes, so that a kept one is measured again.
-INSTRUMENT_VERSION = 1
+INSTRUMENT_VERSION = 2  # 2: the posterior-sample rows and the Fréchet column
 
 
 @dataclass
@@ -430,7 +430,7 @@ def instrument_markdown(measured: Instrument | str) -> list[str]:
         "each voice observes (`voice2face.evaluation.instrument`). Two instruments: the "
         "judge's embedding (1:2 by cosine, the table above), and its attribute read-outs (a "
         "ridge regression from the judge embedding of one face to the world's attributes, "
-        "fitted on the training gallery) matched by the world's Bayes rule; the last three "
+        "fitted on the training gallery) matched by the world's Bayes rule; the next three "
         "columns compare the probes' read-outs with the speakers' true attributes.", "",
     ]
     lines += _md_table(["probe"] + [h for _, _, h in instr.COLUMNS],
@@ -450,6 +450,12 @@ def instrument_markdown(measured: Instrument | str) -> list[str]:
         "columns (1:2 through the judge).",
         "- **posterior mean**: E[face | o] instead, the squared-error optimum, which shrinks "
         "toward the mean face: a comparison row.",
+        "- **posterior sample**: one real training face drawn from p(face | o) instead, "
+        "what a generator that drew real-looking faces, private traits and all, would show: "
+        "its Fréchet distance is real faces', its matching what those traits cost.",
+        "- **Fréchet (judge)**: as in the table above, of the probes normalised to unit "
+        "length (a face's judge embedding is): how far from real faces the faces that match "
+        "best are.",
         "- **gender-only control**: the mean training face of the speaker's gender, what a "
         "generator that knows the gender and nothing else draws: chance on same-gender "
         "matching.",

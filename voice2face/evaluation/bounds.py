@@ -37,6 +37,18 @@ vector z as a sample of the prior:
   (``Calibration``), the same faces give the **voice-embedder oracle**.
 * ``gender_faces``: the **gender-only control**, a generator that knows gender and nothing
   else; it scores chance on same-gender matching.
+* ``posterior_sample_faces``: a **posterior sample**, one real training face drawn from
+  p(face | o), what a generator that sampled faces (private traits included) instead of
+  drawing the face of o would show. Its faces are real photos, so their distribution is the
+  real faces' (``frechet``); the private traits it draws cost it matching accuracy.
+
+Besides matching, a row has the **Fréchet distance** of its probes to the real test faces
+(``frechet``), measured as ``evaluate`` measures a method's faces: against the reference
+half of the test gallery, in the judge's space. A face's judge embedding has unit length,
+so the probes are normalised first: the face a generator would draw for a mean embedding
+is the one in its direction. It says how far from real faces the face that matches best
+is: a generator that draws the face of o is scored against that distance, not against
+real-vs-real.
 
 The probes are mean embeddings, not normalised: cosine matching normalises them itself, and
 the read-outs are linear, so the read-out of a mean embedding is the mean read-out of the
@@ -45,7 +57,8 @@ private traits cancel) reads as a caricature: on the default world its read-outs
 about twice as steep in o as real faces' (measured through the default world's cpu-profile
 judge: the o-oracle's agreement R² of age -0.73 instead of 0.42).
 
-Everything here is a function of arrays: no data is loaded, nothing is drawn at random.
+Everything here is a function of arrays: no data is loaded, and the posterior samples are
+the only draws, from a generator seeded by the caller.
 ``voice2face.evaluation.instrument`` makes the passes over the data and assembles the rows
 into the instrument table that ``voice2face results`` and ``benchmarks/instrument.py`` print.
 """
@@ -58,7 +71,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from voice2face.metrics import make_metrics
+from voice2face.metrics import FeatureFrechetDistance, make_metrics
 from voice2face.synth.audit import ATTRIBUTES, LinearProbe, r_squared
 from voice2face.synth.ceiling import voice_distance
 
@@ -144,6 +157,19 @@ class Calibration:
         return np.sqrt(np.asarray(sigma, float) ** 2 + self.residual / self.slope ** 2)
 
 
+def posterior_sample_faces(o: np.ndarray, prior_z: np.ndarray, prior_emb: np.ndarray, sigma,
+                           rng: np.random.Generator, draws: int = 1) -> np.ndarray:
+    """``[N, D]``: for each row of ``o``, one training face drawn with ``posterior_weights``
+    (a sample of p(face | o) under the empirical prior, by inverting the weights' cumulative
+    sum at a uniform draw of ``rng``); with ``draws`` > 1, the mean of that many independent
+    draws, a face between a sample (1) and the posterior mean (many)."""
+    cumulative = posterior_weights(o, prior_z, sigma).cumsum(1)
+    u = rng.random((len(cumulative), draws)) * cumulative[:, -1:]
+    drawn = np.minimum(np.stack([(cumulative <= u[:, [d]]).sum(1) for d in range(draws)], 1),
+                       cumulative.shape[1] - 1)                              # [N, draws]
+    return np.asarray(prior_emb, float)[drawn].mean(1)
+
+
 def gender_faces(gender: np.ndarray, prior_gender: np.ndarray,
                  prior_emb: np.ndarray) -> np.ndarray:
     """``[N, D]``: for each speaker of gender ``gender[k]``, the mean of the training faces
@@ -172,6 +198,18 @@ def judge_matching(probe_emb, probe_identity, probe_gender, gallery_emb, gallery
     group.update(t(np.asarray(probe_emb), dtype=torch.float32), t(probe_identity),
                  t(probe_gender), None if probe_index is None else t(probe_index), role="probe")
     return {k.split("/", 1)[1]: float(v) for k, v in group.compute().items()}
+
+
+def frechet(probe_emb, reference_emb) -> float:
+    """Fréchet distance between the probes, normalised to unit length (a face's judge
+    embedding is), and the reference faces' judge embeddings, by the metric ``evaluate``
+    uses (``FeatureFrechetDistance``)."""
+    reference = torch.as_tensor(np.asarray(reference_emb), dtype=torch.float32)
+    metric = FeatureFrechetDistance(reference.shape[1])
+    metric.update(reference, real=True)
+    probes = torch.as_tensor(np.asarray(probe_emb, float))
+    metric.update(torch.nn.functional.normalize(probes, dim=-1).float(), real=False)
+    return float(metric.compute())
 
 
 # --- the judge's attribute read-outs ---------------------------------------------------------
@@ -273,15 +311,18 @@ def image_matching(d: np.ndarray, probe_identity: np.ndarray, gallery_identity: 
 def score_probes(probe_emb, probe_identity, probe_gender, target, gallery_emb,
                  gallery_identity, gallery_gender, readout: LinearProbe, sigma,
                  names: Sequence[str] = ATTRIBUTES, probe_index=None,
-                 gallery_index=None) -> dict[str, float]:
+                 gallery_index=None, reference_emb=None) -> dict[str, float]:
     """One row: the probes (``[N, D]`` judge embeddings, one per test utterance) through
     both instruments against the gallery's single images: ``judge_matching``,
     ``attribute_matching`` and ``attribute_agreement`` with the speakers' attributes
-    ``target`` (``[N, K]``)."""
+    ``target`` (``[N, K]``); with ``reference_emb`` (real faces' judge embeddings), also
+    the probes' ``frechet`` to them."""
     probe_readout = readout.predict(probe_emb)
     row = judge_matching(probe_emb, probe_identity, probe_gender, gallery_emb,
                          gallery_identity, gallery_gender, probe_index, gallery_index)
     row.update(attribute_matching(probe_readout, probe_identity, readout.predict(gallery_emb),
                                   gallery_identity, gallery_gender, sigma))
     row.update(attribute_agreement(probe_readout, target, names))
+    if reference_emb is not None:
+        row["frechet"] = frechet(probe_emb, reference_emb)
     return row

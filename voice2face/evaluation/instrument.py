@@ -17,6 +17,10 @@ Rows, each one face per test utterance scored against every single test gallery 
   that neither the probe nor the embedder was fitted on: ``Calibration``), which also widens
   the posterior row's likelihood noise. A generator that reads this embedder sees no more of
   the voice than the embedding holds, so this is the bound it can reach through the judge;
+* **posterior samples** (``o_oracle_sample``, ``voice_oracle_sample``): one real training
+  face drawn from p(face | o) per utterance, with o the world's or the voice embedder's
+  estimate (``posterior_sample_faces``, seeded by ``SAMPLE_SEED``), what a generator that
+  sampled real-looking faces, private traits and all, would show;
 * **gender-only control** (``gender_only``): the mean of the training faces of the speaker's
   gender;
 * **real faces** (``real_faces``): a held-out photo of the speaker (each test identity's
@@ -26,15 +30,18 @@ Rows, each one face per test utterance scored against every single test gallery 
 
 Columns (``COLUMNS``): 1:2 matching, unstratified and same-gender, through the judge's
 embedding and in attribute space (the judge's read-outs through the world's Bayes rule), and
-the read-outs' agreement with the speakers' true attributes. Beside the rows: the read-outs'
-R² on the test gallery and the voice probe's on the test utterances. Nothing is drawn at
-random (matching is exhaustive, the data order fixed, the nets frozen), so the same inputs
-give the same table.
+the read-outs' agreement with the speakers' true attributes, and the Fréchet distance of
+the probes (normalised: a face's judge embedding is) to the reference half of the test
+gallery, as ``evaluate`` measures a method's faces. Beside the rows: the read-outs'
+R² on the test gallery and the voice probe's on the test utterances. Matching is
+exhaustive, the data order fixed, the nets frozen and the posterior samples seeded, so the
+same inputs give the same table.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +61,8 @@ ROWS = {  # key: label, in the table's order
     "o_oracle_posterior": "o-oracle, posterior mean",
     "voice_oracle": "voice-embedder oracle",
     "voice_oracle_posterior": "voice-embedder oracle, post. mean",
+    "o_oracle_sample": "o-oracle, posterior sample",
+    "voice_oracle_sample": "voice-embedder oracle, post. sample",
     "gender_only": "gender-only control",
     "real_faces": "real faces (held-out photo)",
     "chance": "chance",
@@ -69,7 +78,10 @@ COLUMNS = [  # (key in a row, short header, header)
     ("attribute_gender_acc", "gender acc", "gender acc (attributes)"),
     ("attribute_r2_age", "R² age", "R² age (attributes)"),
     ("attribute_r2_size", "R² size", "R² size (attributes)"),
+    ("frechet", "Fréchet", "Fréchet (judge)"),
 ]
+# the posterior samples' generator
+SAMPLE_SEED = 0
 
 
 def columns(batches, keys) -> dict[str, np.ndarray]:
@@ -98,11 +110,15 @@ def voice_pass(voice, dm, split: str, device="cpu") -> dict[str, np.ndarray]:
                    ("emb", "identity", "gender", "index"))
 
 
-def instrument(dm, judge, voice, world: HiddenAttributes, device="cpu") -> dict[str, Any]:
+def instrument(dm, judge, voice, world: HiddenAttributes, device="cpu",
+               frontier: Sequence[int] = ()) -> dict[str, Any]:
     """The instrument of the data ``dm`` (a ``VoiceFaceDataModule``) through ``judge`` (a
     frozen ``FaceEncoder``), with o estimated from ``voice`` (a frozen ``VoiceEmbedder``):
     ``{"rows": {ROWS key: {COLUMNS key: value}}, "readout_r2", "voice_r2", "sigma",
-    "sigma_voice", "counts"}``."""
+    "sigma_voice", "counts"}``. With ``frontier``, also ``"frontier": {k: row}``: the
+    voice-embedder oracle's faces as the mean of k posterior samples for each k, the way
+    from real-looking faces (k = 1) to the posterior mean, whose matching and Fréchet
+    distance trade against each other."""
     judge, voice = judge.to(device).eval(), voice.to(device).eval()
     z, o, sigma = world.z, world.o, world.sigma
     train, test = judge_pass(judge, dm, "train", device), judge_pass(judge, dm, "test", device)
@@ -125,17 +141,26 @@ def instrument(dm, judge, voice, world: HiddenAttributes, device="cpu") -> dict[
         "voice_oracle": B.likelihood_faces(o_voice, prior_z, prior_emb),
         "voice_oracle_posterior": B.posterior_faces(o_voice, prior_z, prior_emb,
                                                     calibration.noise(sigma)),
+        "o_oracle_sample": B.posterior_sample_faces(o[t["identity"]], prior_z, prior_emb, sigma,
+                                                    np.random.default_rng(SAMPLE_SEED)),
+        "voice_oracle_sample": B.posterior_sample_faces(
+            o_voice, prior_z, prior_emb, calibration.noise(sigma),
+            np.random.default_rng(SAMPLE_SEED)),
         "gender_only": B.gender_faces(t["gender"], train["gender"], prior_emb),
     }
-    rows = {name: B.score_probes(p, *speaker, z[t["identity"]], *gallery, readout, sigma,
-                                 probe_index=t["index"], gallery_index=test["index"])
-            for name, p in probes.items()}
+    # evaluate's halves: the real-faces row's probes, and the other half, the real side of
+    # every row's Fréchet distance
     half = halves(torch.as_tensor(test["identity"]), torch.as_tensor(test["index"])).numpy()
+    reference = test["emb"][~half]
+    rows = {name: B.score_probes(p, *speaker, z[t["identity"]], *gallery, readout, sigma,
+                                 probe_index=t["index"], gallery_index=test["index"],
+                                 reference_emb=reference)
+            for name, p in probes.items()}
     rows["real_faces"] = B.score_probes(
         test["emb"][half], test["identity"][half], test["gender"][half],
         z[test["identity"][half]], test["emb"][~half], test["identity"][~half],
         test["gender"][~half], readout, sigma, probe_index=test["index"][half],
-        gallery_index=test["index"][~half])
+        gallery_index=test["index"][~half], reference_emb=reference)
     share_male = float(t["gender"].mean())
     rows["chance"] = {"match_1to2": 0.5, "match_1to2_gender": 0.5, "attribute_match_1to2": 0.5,
                       "attribute_match_1to2_gender": 0.5,
@@ -145,7 +170,14 @@ def instrument(dm, judge, voice, world: HiddenAttributes, device="cpu") -> dict[
                if k.startswith("match_")}
     if ceiling:
         rows["ceiling"] = {**ceiling, **{f"attribute_{k}": v for k, v in ceiling.items()}}
-    return {"rows": rows, "readout_r2": B.readout_r2(readout, test["emb"], z[test["identity"]]),
+    out = {"rows": rows}
+    if frontier:
+        out["frontier"] = {k: B.score_probes(
+            B.posterior_sample_faces(o_voice, prior_z, prior_emb, calibration.noise(sigma),
+                                     np.random.default_rng(SAMPLE_SEED), draws=k),
+            *speaker, z[t["identity"]], *gallery, readout, sigma, probe_index=t["index"],
+            gallery_index=test["index"], reference_emb=reference) for k in frontier}
+    return {**out, "readout_r2": B.readout_r2(readout, test["emb"], z[test["identity"]]),
             "voice_r2": dict(zip(ATTRIBUTES, r_squared(o_hat, o[t["identity"]]).tolist())),
             "sigma": sigma.tolist(), "sigma_voice": calibration.noise(sigma).tolist(),
             "counts": {"test_utterances": len(t["identity"]), "test_gallery": len(gallery[1]),
@@ -154,7 +186,8 @@ def instrument(dm, judge, voice, world: HiddenAttributes, device="cpu") -> dict[
 
 
 def measure(data: str | Path, judge: str | Path, voice: str | Path, *, batch_size: int = 64,
-            workers: int = 0, device: str = "cpu") -> dict[str, Any]:
+            workers: int = 0, device: str = "cpu", frontier: Sequence[int] = ()
+            ) -> dict[str, Any]:
     """``instrument`` of the synthetic world in ``data`` through the judge checkpoint
     ``judge`` (trained on that data) with the voice embedder checkpoint ``voice``, and the
     seconds it took (``"seconds"``). A ``ValueError`` for data that is not a synthetic world."""
@@ -164,5 +197,5 @@ def measure(data: str | Path, judge: str | Path, voice: str | Path, *, batch_siz
     world = HiddenAttributes.of_world(data)
     dm = VoiceFaceDataModule(data, eval_batch_size=batch_size, num_workers=workers)
     result = instrument(dm, load_judge(judge, data_info(dm)), load_voice_embedder(voice), world,
-                        device)
+                        device, frontier)
     return {**result, "seconds": round(time.time() - started, 1)}
