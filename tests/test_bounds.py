@@ -113,6 +113,25 @@ def test_posterior_samples_are_prior_faces_drawn_with_the_posterior_weights():
                                                 draws=3), loop)
 
 
+def test_private_traits_are_the_residuals_of_the_linear_face_model():
+    """The traits by the normal equations; a face plus the traits of the drawn prior face
+    (the draws of the same seed); and a prior face's own attributes with its own traits give
+    the face back."""
+    rng = np.random.default_rng(12)
+    z = np.c_[rng.choice([-1.0, 1.0], 40), rng.normal(size=(40, 2))]
+    emb = rng.normal(size=4) + z @ rng.normal(size=(3, 4)) + 0.3 * rng.normal(size=(40, 4))
+    x = np.c_[np.ones(40), z]
+    traits = emb - x @ np.linalg.solve(x.T @ x, x.T @ emb)
+    assert np.allclose(B.private_traits(z, emb), traits)
+    faces = rng.normal(size=(6, 4))
+    pick = np.random.default_rng(3).integers(0, 40, 6)
+    got = B.with_private_traits(faces, z, emb, np.random.default_rng(3))
+    assert np.allclose(got, [faces[n] + traits[pick[n]] for n in range(6)])
+    back = B.with_private_traits(B.likelihood_faces(z[pick], z, emb), z, emb,
+                                 np.random.default_rng(3))
+    assert np.allclose(back, emb[pick])
+
+
 def test_frechet_of_probes_is_the_formula_on_their_unit_directions():
     """``frechet`` by scipy's matrix square root on the normalised probes (a face's judge
     embedding has unit length, a mean of faces does not), and 0 for a set against itself."""

@@ -338,7 +338,7 @@ def ensure_evaluation(entry: Entry, folder: Path, protocol: Protocol, log=print
 # --- the instrument: bounds and controls, once per table ------------------------------------
 
 # Bumped when what the instrument computes changes, so that a kept one is measured again.
-INSTRUMENT_VERSION = 2  # 2: the posterior-sample rows and the Fréchet column
+INSTRUMENT_VERSION = 2  # 2: the posterior-sample and private-trait rows, the Fréchet column
 
 
 @dataclass
@@ -453,6 +453,10 @@ def instrument_markdown(measured: Instrument | str) -> list[str]:
         "- **posterior sample**: one real training face drawn from p(face | o) instead, "
         "what a generator that drew real-looking faces, private traits and all, would show: "
         "its Fréchet distance is real faces', its matching what those traits cost.",
+        "- **private traits**: the oracle's face plus the private traits of a random "
+        "training face (its residual from a linear model of the training faces in their "
+        "attributes), what a generator that sets the attributes from the voice and draws the "
+        "rest at random would show.",
         "- **Fréchet (judge)**: as in the table above, of the probes normalised to unit "
         "length (a face's judge embedding is): how far from real faces the faces that match "
         "best are.",

@@ -37,6 +37,10 @@ vector z as a sample of the prior:
   (``Calibration``), the same faces give the **voice-embedder oracle**.
 * ``gender_faces``: the **gender-only control**, a generator that knows gender and nothing
   else; it scores chance on same-gender matching.
+* ``with_private_traits``: the face of o with the **private traits** of a random real face
+  (its residual from the linear face model), what a generator that sets the attributes
+  from the voice and draws the rest at random would show: near the o-oracle in matching,
+  near real faces in distribution.
 * ``posterior_sample_faces``: a **posterior sample**, one real training face drawn from
   p(face | o), what a generator that sampled faces (private traits included) instead of
   drawing the face of o would show. Its faces are real photos, so their distribution is the
@@ -98,9 +102,33 @@ def likelihood_faces(o: np.ndarray, prior_z: np.ndarray, prior_emb: np.ndarray) 
     Linear because o leaves the prior's support: its gender coordinate is continuous (a
     voice between the registers makes a face between the genders, which is what the Bayes
     rule weighs against age and size), and o reaches past the prior's extremes."""
-    design = np.c_[np.ones(len(prior_z)), np.asarray(prior_z, float)]
-    coef = np.linalg.lstsq(design, np.asarray(prior_emb, float), rcond=None)[0]
-    return np.c_[np.ones(len(o)), np.asarray(o, float)] @ coef
+    return _design(o) @ linear_face_model(prior_z, prior_emb)
+
+
+def _design(z) -> np.ndarray:
+    return np.c_[np.ones(len(z)), np.asarray(z, float)]
+
+
+def linear_face_model(prior_z: np.ndarray, prior_emb: np.ndarray) -> np.ndarray:
+    """``[1 + K, D]``: the least-squares fit of ``emb = a + z B`` to the prior's faces,
+    ``a`` in its first row."""
+    return np.linalg.lstsq(_design(prior_z), np.asarray(prior_emb, float), rcond=None)[0]
+
+
+def private_traits(prior_z: np.ndarray, prior_emb: np.ndarray) -> np.ndarray:
+    """``[J, D]``: what of each prior face its attributes do not explain, its residual from
+    ``linear_face_model``: private traits and the photo's nuisance."""
+    return np.asarray(prior_emb, float) - _design(prior_z) @ linear_face_model(prior_z, prior_emb)
+
+
+def with_private_traits(faces: np.ndarray, prior_z: np.ndarray, prior_emb: np.ndarray,
+                        rng: np.random.Generator) -> np.ndarray:
+    """``[N, D]``: each face plus the ``private_traits`` of a prior face drawn uniformly by
+    ``rng``: the face of the attributes it was made for, looking like one real person
+    rather than the average of many (what a generator that sets the attributes from the
+    voice and draws everything else at random would show)."""
+    traits = private_traits(prior_z, prior_emb)
+    return np.asarray(faces, float) + traits[rng.integers(0, len(traits), len(faces))]
 
 
 def posterior_weights(o: np.ndarray, prior_z: np.ndarray, sigma) -> np.ndarray:

@@ -21,6 +21,10 @@ Rows, each one face per test utterance scored against every single test gallery 
   face drawn from p(face | o) per utterance, with o the world's or the voice embedder's
   estimate (``posterior_sample_faces``, seeded by ``SAMPLE_SEED``), what a generator that
   sampled real-looking faces, private traits and all, would show;
+* **private traits** (``o_oracle_traits``, ``voice_oracle_traits``): the o-oracle's and
+  the voice-embedder oracle's faces, each with the private traits of a random training face
+  (``with_private_traits``, the same draws for both), what a generator that sets the
+  attributes from the voice and draws the rest at random would show;
 * **gender-only control** (``gender_only``): the mean of the training faces of the speaker's
   gender;
 * **real faces** (``real_faces``): a held-out photo of the speaker (each test identity's
@@ -63,6 +67,8 @@ ROWS = {  # key: label, in the table's order
     "voice_oracle_posterior": "voice-embedder oracle, post. mean",
     "o_oracle_sample": "o-oracle, posterior sample",
     "voice_oracle_sample": "voice-embedder oracle, post. sample",
+    "o_oracle_traits": "o-oracle, private traits",
+    "voice_oracle_traits": "voice-embedder oracle, private traits",
     "gender_only": "gender-only control",
     "real_faces": "real faces (held-out photo)",
     "chance": "chance",
@@ -146,6 +152,14 @@ def instrument(dm, judge, voice, world: HiddenAttributes, device="cpu",
         "voice_oracle_sample": B.posterior_sample_faces(
             o_voice, prior_z, prior_emb, calibration.noise(sigma),
             np.random.default_rng(SAMPLE_SEED)),
+        "o_oracle_traits": B.with_private_traits(B.likelihood_faces(o[t["identity"]], prior_z,
+                                                                    prior_emb),
+                                                 prior_z, prior_emb,
+                                                 np.random.default_rng(SAMPLE_SEED)),
+        "voice_oracle_traits": B.with_private_traits(B.likelihood_faces(o_voice, prior_z,
+                                                                        prior_emb),
+                                                     prior_z, prior_emb,
+                                                     np.random.default_rng(SAMPLE_SEED)),
         "gender_only": B.gender_faces(t["gender"], train["gender"], prior_emb),
     }
     # evaluate's halves: the real-faces row's probes, and the other half, the real side of
