@@ -340,6 +340,57 @@ def test_gan_checkpoint_needs_no_voice_checkpoint(world, pretrained, tmp_path):
         assert torch.equal(faces, gan.face_generator(embedder(voices.mel, voices.lengths)))
 
 
+def test_cgan_with_encoded_noise_trains_its_encoder_and_generates_without_it(
+        world, pretrained, tmp_path, initial_parameters):
+    """``model.encode_noise``: the encoder trains with the generator (every one of its
+    parameters moves, with the rest of the trained ones); evaluation and generation draw z
+    from N(0, I) and never call it."""
+    final = train_quick("cgan", world, tmp_path, "trainer.max_steps=3", "run.name=r",
+                        "model.encode_noise=true", "model.noise_dim=4")
+    gan = load_method(final, expect="cgan")
+    moved = changed_parameters(gan, initial_parameters)
+    assert moved == trained(gan)
+    encoder = {k for k, _ in gan.named_parameters() if k.startswith("encoder.")}
+    assert encoder and encoder <= moved
+    assert gan.encoder.net[-1].out_channels == 2 * 4
+
+    def refuse(*args):
+        raise AssertionError("the encoder was called to generate")
+    gan.encoder.forward = refuse
+    voices = Voices(torch.randn(3, 64, 50), torch.tensor([50, 40, 30]))
+    torch.manual_seed(1)
+    faces = gan.generate_faces(voices)
+    assert faces.shape[:2] == (3, 3) and torch.isfinite(faces).all()
+    torch.manual_seed(2)
+    assert not torch.equal(gan.generate_faces(voices), faces)  # another z, another face
+
+
+def test_encoded_noise_is_a_reparameterised_gaussian_with_its_kl():
+    """``GanModule.encode_noise`` against torch.distributions: the KL to N(0, I) summed over
+    z's dimensions and averaged over the batch, and samples with the encoder's mean and
+    standard deviation (within four standard errors)."""
+    from types import SimpleNamespace
+
+    from torch.distributions import Normal, kl_divergence
+
+    from voice2face.methods.gan import GanModule
+    mu, logvar = torch.tensor([[0.5, -1.0, 0.0]]), torch.tensor([[0.0, -2.0, 1.0]])
+    stats = torch.cat([mu, logvar], 1).repeat(20_000, 1)
+    torch.manual_seed(0)
+    z, kl = GanModule.encode_noise(SimpleNamespace(encoder=lambda real: stats), None)
+    std = (0.5 * logvar).exp()
+    want = kl_divergence(Normal(mu, std), Normal(0.0, 1.0)).sum(1).mean()
+    assert kl.item() == pytest.approx(want.item(), rel=1e-5)
+    se = std / 20_000 ** 0.5
+    assert torch.all((z.mean(0) - mu[0]).abs() < 4 * se[0])
+    assert torch.allclose(z.std(0), std[0], rtol=0.03)
+
+
+def test_encoded_noise_needs_the_conditional_variant(world, pretrained, tmp_path):
+    with pytest.raises(ValueError, match="model.conditional=true"):
+        train_quick("gan", world, tmp_path, "trainer.max_steps=1", "model.encode_noise=true")
+
+
 def test_gan_without_voice_checkpoint_says_how_to_make_one(world, tmp_path):
     with pytest.raises(CheckpointError, match="voice2face train voice --export"):
         train_quick("gan", world, tmp_path, f"model.voice={tmp_path / 'none.ckpt'}")

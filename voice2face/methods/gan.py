@@ -36,6 +36,17 @@ covariates, keeps what a voice can tell.
 Gen"): noise z (``model.noise_dim``) is concatenated to the embedding and the discriminator
 is a projection discriminator on the embedding. ``experiments/cgan.yaml`` sets it.
 
+``model.encode_noise: true`` (conditional only) trains z to carry what the voice does not
+tell: the cVAE-GAN half of BicycleGAN (Zhu et al., NeurIPS 2017). An encoder (a
+``FaceTrunk``) maps the batch's real face to a Gaussian q(z | face); the generator draws
+from the voice embedding and a z sampled from it, so its reconstruction terms (L1,
+feature) no longer pull every face toward the speaker's average, and a KL term (weight
+``model.kl_weight``) keeps q near N(0, I), from which evaluation and generation draw z. A
+face generated this way can look like one real person with the speaker's attributes rather
+than like the average of many (``benchmarks/instrument.py``'s private-trait rows measure
+what that can score). The encoder trains with the generator's optimizer and is not needed
+to generate.
+
 ``model.ema_decay > 0`` makes faces (validation, evaluation, generation) with an
 exponential moving average of the generator's weights and BatchNorm statistics
 (``torch.optim.swa_utils.AveragedModel``, updated after every generator step; the
@@ -75,7 +86,7 @@ from voice2face.losses import (discriminator_loss, gender_loss, generator_loss, 
                                image_l1_loss, top1_accuracy)
 from voice2face.methods.base import Voices
 from voice2face.methods.generator import AdversarialModule
-from voice2face.nets import FaceCritic, FaceGenerator, perturb_embedding
+from voice2face.nets import FaceCritic, FaceGenerator, FaceTrunk, perturb_embedding
 
 
 class GanModule(AdversarialModule):
@@ -98,6 +109,14 @@ class GanModule(AdversarialModule):
         self.generator = FaceGenerator(dim, data["face_size"], m["width"],
                                        noise_dim=m["noise_dim"] if self.conditional else 0,
                                        norm=m["generator_norm"])
+        # model.encode_noise: q(z | real face) in training (cVAE-GAN); a checkpoint without
+        # the key trained without one
+        self.encoder: FaceTrunk | None = None
+        if m.get("encode_noise"):
+            if not self.conditional:
+                raise ValueError(f"{self.method}: model.encode_noise encodes the noise z of the "
+                                 f"conditional variant; set model.conditional=true (cgan)")
+            self.encoder = FaceTrunk(data["face_size"], 2 * m["noise_dim"], m["width"])
         self.gender_weight = float(m["gender_weight"])
         self.critic = FaceCritic(data["face_size"], data["num_train_identities"],
                                  width=m["width"], cond_dim=dim if self.conditional else 0,
@@ -138,15 +157,30 @@ class GanModule(AdversarialModule):
 
     # --- training ------------------------------------------------------------------------
 
+    def generator_parameters(self):
+        nets = [self.generator] + ([self.encoder] if self.encoder is not None else [])
+        return [p for net in nets for p in net.parameters()]
+
+    def encode_noise(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z [B, noise_dim], KL [])``: z sampled from the encoder's q(z | real face) by
+        the reparameterisation trick, and the batch mean of KL(q || N(0, I))."""
+        mu, logvar = self.encoder(real).float().chunk(2, dim=1)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1).mean()
+        return z, kl
+
     def training_step(self, batch, batch_idx):
         opt_g, opt_d = self.optimizers()
         m = self.cfg["model"]
         real, labels, gender = batch["face"], batch["label"], batch["gender"]
         emb = perturb_embedding(self.training_voices(batch), m["embedding_noise"])
         cond = emb if self.conditional else None
-        fake = self.generator(emb)  # generated once, used by both steps
-        n = len(real)
         logs = {}
+        noise = None
+        if self.encoder is not None:
+            noise, logs["train/loss_kl"] = self.encode_noise(real)
+        fake = self.generator(emb, noise)  # generated once, used by both steps
+        n = len(real)
 
         # critic step: discriminator on real vs generated, classifier on real (Algorithm 1)
         with self.toggled_optimizer(opt_d):
@@ -170,6 +204,8 @@ class GanModule(AdversarialModule):
             if self.target is not None:
                 logs["train/loss_feature"] = self.feature_loss(fake, real)
                 loss = loss + m["feature_weight"] * logs["train/loss_feature"]
+            if noise is not None:
+                loss = loss + m["kl_weight"] * logs["train/loss_kl"]
             self._update(opt_g, loss)
         if self.generator_ema is not None:
             self.generator_ema.update_parameters(self.generator)

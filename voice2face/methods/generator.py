@@ -339,6 +339,10 @@ class AdversarialModule(VoiceFedModule, abstract=True):
             self.clip_gradients(opt, gradient_clip_val=clip)
         opt.step()
 
+    def generator_parameters(self):
+        """What the generator's optimizer trains (a subclass adds nets trained with it)."""
+        return self.generator.parameters()
+
     def configure_optimizers(self):
         o = self.cfg["optim"]
-        return [adam(self.generator.parameters(), o), adam(self.critic.parameters(), o)]
+        return [adam(self.generator_parameters(), o), adam(self.critic.parameters(), o)]
