@@ -386,6 +386,37 @@ def test_encoded_noise_is_a_reparameterised_gaussian_with_its_kl():
     assert torch.allclose(z.std(0), std[0], rtol=0.03)
 
 
+def test_prior_share_keeps_drawn_rows_out_of_the_reconstruction_terms(world, pretrained,
+                                                                      tmp_path, monkeypatch):
+    """``model.prior_share=0.5`` of a batch of 4: the encoder sees the last 2 real faces,
+    and the L1 and feature terms compare only those 2 rows' faces with their real ones (the
+    first 2 rows' z are drawn); every batch's faces meet the critic."""
+    import voice2face.methods.gan as gan_module
+    from voice2face.methods.generator import AdversarialModule
+    seen = {"l1": [], "feature": [], "encoder": [], "critic": []}
+    l1, feature = gan_module.image_l1_loss, AdversarialModule.feature_loss
+    encode, critic = gan_module.GanModule.encode_noise, gan_module.FaceCritic.forward
+
+    def record(key, n, value):
+        seen[key].append(n)
+        return value
+    monkeypatch.setattr(gan_module, "image_l1_loss",
+                        lambda fake, real: record("l1", (len(fake), len(real)), l1(fake, real)))
+    monkeypatch.setattr(AdversarialModule, "feature_loss", lambda self, fake, real: record(
+        "feature", (len(fake), len(real)), feature(self, fake, real)))
+    monkeypatch.setattr(gan_module.GanModule, "encode_noise", lambda self, real: record(
+        "encoder", len(real), encode(self, real)))
+    monkeypatch.setattr(gan_module.FaceCritic, "forward", lambda self, face, cond=None: record(
+        "critic", len(face), critic(self, face, cond)))
+    train_quick("cgan", world, tmp_path, "trainer.max_steps=2", "trainer.val_check_interval=100",
+                "model.encode_noise=true", "model.noise_dim=4", "model.prior_share=0.5",
+                "model.face_weight=1", "model.feature_weight=1",
+                f"model.target={pretrained / 'dimnet.ckpt'}")
+    assert seen["l1"] == seen["feature"] == [(2, 2)] * 2
+    assert seen["encoder"] == [2] * 2
+    assert seen["critic"][:2] == [8, 4]   # the critic step: real and generated; then generated
+
+
 def test_encoded_noise_needs_the_conditional_variant(world, pretrained, tmp_path):
     with pytest.raises(ValueError, match="model.conditional=true"):
         train_quick("gan", world, tmp_path, "trainer.max_steps=1", "model.encode_noise=true")

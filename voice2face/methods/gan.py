@@ -45,7 +45,10 @@ feature) no longer pull every face toward the speaker's average, and a KL term (
 face generated this way can look like one real person with the speaker's attributes rather
 than like the average of many (``benchmarks/instrument.py``'s private-trait rows measure
 what that can score). The encoder trains with the generator's optimizer and is not needed
-to generate.
+to generate. ``model.prior_share`` of each batch (the cLR-GAN half of BicycleGAN, in the
+same batch rather than a second pass) draws z from N(0, I) instead: those faces, the ones
+evaluation makes, meet the critic, the identity and the gender terms but no reconstruction
+term, which only an encoded z can satisfy.
 
 ``model.ema_decay > 0`` makes faces (validation, evaluation, generation) with an
 exponential moving average of the generator's weights and BatchNorm statistics
@@ -176,11 +179,14 @@ class GanModule(AdversarialModule):
         emb = perturb_embedding(self.training_voices(batch), m["embedding_noise"])
         cond = emb if self.conditional else None
         logs = {}
-        noise = None
-        if self.encoder is not None:
-            noise, logs["train/loss_kl"] = self.encode_noise(real)
-        fake = self.generator(emb, noise)  # generated once, used by both steps
         n = len(real)
+        noise, drawn = None, 0  # with an encoder: the first `drawn` rows' z from N(0, I)
+        if self.encoder is not None:
+            drawn = min(n - 1, int(round(m["prior_share"] * n)))
+            noise, logs["train/loss_kl"] = self.encode_noise(real[drawn:])
+            noise = torch.cat([torch.randn(drawn, noise.shape[1], device=noise.device,
+                                           dtype=noise.dtype), noise])
+        fake = self.generator(emb, noise)  # generated once, used by both steps
 
         # critic step: discriminator on real vs generated, classifier on real (Algorithm 1)
         with self.toggled_optimizer(opt_d):
@@ -199,10 +205,10 @@ class GanModule(AdversarialModule):
             loss = (loss_adv + m["identity_weight"] * loss_id
                     + self._gender_term(out_fake, gender, n, "fake", logs))
             if m["face_weight"]:
-                logs["train/loss_face"] = image_l1_loss(fake, real)
+                logs["train/loss_face"] = image_l1_loss(fake[drawn:], real[drawn:])
                 loss = loss + m["face_weight"] * logs["train/loss_face"]
             if self.target is not None:
-                logs["train/loss_feature"] = self.feature_loss(fake, real)
+                logs["train/loss_feature"] = self.feature_loss(fake[drawn:], real[drawn:])
                 loss = loss + m["feature_weight"] * logs["train/loss_feature"]
             if noise is not None:
                 loss = loss + m["kl_weight"] * logs["train/loss_kl"]
