@@ -110,6 +110,15 @@ def test_a_variant_extends_its_method(experiments):
     cfg = load_config("bigger", ["profile=paper"], root=experiments)
     assert (cfg.method, cfg.model.width, cfg.model.depth, cfg.data.batch_size) == ("bigger", 99, 5, 128)
     assert "extends" not in cfg
+    # a variant's profile may set what the method's profile of that name leaves alone;
+    # a misspelt key is refused when the profile applies
+    (experiments / "deep.yaml").write_text("extends: toy\nprofiles: {cpu: {model: {depth: 7}}}\n")
+    cfg = load_config("deep", [], root=experiments)
+    assert (cfg.model.width, cfg.model.depth) == (8, 7)
+    assert load_config("deep", ["profile=paper"], root=experiments).model.depth == 2
+    (experiments / "deep.yaml").write_text("extends: toy\nprofiles: {cpu: {model: {detph: 7}}}\n")
+    with pytest.raises(ConfigError, match="model.detph.*deep.yaml profile 'cpu'"):
+        load_config("deep", [], root=experiments)
     (experiments / "typo.yaml").write_text("extends: toy\nmodel: {detph: 5}\n")
     with pytest.raises(ConfigError, match="model.detph.*typo.yaml"):
         load_config("typo", [], root=experiments)

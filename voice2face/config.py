@@ -184,7 +184,9 @@ def load_config(method: str, overrides: list[str] | None = None,
 
     A method file may start with ``extends: <method>``: it is that method's config with the
     keys it sets changed (a variant, e.g. ``cgan`` is ``gan`` with ``model.conditional``); it
-    may not add keys, so a misspelt one is an error.
+    may not add keys, so a misspelt one is an error. Its profiles may set keys that the
+    method's profile of that name does not (the cgan's ``cpu`` profile encodes its noise):
+    they are checked, like every profile's, when the profile is applied.
     """
     root = root or experiments_dir()
     (method_file, own), *variants = _method_layers(method, root)
@@ -192,7 +194,12 @@ def load_config(method: str, overrides: list[str] | None = None,
     # a method file adds its own keys (model, optim, ...); later layers may only set them
     cfg = OmegaConf.merge(_load(root / "base.yaml"), own)
     for path, layer in variants:
+        OmegaConf.set_struct(layer, False)
+        own_profiles = layer.pop("profiles", None)
         cfg = _merge_strict(cfg, layer, str(path))
+        if own_profiles is not None:
+            OmegaConf.set_struct(cfg, False)
+            cfg.profiles = OmegaConf.merge(cfg.get("profiles") or {}, own_profiles)
         method_file = path
     # the defaults declare the types; the profile and the command line are checked against them
     cfg = OmegaConf.create(_typed(OmegaConf.to_container(cfg, resolve=False)))
