@@ -131,12 +131,17 @@ def test_a_variant_extends_its_method(experiments):
         load_config("ping", [], root=experiments)
 
 
-def test_cgan_is_gan_with_the_switch_and_eval_keys_are_shared():
+def test_cgan_is_gan_with_the_switch_its_cpu_noise_and_shared_eval_keys():
     for profile in ("cpu", "paper"):
         gan, cgan = (OmegaConf.to_container(load_config(m, [f"profile={profile}"]))
                      for m in ("gan", "cgan"))
         assert (gan["model"].pop("conditional"), cgan["model"].pop("conditional")) == (False, True)
         assert (gan.pop("method"), cgan.pop("method")) == ("gan", "cgan")
+        if profile == "cpu":  # the cgan's cpu profile encodes its noise (cVAE-GAN)
+            encoded = {"encode_noise": True, "noise_dim": 8, "kl_weight": 1.0}
+            assert {k: cgan["model"].pop(k) for k in encoded} == encoded
+            for k in encoded:
+                gan["model"].pop(k)
         assert gan == cgan
     base = OmegaConf.load(EXPERIMENTS / "base.yaml")
     for method in METHOD_FILES:  # one eval block, in base.yaml
