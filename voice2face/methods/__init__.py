@@ -71,7 +71,9 @@ class MethodSpec:
 
 _SPECS = [  # results rows and the README's table list them in this order
     MethodSpec("gan", GanModule, "the voice-to-face GAN of Wen, Singh & Raj (NeurIPS 2019)"),
-    MethodSpec("cgan", GanModule, "its conditional variant: noise z and a projection discriminator"),
+    MethodSpec("cgan", GanModule, "its conditional variant: noise z and a projection "
+               "discriminator; on the cpu profile z is encoded from the real face in training "
+               "(cVAE-GAN)"),
     MethodSpec("cae", CaeModule, "the Controlled AutoEncoder of Liang et al. (2020): a proposal "
                "face morphed toward the speaker by a U-Net with voice-gated decoder filters; "
                "`model.gating` is the variant",
