@@ -359,17 +359,22 @@ class PlainGan:
     ``step(batch)`` runs one batch, the critic step then the generator step, from the batch
     the loader gives (features on the device where it carries waveforms) and returns its loss
     terms by the names the module logs them under (without ``train/``). Random draws (the
-    embedding noise, z) come from the global RNG in the module's order.
+    embedding noise, z) come from the global RNG in the module's order. With
+    ``model.encode_noise``, z comes from ``encoder`` (trained with the generator) as the
+    module draws it, the first ``model.prior_share`` of the batch from N(0, I).
     """
 
     def __init__(self, generator: torch.nn.Module, critic: torch.nn.Module,
                  voice: torch.nn.Module, cfg: dict[str, Any], cache: VoiceCache | None = None,
-                 precision: str = "32-true", target: torch.nn.Module | None = None):
+                 precision: str = "32-true", target: torch.nn.Module | None = None,
+                 encoder: torch.nn.Module | None = None):
         self.generator, self.critic, self.voice, self.cache = generator, critic, voice, cache
         self.target = target  # the feature term's frozen face network, or None
+        self.encoder = encoder  # q(z | real face) with model.encode_noise, or None
         self.model, self.clip = cfg["model"], cfg["optim"]["clip_grad"]
         self.channels_last = bool(self.model.get("channels_last"))
-        self.opt_g = adam(generator.parameters(), cfg["optim"])
+        trained_with_g = [*generator.parameters(), *(encoder.parameters() if encoder else ())]
+        self.opt_g = adam(trained_with_g, cfg["optim"])
         self.opt_d = adam(critic.parameters(), cfg["optim"])
         generator.train()
         critic.train()
@@ -386,7 +391,9 @@ class PlainGan:
         generator, critic, voice = (copy.deepcopy(net).to(dev)
                                     for net in (m.generator, m.critic, m.voice))
         target = None if m.target is None else copy.deepcopy(m.target).to(dev).eval()
-        loop = cls(generator, critic, voice, case.cfg, precision=precision, target=target)
+        encoder = None if m.encoder is None else copy.deepcopy(m.encoder).to(dev)
+        loop = cls(generator, critic, voice, case.cfg, precision=precision, target=target,
+                   encoder=encoder)
         if case.cfg["model"]["cache_voice"]:
             loop.cache = VoiceCache.from_shares(
                 [embed_utterances(voice, case.data(0), "train", dev)], dev)
@@ -416,12 +423,19 @@ class PlainGan:
                       else self.voice(batch["mel"], batch["mel_lengths"]))
         emb = perturb_embedding(voices, m["embedding_noise"])
         cond = emb if m["conditional"] else None
-        fake = G(emb)  # generated once, used by both steps
+        losses, noise, drawn = {}, None, 0
+        if self.encoder is not None:  # z ~ q(z | face), the first `drawn` rows' ~ N(0, I)
+            drawn = min(n - 1, int(round(m["prior_share"] * n)))
+            mu, logvar = self.encoder(real[drawn:]).float().chunk(2, dim=1)
+            noise = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+            losses["loss_kl"] = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1).mean()
+            noise = torch.cat([torch.randn(drawn, noise.shape[1], device=noise.device), noise])
+        fake = G(emb, noise)  # generated once, used by both steps
 
         # critic: real vs generated faces, identity of the real ones
         out = D(torch.cat([real, fake.detach()]), None if cond is None else torch.cat([cond, cond]))
-        losses = {"loss_d": discriminator_loss(out["adversarial"][:n], out["adversarial"][n:]),
-                  "loss_c": identity_loss(out["identity"][:n], labels)}
+        losses.update(loss_d=discriminator_loss(out["adversarial"][:n], out["adversarial"][n:]),
+                      loss_c=identity_loss(out["identity"][:n], labels))
         loss = losses["loss_d"] + losses["loss_c"]
         if gender_weight:
             losses["loss_gender_real"] = gender_loss(out["gender"][:n], gender)
@@ -438,14 +452,16 @@ class PlainGan:
             losses["loss_gender_fake"] = gender_loss(out["gender"], gender)
             loss = loss + gender_weight * losses["loss_gender_fake"]
         if m["face_weight"]:
-            losses["loss_face"] = image_l1_loss(fake, real)
+            losses["loss_face"] = image_l1_loss(fake[drawn:], real[drawn:])
             loss = loss + m["face_weight"] * losses["loss_face"]
         if self.target is not None:
             with torch.no_grad():
-                wanted = self.target(real).float()
-            losses["loss_feature"] = (1 - F.cosine_similarity(self.target(fake).float(), wanted,
-                                                              dim=-1)).mean()
+                wanted = self.target(real[drawn:]).float()
+            losses["loss_feature"] = (1 - F.cosine_similarity(self.target(fake[drawn:]).float(),
+                                                              wanted, dim=-1)).mean()
             loss = loss + m["feature_weight"] * losses["loss_feature"]
+        if self.encoder is not None:
+            loss = loss + m["kl_weight"] * losses["loss_kl"]
         self._update(self.opt_g, loss)
         D.requires_grad_(True)
         return {k: v.detach() for k, v in losses.items()}

@@ -127,7 +127,9 @@ class SeedAndRecord(Callback):
 @pytest.mark.parametrize("method,overrides", [
     ("gan", []),  # the cpu profile: voice cache, embedding noise, gender head, L1 to the face
     ("gan", ["model.cache_voice=false"]),  # the embedder on the batch's crops every step
-    ("cgan", []),  # z and the projection discriminator
+    ("cgan", []),  # z encoded from the real face (the cpu profile) and the projection critic
+    ("cgan", ["model.encode_noise=false"]),  # a plain z
+    ("cgan", ["model.prior_share=0.5"]),  # half the batch's z from N(0, I)
 ])
 def test_the_plain_gan_computes_the_module_s_losses_and_update(bench, fake_root, pretrained,
                                                                 method, overrides):
@@ -144,7 +146,7 @@ def test_the_plain_gan_computes_the_module_s_losses_and_update(bench, fake_root,
         for k, v in losses.items():
             torch.testing.assert_close(v, logged[k], rtol=1e-5, atol=1e-6, msg=f"batch {i}: {k}")
     # the same three updates of both nets
-    for name in ("generator", "critic"):
+    for name in ("generator", "critic") + (("encoder",) if plain.encoder is not None else ()):
         before, after = (getattr(m.module, name).state_dict() for m in (case, suite))
         assert any(not torch.equal(before[k], after[k]) for k in after), name
         for k, v in getattr(plain, name).state_dict().items():
