@@ -141,25 +141,21 @@ def instrument(dm, judge, voice, world: HiddenAttributes, device="cpu",
 
     gallery = (test["emb"], test["identity"], test["gender"])
     speaker = (t["identity"], t["gender"])
+    o_true, sigma_voice = o[t["identity"]], calibration.noise(sigma)
+    face_of = {"o": B.likelihood_faces(o_true, prior_z, prior_emb),
+               "voice": B.likelihood_faces(o_voice, prior_z, prior_emb)}
     probes = {
-        "o_oracle": B.likelihood_faces(o[t["identity"]], prior_z, prior_emb),
-        "o_oracle_posterior": B.posterior_faces(o[t["identity"]], prior_z, prior_emb, sigma),
-        "voice_oracle": B.likelihood_faces(o_voice, prior_z, prior_emb),
-        "voice_oracle_posterior": B.posterior_faces(o_voice, prior_z, prior_emb,
-                                                    calibration.noise(sigma)),
-        "o_oracle_sample": B.posterior_sample_faces(o[t["identity"]], prior_z, prior_emb, sigma,
+        "o_oracle": face_of["o"],
+        "o_oracle_posterior": B.posterior_faces(o_true, prior_z, prior_emb, sigma),
+        "voice_oracle": face_of["voice"],
+        "voice_oracle_posterior": B.posterior_faces(o_voice, prior_z, prior_emb, sigma_voice),
+        "o_oracle_sample": B.posterior_sample_faces(o_true, prior_z, prior_emb, sigma,
                                                     np.random.default_rng(SAMPLE_SEED)),
-        "voice_oracle_sample": B.posterior_sample_faces(
-            o_voice, prior_z, prior_emb, calibration.noise(sigma),
-            np.random.default_rng(SAMPLE_SEED)),
-        "o_oracle_traits": B.with_private_traits(B.likelihood_faces(o[t["identity"]], prior_z,
-                                                                    prior_emb),
-                                                 prior_z, prior_emb,
-                                                 np.random.default_rng(SAMPLE_SEED)),
-        "voice_oracle_traits": B.with_private_traits(B.likelihood_faces(o_voice, prior_z,
-                                                                        prior_emb),
-                                                     prior_z, prior_emb,
-                                                     np.random.default_rng(SAMPLE_SEED)),
+        "voice_oracle_sample": B.posterior_sample_faces(o_voice, prior_z, prior_emb, sigma_voice,
+                                                        np.random.default_rng(SAMPLE_SEED)),
+        **{f"{who}_oracle_traits": B.with_private_traits(face_of[who], prior_z, prior_emb,
+                                                         np.random.default_rng(SAMPLE_SEED))
+           for who in ("o", "voice")},
         "gender_only": B.gender_faces(t["gender"], train["gender"], prior_emb),
     }
     # evaluate's halves: the real-faces row's probes, and the other half, the real side of
@@ -187,13 +183,13 @@ def instrument(dm, judge, voice, world: HiddenAttributes, device="cpu",
     out = {"rows": rows}
     if frontier:
         out["frontier"] = {k: B.score_probes(
-            B.posterior_sample_faces(o_voice, prior_z, prior_emb, calibration.noise(sigma),
+            B.posterior_sample_faces(o_voice, prior_z, prior_emb, sigma_voice,
                                      np.random.default_rng(SAMPLE_SEED), draws=k),
             *speaker, z[t["identity"]], *gallery, readout, sigma, probe_index=t["index"],
             gallery_index=test["index"], reference_emb=reference) for k in frontier}
     return {**out, "readout_r2": B.readout_r2(readout, test["emb"], z[test["identity"]]),
-            "voice_r2": dict(zip(ATTRIBUTES, r_squared(o_hat, o[t["identity"]]).tolist())),
-            "sigma": sigma.tolist(), "sigma_voice": calibration.noise(sigma).tolist(),
+            "voice_r2": dict(zip(ATTRIBUTES, r_squared(o_hat, o_true).tolist())),
+            "sigma": sigma.tolist(), "sigma_voice": sigma_voice.tolist(),
             "counts": {"test_utterances": len(t["identity"]), "test_gallery": len(gallery[1]),
                        "train_gallery": len(train["identity"]),
                        "probe_fit_utterances": len(utter["train"]["identity"])}}
