@@ -62,41 +62,71 @@ def test_trainer_takes_ranks_from_slurm(no_slurm):
     assert isinstance(env, SLURMEnvironment) and env.creates_processes_externally
 
 
-def test_requeue_callback_checkpoints_requeues_and_stops(no_slurm, tmp_path):
-    """The handler only sets a flag; the save and the requeue happen at a batch boundary."""
+class FakeStrategy:
+    def reduce_boolean_decision(self, decision, all=True):
+        return decision
+
+    def broadcast(self, obj, src=0):
+        return obj
+
+
+class FakeTrainer:
+    """What SlurmRequeue uses of a Trainer; records the SIGTERM handler at each save."""
+    strategy, is_global_zero, global_step, loggers = FakeStrategy(), True, 7, []
+
+    def __init__(self):
+        self.saved, self.sigterm_at_save = [], []
+
+    def save_checkpoint(self, path):
+        self.saved.append(path)
+        self.sigterm_at_save.append(signal.getsignal(signal.SIGTERM))
+
+
+@pytest.fixture
+def srun(no_slurm):
     for k, v in {**SRUN_ENV, "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1"}.items():
         no_slurm.setenv(k, v)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)
+    yield no_slurm
+    signal.signal(signal.SIGTERM, previous[0])
+    assert signal.getsignal(signal.SIGUSR1) == previous[1]
+
+
+@pytest.mark.parametrize("requeued", [True, False])
+def test_requeue_callback_checkpoints_requeues_and_stops(srun, tmp_path, capsys, requeued):
+    """The handler only sets a flag; the save and the requeue happen at a batch boundary,
+    with SIGTERM ignored (SLURM sends it as soon as the job is requeued), and the requeue is
+    said before anything else can fail. A requeue that fails leaves training going, SIGTERM
+    handled as before."""
     calls = []
     cb = SlurmRequeue(tmp_path / "last.ckpt", check_every=2)
-    no_slurm.setattr(SlurmRequeue, "_requeue", staticmethod(lambda: calls.append(1) or True))
-
-    class FakeStrategy:
-        def reduce_boolean_decision(self, decision, all=True):
-            return decision
-
-        def broadcast(self, obj, src=0):
-            return obj
-
-    class FakeTrainer:
-        strategy, is_global_zero, global_step, loggers = FakeStrategy(), True, 7, []
-        saved = []
-
-        def save_checkpoint(self, path):
-            self.saved.append(path)
-
+    srun.setattr(SlurmRequeue, "_requeue", staticmethod(lambda: calls.append(1) or requeued))
     trainer = FakeTrainer()
-    previous = signal.getsignal(signal.SIGUSR1)
+    def lightnings(signum, frame):  # Lightning's SIGTERM handler, in a real fit
+        pass
+
+    handler = signal.signal(signal.SIGTERM, lightnings)
     cb.on_fit_start(trainer, None)
     try:
         cb.on_train_batch_end(trainer, None, None, None, 0)
         os.kill(os.getpid(), signal.SIGUSR1)      # arrives mid-batch: only the flag is set
         assert cb.signalled and not trainer.saved
-        with pytest.raises(Requeued, match="requeued; saved .*last.ckpt at step 7"):
+        if requeued:
+            with pytest.raises(Requeued, match="requeued; saved .*last.ckpt at step 7"):
+                cb.on_train_batch_end(trainer, None, None, None, 1)
+            assert capsys.readouterr().out == (
+                f"voice2face: SLURM job 4242 requeued; saved {tmp_path / 'last.ckpt'} at step "
+                f"7, which the requeued job resumes\n")
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        else:
             cb.on_train_batch_end(trainer, None, None, None, 1)
+            assert "requeued" not in capsys.readouterr().out and not cb.signalled
+            assert signal.getsignal(signal.SIGTERM) is lightnings
         assert trainer.saved == [tmp_path / "last.ckpt"] and calls == [1]
+        assert trainer.sigterm_at_save == [signal.SIG_IGN]
     finally:
         cb.on_exception(trainer, None, None)
-    assert signal.getsignal(signal.SIGUSR1) == previous
+        signal.signal(signal.SIGTERM, handler)
 
 
 # ---- the rendered script -----------------------------------------------------------------

@@ -78,15 +78,24 @@ class SlurmRequeue(Callback):
             return
         if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
             return
+        # Once requeued, SLURM sends SIGTERM to every rank at once. Lightning's SIGTERM handler
+        # runs a collective (a broadcast) inside the handler, which would meet the save's
+        # barrier or the broadcast below on another rank; so the ranks ignore SIGTERM until
+        # they have stopped on their own (SLURM's KillWait bounds it with SIGKILL).
+        sigterm = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         rank_zero_info(f"voice2face: signal {self.signum} received; saving {self.checkpoint} "
                        f"at step {trainer.global_step} and requeueing")
         trainer.save_checkpoint(self.checkpoint)
         if trainer.is_global_zero:  # SLURM stops every process of the job once it requeues
             self._close_loggers(trainer)
         requeued = trainer.is_global_zero and self._requeue()
+        said = (f"SLURM job {slurm_job_id()} requeued; saved {self.checkpoint} at step "
+                f"{trainer.global_step}, which the requeued job resumes")
+        if requeued:  # said now: the process may be killed any time after the requeue
+            print(f"voice2face: {said}", flush=True)
         if trainer.strategy.broadcast(requeued, src=0):
-            raise Requeued(f"SLURM job {slurm_job_id()} requeued; saved {self.checkpoint} at "
-                           f"step {trainer.global_step}, which the requeued job resumes")
+            raise Requeued(said)
+        signal.signal(signal.SIGTERM, sigterm)
         self.signalled = False  # not requeued: keep training until SLURM ends the job
 
     @staticmethod

@@ -61,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             final = train(cfg, args.overrides)
-        except Requeued as e:  # the requeued job continues this run; nothing to export yet
-            if rank_zero_only.rank == 0:
-                print(f"voice2face: {e}")
+        except Requeued:  # said by SlurmRequeue; the requeued job continues this run
             return 0
         if args.export and rank_zero_only.rank == 0:
             export(final, args.export)

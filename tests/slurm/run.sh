@@ -36,10 +36,10 @@ dump() {
     return 0
 }
 
-fail() {
-    echo "test-slurm: FAIL: $*" >&2
+fail() {  # the logs, then the reason: a CI that keeps only the end of the output shows it
     dump >&2
     echo "test-slurm: work folder kept: $WORK" >&2
+    echo "test-slurm: FAIL: $*" >&2
     exit 1
 }
 
@@ -197,9 +197,13 @@ say "requeue checkpoint saved at step $SAVED of $STEPS"
 restarted() { [ "$(job_field Restarts)" -ge 1 ]; }
 wait_for 300 "job $JOB to be requeued (Restarts >= 1)" restarted
 say "job requeued: $(job_field JobState), reason $(job_field Reason), restarts $(job_field Restarts)"
-# SLURM holds a requeued job for about two minutes (its EligibleTime); skip the wait
+# SLURM holds a requeued job for about two minutes (its EligibleTime); skip the wait, but
+# only once the node is idle again and a second has passed: slurmd refuses to launch a job
+# whose credential it revoked in the same second ("Job credential revoked", the job fails)
 pending() { [ "$(job_field JobState)" = PENDING ]; }
 wait_for 120 "job $JOB to be pending again" pending
+wait_for 120 "node $NODE idle after the requeue" node_idle
+sleep 2
 say "job $JOB pending again (eligible $(job_field EligibleTime)); releasing it now"
 scontrol update JobId="$JOB" StartTime=now || say "note: could not move its start time"
 second_start() { grep -q "job $JOB start 2 " "$LOG"; }
