@@ -213,6 +213,41 @@ def test_dimnet_regresses_the_hidden_attributes_from_both_embeddings(tiny, fake_
     assert "attributes" not in plain.voice_outputs(batch["mel"], batch["mel_lengths"])
 
 
+def test_dimnets_face_side_trains_on_the_first_face_views_of_each_sample(tiny):
+    """``model.face_views=1``: the face losses are those of each sample's first face alone
+    (a hand computation), and the other faces change nothing; 0 takes every face."""
+    import torch
+
+    from datamodules import VoiceFaceDataModule
+    from helpers import quick_config
+    from voice2face.losses import covariate_loss
+    from voice2face.methods.base import data_info
+    from voice2face.methods.dimnet import DimnetModule
+
+    dm = VoiceFaceDataModule(tiny)
+    module = DimnetModule(quick_config("dimnet", tiny, tiny.parent / "unused",
+                                       "model.face_views=1", "model.attribute_weight=0"),
+                          data_info(dm))
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    module.eval()
+    torch.manual_seed(0)
+    batch = {"faces": torch.rand(3, 2, 3, dm.face_size, dm.face_size) * 2 - 1,
+             "mel": torch.randn(3, 64, 50), "mel_lengths": torch.tensor([50, 40, 30]),
+             "label": torch.tensor([0, 1, 2]), "gender": torch.tensor([1.0, 0.0, 1.0]),
+             "identity": torch.tensor([0, 1, 2])}
+    loss = module.training_step(batch, 0)
+    voice = module.voice_outputs(batch["mel"], batch["mel_lengths"])
+    face = module.face_outputs(batch["faces"][:, 0])
+    wanted = (covariate_loss(voice, batch["label"], batch["gender"])
+              + covariate_loss(face, batch["label"], batch["gender"]))
+    assert torch.allclose(loss, wanted, atol=1e-5)
+    other = dict(batch, faces=batch["faces"].clone())
+    other["faces"][:, 1] = 0.0
+    assert torch.allclose(module.training_step(other, 0), loss, atol=1e-6)
+    module.cfg["model"]["face_views"] = 0
+    assert not torch.allclose(module.training_step(other, 0), loss, atol=1e-3)
+
+
 def test_the_judges_augmentation_mirrors_and_moves_photos_but_never_scales_them():
     """``face.augment``: each photo is itself or its mirror image, moved by at most the
     shift, with the distances inside it kept (a head's size against the frame is the

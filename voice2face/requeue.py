@@ -8,7 +8,8 @@ kills the job (seen here with 2 CPU ranks: `make test-slurm`; Lightning issue #2
 the same intermittently). So the handler here only sets a flag; every ``check_every``
 training batches the ranks agree (one all-reduce of a bool) on whether any was signalled,
 and then, all at the same batch boundary, save ``checkpoints/last.ckpt``, rank zero runs
-``scontrol requeue``, and training stops with ``Requeued``. The requeued job runs the same
+``scontrol requeue`` and says so, and training stops with ``Requeued``; SIGTERM, which SLURM
+sends as it requeues, is ignored from that batch on. The requeued job runs the same
 command (same ``run.name``, ``run.resume=auto``) and continues from that checkpoint.
 """
 

@@ -79,9 +79,10 @@ class DimnetModule(MethodModule):
 
     def training_step(self, batch, batch_idx):
         w = self.cfg["model"]["gender_weight"]
-        k = batch["faces"].shape[1]
+        faces = batch["faces"][:, :self.cfg["model"].get("face_views", 0) or None]
+        k = faces.shape[1]
         voice = self.voice_outputs(batch["mel"], batch["mel_lengths"])
-        face = self.face_outputs(batch["faces"].flatten(0, 1))
+        face = self.face_outputs(faces.flatten(0, 1))
         loss_v = covariate_loss(voice, batch["label"], batch["gender"], w)
         loss_f = covariate_loss(face, batch["label"].repeat_interleave(k),
                                 batch["gender"].repeat_interleave(k), w)
